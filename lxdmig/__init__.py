@@ -1,0 +1,3 @@
+"""lxdmig: live migration of running system containers with CRIU."""
+
+__version__ = "0.1.0"

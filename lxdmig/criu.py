@@ -1,0 +1,70 @@
+"""CRIU as lxdmig sees it: where it is, which version, which features work."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lxdmig import proc
+from lxdmig.errors import CommandError, CriuError
+
+MIN_VERSION = (4, 0)
+_TIMEOUT = 60.0
+
+# Kernel features CRIU can check, and what lxdmig needs each one for.
+FEATURE_USES = {
+    "mem_dirty_track": "pre-copy and hybrid (pre-dump rounds track dirty memory)",
+    "uffd": "post-copy (memory pages fetched on demand)",
+    "uffd-noncoop": "post-copy of processes that fork or remap memory",
+}
+
+
+@dataclass(frozen=True)
+class CriuInfo:
+    """What CRIU and the kernel under it can do on this host."""
+
+    version: tuple[int, ...]
+    features: dict[str, bool]
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(str(v) for v in self.version)
+
+
+def version() -> tuple[int, ...]:
+    """CRIU's version; raises CriuError when it is missing or unusable."""
+    try:
+        out = proc.run(["criu", "--version"], timeout=_TIMEOUT).stdout
+    except proc.CommandNotFound as e:
+        raise CriuError("criu is not installed (run scripts/install-deps)") from e
+    except CommandError as e:
+        raise CriuError(f"criu does not run: {e}") from e
+    match = re.search(r"^Version:\s*([0-9]+(?:\.[0-9]+)*)", out, re.MULTILINE)
+    if not match:
+        raise CriuError(f"cannot read criu's version from {out.strip()!r}")
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+def require_version() -> tuple[int, ...]:
+    found = version()
+    if found < MIN_VERSION:
+        raise CriuError(
+            f"criu {'.'.join(map(str, found))} is too old: lxdmig needs >= "
+            f"{'.'.join(map(str, MIN_VERSION))} (older releases fail on current kernels)"
+        )
+    return found
+
+
+def has_feature(name: str) -> bool:
+    """``criu check --feature NAME`` exits 0 exactly when the feature works."""
+    if name not in FEATURE_USES:
+        raise ValueError(f"unknown CRIU feature {name!r}")
+    result = proc.run(["criu", "check", "--feature", name], timeout=_TIMEOUT, check=False)
+    return result.returncode == 0
+
+
+def probe() -> CriuInfo:
+    return CriuInfo(
+        version=require_version(),
+        features={name: has_feature(name) for name in FEATURE_USES},
+    )

@@ -1,0 +1,169 @@
+"""Running external programs: the one way lxdmig starts criu, lxc-*, ip, rsync.
+
+Every call takes an argv list (never a shell string), has a timeout, reads
+stdin from /dev/null and gets a cleaned environment. A failing exit raises
+:class:`CommandFailed` carrying the command, its status and the tail of its
+stderr; a timeout kills the whole process group before raising
+:class:`CommandTimeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig.errors import CommandError
+
+log = logging.getLogger(__name__)
+
+# Variables a child never inherits: readiness and watchdog sockets belong to
+# the daemon itself, and credentials have no business in criu or rsync.
+_SCRUBBED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+_SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "API_KEY")
+# sbin first: CRIU built from source installs to /usr/local/sbin.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_TAIL_LINES = 15
+
+
+class CommandFailed(CommandError):
+    """The program ran and exited with a non-zero status."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output_tail: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output_tail = output_tail
+        detail = f": {output_tail}" if output_tail else ""
+        super().__init__(f"{format_argv(argv)} exited with status {returncode}{detail}")
+
+
+class CommandTimeout(CommandError):
+    """The program did not finish in time and was killed."""
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        self.argv = list(argv)
+        self.timeout = timeout
+        super().__init__(f"{format_argv(argv)} did not finish within {timeout:g} s and was killed")
+
+
+class CommandNotFound(CommandError):
+    """The program is not installed."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The result of a finished program."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment children get: ours minus sockets and secrets."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _SCRUBBED_ENV and not any(m in k.upper() for m in _SECRET_MARKERS)
+    }
+    path = env.get("PATH", "")
+    env["PATH"] = f"{path}:{SYSTEM_PATH}" if path else SYSTEM_PATH
+    env.setdefault("LC_ALL", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def tail(text: str, lines: int = _TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    input_text: str | None = None,
+    output_file: Path | None = None,
+) -> Completed:
+    """Run ``argv`` to completion and return its output.
+
+    ``output_file``: send stdout and stderr to that file instead of pipes.
+    Needed for programs that leave a daemon behind holding their output
+    (``lxc-checkpoint -r``'s container monitor keeps inherited fds open, so
+    a pipe would never reach end-of-file).
+    """
+    if not argv:
+        raise ValueError("run() needs a non-empty argv")
+    argv = [str(a) for a in argv]
+    log.debug("run: %s", format_argv(argv))
+    out_fh = open(output_file, "ab") if output_file is not None else None
+    out_start = out_fh.tell() if out_fh is not None else 0
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                stdout=out_fh if out_fh is not None else subprocess.PIPE,
+                stderr=out_fh if out_fh is not None else subprocess.PIPE,
+                env=clean_env(env),
+                cwd=cwd,
+                start_new_session=True,
+                text=True,
+            )
+        except FileNotFoundError as e:
+            raise CommandNotFound(f"{argv[0]}: not installed or not on PATH") from e
+        try:
+            stdout, stderr = proc.communicate(input_text, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise CommandTimeout(argv, timeout) from None
+        except BaseException:
+            # Ctrl-C or any other interruption: never leave the child behind.
+            kill_group(proc)
+            raise
+    finally:
+        if out_fh is not None:
+            out_fh.close()
+    if out_fh is not None and output_file is not None:
+        with open(output_file, "rb") as fh:
+            fh.seek(out_start)
+            stdout, stderr = "", fh.read().decode(errors="replace")
+    result = Completed(tuple(argv), proc.returncode, stdout or "", stderr or "")
+    if check and proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, tail(result.stderr or result.stdout))
+    return result
+
+
+def kill_group(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
+    """TERM the child's process group, KILL whatever is left, and reap it."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    # Stragglers in the group (children of the child) go too.
+    _signal_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        log.error("pid %d survived SIGKILL", proc.pid)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
