@@ -1,0 +1,238 @@
+"""CRIU-able busybox containers running the test workload, on a test host."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from lxdmig import proc
+from lxdmig.testbed.layout import (
+    BRIDGE,
+    CONTAINER_NET,
+    FIRST_CONTAINER_HOST,
+    LAST_CONTAINER_HOST,
+    Host,
+    all_hosts,
+    workload_binary,
+)
+from lxdmig.testbed.hosts import TestbedError
+
+_T = 60.0
+BUSYBOX = Path("/bin/busybox")
+STATE_IN_CONTAINER = "/var/lib/workload/state"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    memory_mib: int = 16
+    dirty_rate_mib_s: float = 1.0
+    tick_ms: int = 10
+
+    def __post_init__(self) -> None:
+        if self.memory_mib < 1:
+            raise ValueError("workload memory must be at least 1 MiB")
+        if self.dirty_rate_mib_s < 0:
+            raise ValueError("dirty rate cannot be negative")
+        if self.tick_ms < 1:
+            raise ValueError("tick must be at least 1 ms")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"invalid container name {name!r}: use lower-case letters, digits and '-'")
+    return name
+
+
+def host_command(host: Host, argv: list[str], *, timeout: float = _T, check: bool = True,
+                 output_file: Path | None = None) -> proc.Completed:
+    """Run ``argv`` as ``host`` (its namespaces and cgroups)."""
+    return proc.run(
+        [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv],
+        timeout=timeout, check=check, output_file=output_file,
+    )
+
+
+# --- the workload binary ------------------------------------------------------
+
+
+def build_workload() -> Path:
+    """Compile the workload (static) once per source change."""
+    source = resources.files("lxdmig.testbed").joinpath("workload.c").read_bytes()
+    digest = hashlib.sha256(source).hexdigest()
+    binary = workload_binary()
+    stamp = binary.with_suffix(".sha256")
+    if binary.exists() and stamp.exists() and stamp.read_text() == digest:
+        return binary
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    src = binary.parent / "workload.c"
+    src.write_bytes(source)
+    proc.run(["gcc", "-O2", "-Wall", "-static", "-o", str(binary), str(src)], timeout=120)
+    stamp.write_text(digest)
+    return binary
+
+
+# --- creating containers --------------------------------------------------------
+
+
+def _used_addresses() -> set[ipaddress.IPv4Address]:
+    used = set()
+    for h in all_hosts():
+        for config in h.lxcpath.glob("*/config"):
+            for m in re.finditer(r"^lxc\.net\.0\.ipv4\.address\s*=\s*([0-9.]+)", config.read_text(), re.M):
+                used.add(ipaddress.IPv4Address(m.group(1)))
+    return used
+
+
+def _allocate_address() -> ipaddress.IPv4Address:
+    used = _used_addresses()
+    base = int(CONTAINER_NET.network_address)
+    for n in range(FIRST_CONTAINER_HOST, LAST_CONTAINER_HOST + 1):
+        addr = ipaddress.IPv4Address(base + n)
+        if addr not in used:
+            return addr
+    raise TestbedError(f"no free container address left in {CONTAINER_NET}")
+
+
+def _mac_for(addr: ipaddress.IPv4Address) -> str:
+    # Locally administered, derived from the address: unique on the segment.
+    tail = addr.packed[1:]
+    return "02:6c:78:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def _make_rootfs(rootfs: Path, name: str, spec: WorkloadSpec) -> None:
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc", "proc", "sys", "dev", "tmp",
+              "run", "root", "var/lib/workload"):
+        (rootfs / d).mkdir(parents=True, exist_ok=True)
+    (rootfs / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, rootfs / "bin/busybox")
+    applets = proc.run([str(BUSYBOX), "--list-full"], timeout=_T).stdout.split()
+    for applet in applets:
+        link = rootfs / applet
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to("/bin/busybox")
+    shutil.copy2(build_workload(), rootfs / "usr/local/bin/lxdmig-workload")
+    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc/group").write_text("root:x:0:\n")
+    (rootfs / "etc/hostname").write_text(f"{name}\n")
+    # busybox init starts each entry in its own session (CRIU needs the
+    # workload's session leader inside the container's pid namespace).
+    (rootfs / "etc/inittab").write_text(
+        "::sysinit:/bin/mount -t tmpfs -o mode=1777,size=16m tmpfs /tmp\n"
+        f"::once:/usr/local/bin/lxdmig-workload --state {STATE_IN_CONTAINER} --mib {spec.memory_mib} "
+        f"--dirty-rate {spec.dirty_rate_mib_s:g} --tick-ms {spec.tick_ms}\n"
+    )
+
+
+def lxc_config(host: Host, name: str, addr: ipaddress.IPv4Address) -> str:
+    """An LXC config CRIU can checkpoint and restore (see docs/testbed.md)."""
+    return f"""\
+# lxdmig test bed container {name} on host {host.name}
+lxc.uts.name = {name}
+lxc.rootfs.path = dir:{host.lxcpath / name / 'rootfs'}
+lxc.init.cmd = /sbin/init
+lxc.signal.halt = SIGUSR2
+lxc.tty.max = 0
+lxc.pty.max = 0
+lxc.console.path = none
+lxc.autodev = 1
+lxc.mount.auto = proc:mixed sys:ro
+lxc.cgroup.relative = 1
+lxc.cap.drop = sys_module mac_admin mac_override sys_time
+lxc.net.0.type = veth
+lxc.net.0.link = {BRIDGE}
+lxc.net.0.name = eth0
+lxc.net.0.flags = up
+lxc.net.0.hwaddr = {_mac_for(addr)}
+lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
+"""
+
+
+def create(host: Host, name: str, spec: WorkloadSpec) -> ipaddress.IPv4Address:
+    """Create and start container ``name`` on ``host``; wait for its workload."""
+    check_name(name)
+    cdir = host.lxcpath / name
+    if cdir.exists():
+        raise TestbedError(f"container {name} already exists on host {host.name}")
+    addr = _allocate_address()
+    try:
+        cdir.mkdir(parents=True)
+        cdir.chmod(0o700)
+        _make_rootfs(cdir / "rootfs", name, spec)
+        (cdir / "config").write_text(lxc_config(host, name, addr))
+        log = host.storage / f"lxc-start-{name}.log"
+        host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
+                     output_file=host.storage / f"lxc-start-{name}.out")
+        wait_for_workload(host, name)
+    except BaseException:
+        destroy(host, name)
+        raise
+    return addr
+
+
+def lxc_state(host: Host, name: str) -> str:
+    result = host_command(host, ["lxc-info", "-P", str(host.lxcpath), "-n", name, "-s", "-H"], check=False)
+    return result.stdout.strip() if result.returncode == 0 else "ABSENT"
+
+
+def destroy(host: Host, name: str) -> None:
+    cdir = host.lxcpath / name
+    if not cdir.exists():
+        return
+    if lxc_state(host, name) not in ("STOPPED", "ABSENT"):
+        host_command(host, ["lxc-stop", "-P", str(host.lxcpath), "-n", name, "-k"], check=False)
+    shutil.rmtree(cdir)
+
+
+def list_containers(host: Host) -> list[str]:
+    if not host.lxcpath.is_dir():
+        return []
+    return sorted(p.parent.name for p in host.lxcpath.glob("*/config"))
+
+
+# --- the workload's own report ---------------------------------------------------
+
+
+def read_workload(host: Host, name: str) -> dict[str, object]:
+    """The workload's latest state line, plus where and how fresh it is."""
+    path = host.lxcpath / name / "rootfs" / STATE_IN_CONTAINER.lstrip("/")
+    last_error = ""
+    for _ in range(20):
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TestbedError(f"container {name} on host {host.name} has no workload state ({path})") from None
+        except json.JSONDecodeError as e:
+            last_error = str(e)  # read while it was being rewritten: try again
+            time.sleep(0.005)
+            continue
+        if not isinstance(data, dict):
+            raise TestbedError(f"workload state of {name} is not a JSON object")
+        data["host"] = host.name
+        data["name"] = name
+        data["age_ms"] = round((time.time_ns() - int(data["time_ns"])) / 1e6, 3)
+        return data
+    raise TestbedError(f"workload state of {name} unreadable: {last_error}")
+
+
+def wait_for_workload(host: Host, name: str, timeout: float = 30.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = read_workload(host, name)
+            if int(str(state["counter"])) > 0:
+                return state
+        except TestbedError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TestbedError(f"workload in {name} on host {host.name} did not start within {timeout:g} s")
+        time.sleep(0.05)
