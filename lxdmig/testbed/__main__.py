@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from lxdmig import proc
+from lxdmig.errors import CommandError
 from lxdmig.testbed import containers, hosts
 from lxdmig.testbed.layout import HOSTS, Host, all_hosts
 
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "attach":
             h = Host(args.host)
             exec_as(h, ["lxc-attach", "-P", str(h.lxcpath), "-n", args.name, "--", *_command(args.argv)])
-    except (hosts.TestbedError, proc.CommandError, ValueError) as e:
+    except (hosts.TestbedError, CommandError, ValueError) as e:
         print(f"testbed: error: {e}", file=sys.stderr)
         return 1
     return 0

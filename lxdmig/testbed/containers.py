@@ -236,3 +236,68 @@ def wait_for_workload(host: Host, name: str, timeout: float = 30.0) -> dict[str,
         if time.monotonic() > deadline:
             raise TestbedError(f"workload in {name} on host {host.name} did not start within {timeout:g} s")
         time.sleep(0.05)
+
+
+# --- checkpoint and restore in place (the ground-is-real smoke) ------------------
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    images: Path
+    dump_s: float
+    restore_s: float
+    before: dict[str, object]
+    after: dict[str, object]
+
+
+def checkpoint_restore_in_place(host: Host, name: str) -> LocalCheckpoint:
+    """Checkpoint ``name`` with CRIU (stopping it), then restore it on the same host.
+
+    Uses ``lxc-checkpoint`` (liblxc drives CRIU). The images go to the host's
+    storage root and are removed afterwards.
+    """
+    images = host.storage / f"checkpoint-{name}"
+    shutil.rmtree(images, ignore_errors=True)
+    lxcargs = ["-P", str(host.lxcpath), "-n", name, "-D", str(images)]
+    out = host.storage / f"checkpoint-{name}.out"
+    before = read_workload(host, name)
+    t0 = time.monotonic()
+    host_command(host, ["lxc-checkpoint", *lxcargs, "-s"], output_file=out)
+    t1 = time.monotonic()
+    if lxc_state(host, name) != "STOPPED":
+        raise TestbedError(f"{name} still runs after its checkpoint")
+    # The restored container's monitor keeps inherited fds: output to a file.
+    host_command(host, ["lxc-checkpoint", *lxcargs, "-r"], output_file=out)
+    t2 = time.monotonic()
+    try:
+        after = _wait_for_progress(host, name, int(str(before["counter"])))
+    finally:
+        shutil.rmtree(images, ignore_errors=True)
+    return LocalCheckpoint(images, t1 - t0, t2 - t1, before, after)
+
+
+def wait_for_full_verification(host: Host, name: str, timeout: float = 30.0) -> dict[str, object]:
+    """Wait until the workload has checked its whole buffer since this call.
+
+    Two more completed passes guarantee one pass that started after the call.
+    """
+    start = int(str(read_workload(host, name)["verified_passes"]))
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_workload(host, name)
+        if int(str(state["verified_passes"])) >= start + 2:
+            return state
+        if time.monotonic() > deadline:
+            raise TestbedError(f"workload in {name} on host {host.name} did not verify its memory in {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _wait_for_progress(host: Host, name: str, counter: int, timeout: float = 10.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_workload(host, name)
+        if int(str(state["counter"])) > counter and float(str(state["age_ms"])) < 1000:
+            return state
+        if time.monotonic() > deadline:
+            raise TestbedError(f"workload in {name} on host {host.name} made no progress after restore")
+        time.sleep(0.05)

@@ -196,13 +196,12 @@ def _own_cgroup_dirs() -> list[Path]:
                                "release_agent", "xattr", "nsdelegate", "cpuset_v2_mode")))
             else:
                 continue
-            path = _match_controllers(own, key)
-            if path is None:
+            cgpath = _match_controllers(own, key)
+            if cgpath is None or not cgpath.startswith(mount_root):
                 continue
-            rel = os.path.relpath(path, mount_root) if path.startswith(mount_root) else None
-            if rel is None or rel.startswith(".."):
-                continue
-            dirs.append(Path(mountpoint) / rel if rel != "." else Path(mountpoint))
+            rel = os.path.relpath(cgpath, mount_root)
+            if not rel.startswith(".."):
+                dirs.append(Path(mountpoint) / rel if rel != "." else Path(mountpoint))
     return dirs
 
 

@@ -1,0 +1,60 @@
+"""Integration fixtures: the real two-host test bed.
+
+The session brings the test bed up if it is not up already and takes it
+down again at the end if it brought it up. Containers made through
+``make_container`` are destroyed after each test, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lxdmig.testbed import containers, hosts
+from lxdmig.testbed.layout import Host
+
+pytestmark = pytest.mark.integration
+
+_names = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (they create namespaces, containers and cgroups)")
+    was_up = hosts.is_up()
+    hosts.up()
+    containers.build_workload()
+    try:
+        yield
+    finally:
+        if not was_up:
+            hosts.down()
+
+
+MakeContainer = Callable[..., str]
+
+
+@pytest.fixture
+def make_container(testbed: None) -> Iterator[MakeContainer]:
+    made: list[tuple[Host, str]] = []
+
+    def make(host: str = "a", name: str | None = None, memory_mib: int = 16, dirty_rate: float = 1.0) -> str:
+        name = name or f"t{os.getpid() % 10000}-{next(_names)}"
+        h = Host(host)
+        made.append((h, name))
+        containers.create(h, name, containers.WorkloadSpec(memory_mib, dirty_rate))
+        return name
+
+    yield make
+    for h, name in made:
+        containers.destroy(h, name)

@@ -1,0 +1,66 @@
+"""``down`` removes everything, also after a crash half-way through ``up``.
+
+Runs last in the integration directory (it takes the shared test bed down
+and brings it back up).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lxdmig.testbed import containers, hosts, layout
+from lxdmig.testbed.layout import Host, all_hosts
+
+
+def leftovers() -> list[str]:
+    found = []
+    for h in all_hosts():
+        if h.netns_path.exists():
+            found.append(f"netns {h.netns}")
+        if h.root.exists():
+            found.append(f"dir {h.root}")
+        for base in Path("/sys/fs/cgroup").rglob(h.cgroup_leaf):
+            found.append(f"cgroup {base}")
+    if layout.run_dir().exists():
+        found.append(f"dir {layout.run_dir()}")
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if "lxdmig" in line]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped), within 5 s."""
+    for _ in range(100):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        except FileNotFoundError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_down_removes_hosts_containers_and_processes(testbed: None) -> None:
+    a = Host("a")
+    containers.create(a, "lifecycle", containers.WorkloadSpec(8, 1))
+    pid = int(containers.host_command(a, ["lxc-info", "-P", str(a.lxcpath), "-n", "lifecycle", "-p", "-H"])
+              .stdout.strip())
+    hosts.down()
+    assert leftovers() == []
+    assert not alive(pid), "the container's init survived down"
+    hosts.up()
+    assert hosts.is_up()
+
+
+def test_down_after_a_crash_half_way_through_up(testbed: None) -> None:
+    hosts.down()
+    for partial in (hosts.setup_network, lambda: (hosts.setup_network(), hosts.setup_namespaces())):
+        partial()
+        assert leftovers() != []
+        hosts.down()
+        assert leftovers() == []
+    hosts.down()  # nothing left to do: still fine
+    hosts.up()
+    hosts.up()
+    assert hosts.is_up()

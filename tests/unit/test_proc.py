@@ -1,0 +1,100 @@
+"""proc.run with real tiny programs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from lxdmig import proc
+
+
+def test_success_returns_output() -> None:
+    result = proc.run(["sh", "-c", "echo out; echo err >&2"], timeout=10)
+    assert result.returncode == 0
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+
+
+def test_failure_carries_command_status_and_stderr_tail() -> None:
+    with pytest.raises(proc.CommandFailed) as info:
+        proc.run(["sh", "-c", "echo one >&2; echo two >&2; exit 3"], timeout=10)
+    e = info.value
+    assert e.returncode == 3
+    assert e.output_tail == "one\ntwo"
+    assert "exited with status 3" in str(e) and "sh -c" in str(e) and "two" in str(e)
+
+
+def test_check_false_returns_status() -> None:
+    assert proc.run(["sh", "-c", "exit 5"], timeout=10, check=False).returncode == 5
+
+
+def test_missing_program() -> None:
+    with pytest.raises(proc.CommandNotFound, match="no-such-program-lxdmig"):
+        proc.run(["no-such-program-lxdmig"], timeout=10)
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild"
+    start = time.monotonic()
+    with pytest.raises(proc.CommandTimeout, match="did not finish within 0.5 s"):
+        proc.run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; wait"], timeout=0.5)
+    assert time.monotonic() - start < 10
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{grandchild}") or _is_zombie(grandchild):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"grandchild {grandchild} survived the timeout")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_stdin_is_devnull() -> None:
+    assert proc.run(["cat"], timeout=10).stdout == ""
+
+
+def test_input_text() -> None:
+    assert proc.run(["cat"], timeout=10, input_text="hello").stdout == "hello"
+
+
+def test_env_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
+    monkeypatch.setenv("MY_API_TOKEN", "secret")
+    monkeypatch.setenv("KEEP_ME", "yes")
+    out = proc.run(["env"], timeout=10, env={"EXTRA": "1"}).stdout
+    assert "NOTIFY_SOCKET" not in out
+    assert "MY_API_TOKEN" not in out
+    assert "KEEP_ME=yes" in out and "EXTRA=1" in out
+    assert "/usr/local/sbin" in out
+
+
+def test_output_file_collects_both_streams_and_tail_on_failure(tmp_path: Path) -> None:
+    log = tmp_path / "out.log"
+    log.write_text("earlier run\n")
+    with pytest.raises(proc.CommandFailed) as info:
+        proc.run(["sh", "-c", "echo to-out; echo to-err >&2; exit 1"], timeout=10, output_file=log)
+    assert "earlier run" not in info.value.output_tail
+    assert "to-out" in info.value.output_tail and "to-err" in info.value.output_tail
+    assert log.read_text().startswith("earlier run\n")
+
+
+def test_output_file_does_not_wait_for_daemonized_children(tmp_path: Path) -> None:
+    # A child that leaves a process behind holding stdout (as lxc-checkpoint -r
+    # leaves the container monitor) must not block run().
+    start = time.monotonic()
+    proc.run(["sh", "-c", "setsid sleep 3 & exit 0"], timeout=10, output_file=tmp_path / "o")
+    assert time.monotonic() - start < 2.5
+
+
+def test_empty_argv_is_a_bug() -> None:
+    with pytest.raises(ValueError):
+        proc.run([], timeout=1)
