@@ -1,0 +1,38 @@
+# lxdmig: the two commands are `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export LXDMIG_VENV := $(abspath $(VENV))
+
+.PHONY: all install test unit integration typecheck demo testbed-up testbed-down clean
+
+all: test
+
+# Idempotent: installs system packages, CRIU >= 4 and the venv when missing.
+install:
+	scripts/install-deps
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+integration: install
+	$(PY) -m pytest tests/integration
+
+# The whole suite: type check, unit tests, then the real test bed.
+test: install
+	$(VENV)/bin/mypy
+	$(PY) -m pytest tests
+
+demo: install
+	scripts/demo
+
+testbed-up: install
+	scripts/testbed up
+
+testbed-down:
+	scripts/testbed down
+
+clean:
+	rm -rf build dist *.egg-info .mypy_cache .pytest_cache
