@@ -80,22 +80,24 @@ def exec_as(host: Host, argv: list[str]) -> None:
 
 def status(as_json: bool) -> int:
     up = hosts.is_up()
-    report: dict[str, object] = {"up": up, "hosts": {}}
-    for h in all_hosts():
-        names = containers.list_containers(h) if up else []
-        report["hosts"][h.name] = {  # type: ignore[index]
+    report = {
+        h.name: {
             "netns": h.netns,
             "address": str(h.address),
             "lxcpath": str(h.lxcpath),
-            "containers": {n: containers.lxc_state(h, n) for n in names},
+            "containers": {n: containers.lxc_state(h, n) for n in (containers.list_containers(h) if up else [])},
         }
+        for h in all_hosts()
+    }
     if as_json:
-        print(json.dumps(report, sort_keys=True))
+        print(json.dumps({"up": up, "hosts": report}, sort_keys=True))
         return 0
     print(f"test bed: {'up' if up else 'down'}")
-    for name, info in report["hosts"].items():  # type: ignore[attr-defined]
-        cs = ", ".join(f"{n} ({s})" for n, s in info["containers"].items()) or "no containers"
-        print(f"  host {name}: {info['netns']} {info['address']} lxcpath {info['lxcpath']}: {cs}")
+    for h in all_hosts():
+        states = report[h.name]["containers"]
+        assert isinstance(states, dict)
+        listed = ", ".join(f"{n} ({s})" for n, s in states.items()) or "no containers"
+        print(f"  host {h.name}: {h.netns} {h.address} lxcpath {h.lxcpath}: {listed}")
     return 0
 
 
