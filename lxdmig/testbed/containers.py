@@ -203,6 +203,8 @@ def list_containers(host: Host) -> list[str]:
 
 def read_workload(host: Host, name: str) -> dict[str, object]:
     """The workload's latest state line, plus where and how fresh it is."""
+    if not (host.lxcpath / name / "config").exists():
+        raise TestbedError(f"no container {name} on host {host.name}")
     path = host.lxcpath / name / "rootfs" / STATE_IN_CONTAINER.lstrip("/")
     last_error = ""
     for _ in range(20):
