@@ -1,0 +1,1 @@
+"""The wire protocol between ``lxdmig`` and ``lxdmig-helper``."""
