@@ -256,7 +256,11 @@ def _offer_controller(base: Path) -> bool:
 
 def setup_cgroups() -> None:
     if _state_file().exists():
-        return
+        if all(d.is_dir() for h in all_hosts() for d in host_cgroups(h)):
+            return
+        # Left from an earlier session whose cgroups went away: start afresh.
+        log.warning("test bed cgroups incomplete, recreating them")
+        teardown_cgroups()
     bases = [b for b in _own_cgroup_dirs() if _offer_controller(b)]
     cgroups: dict[str, list[str]] = {}
     for h in all_hosts():

@@ -64,3 +64,12 @@ def test_down_after_a_crash_half_way_through_up(testbed: None) -> None:
     hosts.up()
     hosts.up()
     assert hosts.is_up()
+
+
+def test_up_repairs_cgroups_that_went_away(testbed: None) -> None:
+    b = Host("b")
+    assert containers.list_containers(b) == []
+    victim = hosts.host_cgroups(b)[0]
+    victim.rmdir()
+    hosts.up()
+    assert all(d.is_dir() for d in hosts.host_cgroups(b))
