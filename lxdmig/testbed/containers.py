@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -225,19 +226,33 @@ def read_workload(host: Host, name: str) -> dict[str, object]:
     raise TestbedError(f"workload state of {name} unreadable: {last_error}")
 
 
-def wait_for_workload(host: Host, name: str, timeout: float = 30.0) -> dict[str, object]:
+def _counter(state: dict[str, object], key: str = "counter") -> int:
+    return int(str(state[key]))
+
+
+def poll_workload(host: Host, name: str, done: Callable[[dict[str, object]], bool], what: str,
+                  timeout: float = 30.0) -> dict[str, object]:
+    """Read the workload's state until ``done(state)``; TestbedError after ``timeout``.
+
+    A state file that does not exist yet (the workload is starting) counts
+    as not done.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
             state = read_workload(host, name)
-            if int(str(state["counter"])) > 0:
+            if done(state):
                 return state
         except TestbedError:
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:
-            raise TestbedError(f"workload in {name} on host {host.name} did not start within {timeout:g} s")
+            raise TestbedError(f"workload in {name} on host {host.name} {what} within {timeout:g} s")
         time.sleep(0.05)
+
+
+def wait_for_workload(host: Host, name: str, timeout: float = 30.0) -> dict[str, object]:
+    return poll_workload(host, name, lambda s: _counter(s) > 0, "did not start", timeout)
 
 
 # --- checkpoint and restore in place (the ground-is-real smoke) ------------------
@@ -272,7 +287,7 @@ def checkpoint_restore_in_place(host: Host, name: str) -> LocalCheckpoint:
     host_command(host, ["lxc-checkpoint", *lxcargs, "-r"], output_file=out)
     t2 = time.monotonic()
     try:
-        after = _wait_for_progress(host, name, int(str(before["counter"])))
+        after = _wait_for_progress(host, name, _counter(before))
     finally:
         shutil.rmtree(images, ignore_errors=True)
     return LocalCheckpoint(images, t1 - t0, t2 - t1, before, after)
@@ -283,23 +298,11 @@ def wait_for_full_verification(host: Host, name: str, timeout: float = 30.0) -> 
 
     Two more completed passes guarantee one pass that started after the call.
     """
-    start = int(str(read_workload(host, name)["verified_passes"]))
-    deadline = time.monotonic() + timeout
-    while True:
-        state = read_workload(host, name)
-        if int(str(state["verified_passes"])) >= start + 2:
-            return state
-        if time.monotonic() > deadline:
-            raise TestbedError(f"workload in {name} on host {host.name} did not verify its memory in {timeout:g} s")
-        time.sleep(0.05)
+    start = _counter(read_workload(host, name), "verified_passes")
+    return poll_workload(host, name, lambda s: _counter(s, "verified_passes") >= start + 2,
+                         "did not verify its memory", timeout)
 
 
 def _wait_for_progress(host: Host, name: str, counter: int, timeout: float = 10.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = read_workload(host, name)
-        if int(str(state["counter"])) > counter and float(str(state["age_ms"])) < 1000:
-            return state
-        if time.monotonic() > deadline:
-            raise TestbedError(f"workload in {name} on host {host.name} made no progress after restore")
-        time.sleep(0.05)
+    return poll_workload(host, name, lambda s: _counter(s) > counter and float(str(s["age_ms"])) < 1000,
+                         "made no progress after restore", timeout)
