@@ -260,7 +260,6 @@ def wait_for_workload(host: Host, name: str, timeout: float = 30.0) -> dict[str,
 
 @dataclass(frozen=True)
 class LocalCheckpoint:
-    images: Path
     dump_s: float
     restore_s: float
     before: dict[str, object]
@@ -290,7 +289,7 @@ def checkpoint_restore_in_place(host: Host, name: str) -> LocalCheckpoint:
         after = _wait_for_progress(host, name, _counter(before))
     finally:
         shutil.rmtree(images, ignore_errors=True)
-    return LocalCheckpoint(images, t1 - t0, t2 - t1, before, after)
+    return LocalCheckpoint(t1 - t0, t2 - t1, before, after)
 
 
 def wait_for_full_verification(host: Host, name: str, timeout: float = 30.0) -> dict[str, object]:

@@ -25,7 +25,6 @@ from lxdmig.testbed.layout import (
     Host,
     all_hosts,
     run_dir,
-    testbed_root,
 )
 
 log = logging.getLogger(__name__)
@@ -366,8 +365,6 @@ def down() -> None:
     for h in all_hosts():
         if _netns_exists(h):
             _ip("netns", "del", h.netns, check=False)
-    root = testbed_root()
     for h in all_hosts():
         shutil.rmtree(h.root, ignore_errors=True)
     shutil.rmtree(run_dir(), ignore_errors=True)
-    log.debug("removed test hosts under %s", root)
