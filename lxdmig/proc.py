@@ -167,3 +167,69 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: a daemon that dies (even by
+    # SIGKILL) takes its criu page servers with it instead of orphaning them.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Child:
+    """A long-lived program (criu page-server, lazy-pages): started, watched, stopped.
+
+    It runs in its own session, dies with its parent, writes stdout and
+    stderr to ``log_file``, and ``stop()`` (or leaving the ``with`` block)
+    sends TERM to its group, then KILL.
+    """
+
+    def __init__(self, argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None,
+                 cwd: str | Path | None = None, pass_fds: Sequence[int] = ()) -> None:
+        self.argv = [str(a) for a in argv]
+        self.log_file = log_file
+        log.debug("spawn: %s", format_argv(self.argv))
+        with open(log_file, "ab") as out:
+            try:
+                self.proc: subprocess.Popen[str] = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=clean_env(env), cwd=cwd,
+                    start_new_session=True, pass_fds=tuple(pass_fds), preexec_fn=_die_with_parent, text=True,
+                )
+            except FileNotFoundError as e:
+                raise CommandNotFound(f"{self.argv[0]}: not installed or not on PATH") from e
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for a normal exit; on timeout kill it and raise CommandTimeout."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(self.proc)
+            raise CommandTimeout(self.argv, timeout) from None
+
+    def log_tail(self) -> str:
+        try:
+            return tail(self.log_file.read_text(errors="replace"))
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            kill_group(self.proc)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,165 @@
+"""lxdmig.conf: one INI file shared by ``lxdmig`` and ``lxdmig-helper``.
+
+The file is ``/etc/lxdmig/lxdmig.conf`` unless ``--config FILE`` or the
+``LXDMIG_CONFIG_DIR`` environment variable says otherwise. A missing file
+means all defaults. Unknown sections or options are an error (a typo must
+not silently fall back to a default). Relative paths are resolved against
+the directory holding the file. ``OPTIONS`` documents every option; the
+man page and ``lxdmig-helper config`` print it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig.errors import ConfigError
+
+DEFAULT_DIR = Path("/etc/lxdmig")
+FILE_NAME = "lxdmig.conf"
+DEFAULT_PORT = 8445
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    name: str
+    default: str
+    help: str
+
+
+# Every option, its default and what it does. Defaults that are paths are
+# relative to the config file's directory.
+OPTIONS: tuple[Option, ...] = (
+    Option("helper", "listen", "0.0.0.0", "address lxdmig-helper binds to (IPv4 or IPv6 literal)"),
+    Option("helper", "port", str(DEFAULT_PORT), "TCP port lxdmig-helper listens on"),
+    Option("helper", "work_dir", "/var/lib/lxdmig/migrations",
+           "where received checkpoint images are kept, one directory per migration"),
+    Option("helper", "max_file_bytes", str(64 * 1024**3), "largest single file a peer may send"),
+    Option("helper", "io_timeout", "60", "seconds any single wait on a peer may take before giving up"),
+    Option("helper", "shutdown_grace", "120",
+           "seconds SIGTERM waits for migrations in flight before rolling them back"),
+    Option("helper", "page_server_ports", "27100-27199",
+           "TCP port range for CRIU page servers and lazy-pages started by the helper"),
+    Option("tls", "cert", "server.crt", "this host's certificate (made on first use)"),
+    Option("tls", "key", "server.key", "this host's private key (made on first use, mode 0600)"),
+    Option("tls", "trust_dir", "trust", "certificates of the hosts allowed to talk to this helper"),
+    Option("tls", "tokens", "tokens.json", "pending one-time trust tokens (hashed)"),
+    Option("client", "remotes", "remotes.json", "remotes known to the lxdmig command"),
+    Option("client", "connect_timeout", "10", "seconds to wait for a helper to accept a connection"),
+    Option("lxc", "lxcpath", "/var/lib/lxc", "LXC's container directory on this host"),
+)
+
+
+def _port_range(text: str, where: str) -> tuple[int, int]:
+    try:
+        low_s, high_s = text.split("-", 1)
+        low, high = int(low_s), int(high_s)
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not a port range like 27100-27199") from None
+    if not 1 <= low <= high <= 65535:
+        raise ConfigError(f"{where}: {text!r} is not a port range within 1-65535")
+    return low, high
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    listen: str
+    port: int
+    work_dir: Path
+    max_file_bytes: int
+    io_timeout: float
+    shutdown_grace: float
+    page_server_ports: tuple[int, int]
+    cert: Path
+    key: Path
+    trust_dir: Path
+    tokens: Path
+    remotes: Path
+    connect_timeout: float
+    lxcpath: Path
+
+
+def default_path() -> Path:
+    directory = os.environ.get("LXDMIG_CONFIG_DIR")
+    return (Path(directory) if directory else DEFAULT_DIR) / FILE_NAME
+
+
+def load(path: Path | None = None) -> Config:
+    """Read the config file (defaults for whatever it does not set)."""
+    path = (path or default_path()).absolute()
+    parser = configparser.ConfigParser(interpolation=None)
+    known = {(o.section, o.name): o for o in OPTIONS}
+    parser.read_dict({o.section: {} for o in OPTIONS})
+    for o in OPTIONS:
+        parser.set(o.section, o.name, o.default)
+    if path.exists():
+        overrides = configparser.ConfigParser(interpolation=None)
+        try:
+            overrides.read(path)
+        except (configparser.Error, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        for section in overrides.sections():
+            for name, value in overrides.items(section, raw=True):
+                if (section, name) not in known:
+                    raise ConfigError(f"{path}: unknown option {name!r} in section [{section}]")
+                parser.set(section, name, value)
+    base = path.parent
+
+    def text(section: str, name: str) -> str:
+        return parser.get(section, name).strip()
+
+    def number(section: str, name: str, minimum: float) -> float:
+        value = text(section, name)
+        try:
+            result = float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: [{section}] {name} = {value!r} is not a number") from None
+        if result < minimum:
+            raise ConfigError(f"{path}: [{section}] {name} = {value} is below {minimum:g}")
+        return result
+
+    def a_path(section: str, name: str) -> Path:
+        return base / text(section, name)  # an absolute value replaces base
+
+    listen = text("helper", "listen")
+    try:
+        ipaddress.ip_address(listen)
+    except ValueError:
+        raise ConfigError(f"{path}: [helper] listen = {listen!r} is not an IP address") from None
+    port = int(number("helper", "port", 1))
+    if port > 65535:
+        raise ConfigError(f"{path}: [helper] port = {port} is above 65535")
+    return Config(
+        path=path,
+        listen=listen,
+        port=port,
+        work_dir=a_path("helper", "work_dir"),
+        max_file_bytes=int(number("helper", "max_file_bytes", 1)),
+        io_timeout=number("helper", "io_timeout", 1),
+        shutdown_grace=number("helper", "shutdown_grace", 0),
+        page_server_ports=_port_range(text("helper", "page_server_ports"), f"{path}: [helper] page_server_ports"),
+        cert=a_path("tls", "cert"),
+        key=a_path("tls", "key"),
+        trust_dir=a_path("tls", "trust_dir"),
+        tokens=a_path("tls", "tokens"),
+        remotes=a_path("client", "remotes"),
+        connect_timeout=number("client", "connect_timeout", 0.1),
+        lxcpath=a_path("lxc", "lxcpath"),
+    )
+
+
+def describe() -> str:
+    """Every option with its default, as a commented example file."""
+    lines: list[str] = []
+    section = ""
+    for o in OPTIONS:
+        if o.section != section:
+            section = o.section
+            lines += ["", f"[{section}]"] if lines else [f"[{section}]"]
+        lines += [f"# {o.help}", f"#{o.name} = {o.default}"]
+    return "\n".join(lines) + "\n"
