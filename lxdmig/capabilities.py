@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
+import socket
 from dataclasses import dataclass
 
 from lxdmig import __version__, criu, kernel
@@ -16,12 +18,15 @@ LAZY_PIPE_BYTES = 4 * 1024 * 1024
 @dataclass(frozen=True)
 class HostCapabilities:
     lxdmig_version: str
+    hostname: str
     kernel_release: str
+    cpu_model: str
     criu_version: str
     criu_features: dict[str, bool]
     soft_dirty: bool
     pipe_max_size: int
     cap_sys_resource: bool
+    backends: tuple[str, ...]
 
     @property
     def can_track_dirty_memory(self) -> bool:
@@ -74,26 +79,60 @@ class HostCapabilities:
             out.append("no uffd-noncoop in CRIU's check: post-copy cannot restore on this host")
         return out
 
-    def as_dict(self) -> dict[str, object]:
+    def wire(self) -> dict[str, object]:
+        """The measured facts only, as JSON-able values (what a peer is told)."""
         return {
             "lxdmig_version": self.lxdmig_version,
+            "hostname": self.hostname,
             "kernel_release": self.kernel_release,
+            "cpu_model": self.cpu_model,
             "criu_version": self.criu_version,
             "criu_features": dict(self.criu_features),
             "soft_dirty": self.soft_dirty,
             "pipe_max_size": self.pipe_max_size,
             "cap_sys_resource": self.cap_sys_resource,
+            "backends": list(self.backends),
+        }
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.wire(),
             "source_modes": self.source_modes(),
             "destination_modes": self.destination_modes(),
             "problems": self.problems(),
         }
 
 
+def cpu_model() -> str:
+    """The CPU's model name; CRIU restores only onto compatible CPUs."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def available_backends() -> tuple[str, ...]:
+    """Container managers usable on this host (their Python bindings import)."""
+    found = []
+    for backend, module in (("lxc", "lxc"), ("lxd", "pylxd")):
+        if importlib.util.find_spec(module) is not None:
+            found.append(backend)
+    return tuple(found)
+
+
 def probe() -> HostCapabilities:
     info = criu.probe()
     return HostCapabilities(
         lxdmig_version=__version__,
+        hostname=socket.gethostname(),
         kernel_release=platform.release(),
+        cpu_model=cpu_model(),
+        backends=available_backends(),
         criu_version=info.version_text,
         criu_features=info.features,
         soft_dirty=kernel.soft_dirty_supported(),

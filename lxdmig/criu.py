@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.errors import CommandError, CriuError
@@ -68,3 +69,15 @@ def probe() -> CriuInfo:
         version=require_version(),
         features={name: has_feature(name) for name in FEATURE_USES},
     )
+
+
+def tls_options(cert: Path, key: Path, peer_cert: Path) -> list[str]:
+    """Options that make a CRIU page server / lazy-pages connection TLS.
+
+    Both ends present their host certificate and trust only the peer's
+    (a self-signed certificate used as the only CA: pinning). CN checks are
+    off on purpose: CRIU would compare the certificate's name with the IP
+    address, and hosts are identified by certificate, not by name.
+    """
+    return ["--tls", "--tls-cert", str(cert), "--tls-key", str(key), "--tls-cacert", str(peer_cert),
+            "--tls-no-cn-verify"]

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import os
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,35 +52,37 @@ def fingerprint(cert: bytes) -> str:
     return hashlib.sha256(cert).hexdigest()
 
 
-def ensure_identity(directory: Path, common_name: str) -> Identity:
-    """This host's key and certificate in ``directory``, made if missing."""
-    ident = Identity(directory / "server.crt", directory / "server.key")
+def ensure_identity(cert: Path, key: Path, common_name: str | None = None) -> Identity:
+    """This host's certificate and key, made if missing (named after the host)."""
+    ident = Identity(cert, key)
     if ident.cert.exists() and ident.key.exists():
         mode = ident.key.stat().st_mode & 0o777
         if mode & 0o077:
             raise ConfigError(f"{ident.key} is readable by others (mode {mode:o}): chmod 600 it")
         return ident
-    directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    for directory in {cert.parent, key.parent}:
+        directory.mkdir(parents=True, exist_ok=True)
+    common_name = common_name or socket.gethostname()
+    private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lxdmig")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
+    certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(key.public_key())
+        .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(private, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
     _write_new(ident.key, key_pem, 0o600)
-    _write_new(ident.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_new(ident.cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return ident
 
 
@@ -125,19 +128,25 @@ class TrustStore:
 
 
 def server_context(ident: Identity, trust: TrustStore) -> ssl.SSLContext:
-    """TLS 1.3 only; a client certificate from the trust store is required."""
+    """TLS 1.3 only; a client certificate, if sent, must be in the trust store.
+
+    A client that sends none still completes the handshake, because first
+    contact (redeeming a trust token) happens before the client is trusted;
+    such a connection has no peer certificate, ``peer_fingerprint`` raises
+    TrustError for it, and the helper allows it nothing but token redemption.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(ident.cert, ident.key)
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_OPTIONAL
     pems = trust.certificates()
     if pems:
         ctx.load_verify_locations(cadata=b"".join(pems.values()).decode())
     return ctx
 
 
-def client_context(ident: Identity, pinned_cert_pem: bytes | None) -> ssl.SSLContext:
-    """TLS 1.3 only, presenting our certificate.
+def client_context(ident: Identity | None, pinned_cert_pem: bytes | None) -> ssl.SSLContext:
+    """TLS 1.3 only, presenting our certificate (none when ``ident`` is None).
 
     With ``pinned_cert_pem`` only that certificate is accepted; without it
     (first contact, to show the fingerprint before trusting) any is, and the
@@ -145,7 +154,8 @@ def client_context(ident: Identity, pinned_cert_pem: bytes | None) -> ssl.SSLCon
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(ident.cert, ident.key)
+    if ident is not None:
+        ctx.load_cert_chain(ident.cert, ident.key)
     ctx.check_hostname = False  # hosts are pinned by certificate, not by name
     if pinned_cert_pem is None:
         ctx.verify_mode = ssl.CERT_NONE

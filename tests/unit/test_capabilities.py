@@ -10,7 +10,8 @@ from lxdmig.capabilities import LAZY_PIPE_BYTES, HostCapabilities
 def caps(*, dirty: bool = True, soft: bool = True, noncoop: bool = True, pipe: int = LAZY_PIPE_BYTES,
          cap: bool = False) -> HostCapabilities:
     return HostCapabilities(
-        lxdmig_version="0", kernel_release="6.1", criu_version="4.1.1",
+        lxdmig_version="0", hostname="h", kernel_release="6.1", cpu_model="cpu", criu_version="4.1.1",
+        backends=("lxc",),
         criu_features={"mem_dirty_track": dirty, "uffd": noncoop, "uffd-noncoop": noncoop},
         soft_dirty=soft, pipe_max_size=pipe, cap_sys_resource=cap,
     )

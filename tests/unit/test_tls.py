@@ -16,21 +16,21 @@ from lxdmig.errors import ConfigError
 
 @pytest.fixture
 def ids(tmp_path: Path) -> dict[str, tls.Identity]:
-    return {n: tls.ensure_identity(tmp_path / n, f"host-{n}") for n in ("server", "client", "stranger")}
+    return {n: tls.ensure_identity(tmp_path / n / "server.crt", tmp_path / n / "server.key", f"host-{n}") for n in ("server", "client", "stranger")}
 
 
 def test_identity_is_made_once_with_a_private_key(tmp_path: Path) -> None:
-    first = tls.ensure_identity(tmp_path / "id", "h")
+    first = tls.ensure_identity(tmp_path / "id" / "server.crt", tmp_path / "id" / "server.key", "h")
     assert first.key.stat().st_mode & 0o777 == 0o600
-    again = tls.ensure_identity(tmp_path / "id", "h")
+    again = tls.ensure_identity(tmp_path / "id" / "server.crt", tmp_path / "id" / "server.key", "h")
     assert again.fingerprint == first.fingerprint and len(first.fingerprint) == 64
 
 
 def test_identity_with_a_readable_key_is_refused(tmp_path: Path) -> None:
-    ident = tls.ensure_identity(tmp_path / "id", "h")
+    ident = tls.ensure_identity(tmp_path / "id" / "server.crt", tmp_path / "id" / "server.key", "h")
     ident.key.chmod(0o644)
     with pytest.raises(ConfigError, match="readable by others"):
-        tls.ensure_identity(tmp_path / "id", "h")
+        tls.ensure_identity(tmp_path / "id" / "server.crt", tmp_path / "id" / "server.key", "h")
 
 
 def test_trust_store_add_list_remove(tmp_path: Path, ids: dict[str, tls.Identity]) -> None:
@@ -141,3 +141,11 @@ def test_empty_trust_store_refuses_everyone(tmp_path: Path, ids: dict[str, tls.I
             connect(srv.port, tls.client_context(ids["client"], ids["server"].cert.read_bytes()))
     finally:
         srv.close()
+
+
+def test_client_without_certificate_completes_tls_but_has_no_identity(server: Server,
+                                                                        ids: dict[str, tls.Identity]) -> None:
+    with connect(server.port, tls.client_context(None, ids["server"].cert.read_bytes())) as s:
+        assert s.version() == "TLSv1.3"
+    server.close()
+    assert server.results == ["refused TrustError"]

@@ -1,0 +1,212 @@
+"""The source side of the helper protocol: connect to a remote's helper and use it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from lxdmig import capabilities, tls
+from lxdmig.capabilities import HostCapabilities
+from lxdmig.protocol import fields, messages
+from lxdmig.protocol.channel import Channel, TlsAlert
+from lxdmig.protocol.messages import Hello, RemoteError, RemoteUntrusted
+from lxdmig.config import Config
+from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
+from lxdmig.tokens import Token
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+class PeerUnreachable(RemoteError):
+    """No TCP connection to the helper (down, firewalled, wrong address)."""
+
+    code = "unreachable"
+
+
+class PeerCertificateMismatch(RemoteError):
+    """The helper's certificate is not the pinned one (or not the token's)."""
+
+    code = "certificate-mismatch"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the destination says about a prospective migration."""
+
+    free_bytes: int
+    container_exists: bool
+    networks: dict[str, bool]
+    lxcpath: str
+
+
+def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise PeerUnreachable(f"cannot reach lxdmig-helper at {format_address(host, port)}: {reason} "
+                              "(is lxdmig-helper running there, and the port open?)") from None
+
+
+def _tls_connect(host: str, port: int, ctx: ssl.SSLContext, timeout: float, what: str) -> ssl.SSLSocket:
+    raw = _tcp_connect(host, port, timeout)
+    try:
+        return ctx.wrap_socket(raw)
+    except ssl.SSLCertVerificationError:
+        raw.close()
+        raise PeerCertificateMismatch(
+            f"{what} at {format_address(host, port)} presented a certificate other than the one pinned; "
+            "if its certificate was replaced on purpose, remove the remote and add it again") from None
+    except (ssl.SSLError, OSError) as e:
+        raw.close()
+        raise PeerUnreachable(f"TLS handshake with {format_address(host, port)} failed: {e}") from None
+
+
+def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
+    """The helper's certificate (PEM), on first contact, before trusting it."""
+    with _tls_connect(host, port, tls.client_context(None, None), timeout, "the helper") as sock:
+        der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise PeerCertificateMismatch(f"the helper at {format_address(host, port)} sent no certificate")
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def _handshake(channel: Channel, local: HostCapabilities) -> Hello:
+    """Exchange hellos; returns the helper's."""
+    channel.send(Hello(messages.PROTOCOL_VERSION, local).header())
+    reply = channel.receive()
+    if reply.type == "error":
+        messages.raise_error(reply.header)
+    if reply.type != "hello":
+        raise messages.RemoteBadRequest(f"expected hello from the helper, got {reply.type!r}")
+    return Hello.parse(reply.header)
+
+
+def redeem_token(token: Token, identity: tls.Identity, timeout: float,
+                 local: HostCapabilities | None = None) -> tuple[str, int, bytes]:
+    """Have the helper named in ``token`` trust ``identity``; returns its (host, port, certificate)."""
+    errors = []
+    for address in token.addresses:
+        host, port = parse_address(address)
+        try:
+            cert = fetch_certificate(host, port, timeout)
+        except PeerUnreachable as e:
+            errors.append(str(e))
+            continue
+        if tls.fingerprint(cert) != token.fingerprint:
+            raise PeerCertificateMismatch(
+                f"the helper at {address} has certificate {tls.fingerprint(cert)}, "
+                f"but the token was issued by {token.fingerprint}: refusing to trust it")
+        with _tls_connect(host, port, tls.client_context(None, cert), timeout, "the helper") as sock:
+            channel = Channel(sock, timeout=timeout)
+            _handshake(channel, local or capabilities.probe())
+            channel.request({"type": "trust-redeem", "secret": token.secret,
+                             "certificate": identity.cert.read_text()})
+        return host, port, cert
+    raise PeerUnreachable("no address in the token answered: " + "; ".join(errors))
+
+
+class HelperClient:
+    """A trusted, handshaken connection to one remote's helper."""
+
+    def __init__(self, channel: Channel, remote: Remote, peer: Hello) -> None:
+        self.channel = channel
+        self.remote = remote
+        self.peer = peer
+
+    @classmethod
+    def connect(cls, remote: Remote, identity: tls.Identity, *, connect_timeout: float, io_timeout: float,
+                local: HostCapabilities | None = None) -> HelperClient:
+        ctx = tls.client_context(identity, remote.certificate)
+        sock = _tls_connect(remote.host, remote.port, ctx, connect_timeout, f"remote {remote.name!r}")
+        channel = Channel(sock, timeout=io_timeout)
+        try:
+            tls.require_peer(sock, {remote.fingerprint})
+            try:
+                peer = _handshake(channel, local or capabilities.probe())
+            except TlsAlert as e:
+                # TLS 1.3: the helper's verdict on our certificate arrives with the first read.
+                raise RemoteUntrusted(
+                    f"remote {remote.name!r} does not trust this host's certificate "
+                    f"{identity.fingerprint} ({e}): on {remote.name} run 'lxdmig-helper trust add NAME' "
+                    f"and then here 'lxdmig remote add {remote.name} TOKEN --replace'") from None
+            if not peer.trusted:
+                raise RemoteUntrusted(f"remote {remote.name!r} does not trust this host's certificate")
+        except BaseException:
+            channel.close()
+            raise
+        return cls(channel, remote, peer)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> HelperClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> None:
+        self.channel.request({"type": "ping"})
+
+    def probe(self, container: str | None, networks: list[str]) -> ProbeResult:
+        reply = self.channel.request({"type": "probe", "container": container or "", "networks": networks})
+        return ProbeResult(
+            free_bytes=fields.get_int(reply.header, "free_bytes"),
+            container_exists=fields.get_bool(reply.header, "container_exists"),
+            networks=fields.get_bool_map(reply.header, "networks"),
+            lxcpath=fields.get_str(reply.header, "lxcpath"),
+        )
+
+    def begin_migration(self, container: str) -> str:
+        reply = self.channel.request({"type": "migration-begin", "container": container})
+        return fields.get_str(reply.header, "migration", max_len=64)
+
+    def send_file(self, migration: str, name: str, path: Path) -> int:
+        """Upload one file into the migration's directory; returns its size."""
+        size = path.stat().st_size
+        self.channel.request({"type": "file-open", "migration": migration, "name": name, "size": size})
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                self.channel.send({"type": "file-data"}, chunk)
+        self.channel.request({"type": "file-close", "migration": migration, "sha256": digest.hexdigest()})
+        return size
+
+    def send_tree(self, migration: str, root: Path, prefix: str = "") -> int:
+        """Upload every regular file under ``root``; returns the bytes sent."""
+        total = 0
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                total += self.send_file(migration, prefix + path.relative_to(root).as_posix(), path)
+        return total
+
+    def start_page_server(self, migration: str) -> int:
+        """A CRIU page server (TLS) on the helper for this migration; returns its port."""
+        reply = self.channel.request({"type": "page-server", "migration": migration})
+        return fields.get_int(reply.header, "port", minimum=1, maximum=65535)
+
+    def end_migration(self, migration: str) -> None:
+        self.channel.request({"type": "migration-end", "migration": migration})
+
+    def abort_migration(self, migration: str) -> None:
+        self.channel.request({"type": "migration-abort", "migration": migration})
+
+
+
+def open_remote(conf: Config, name: str, local: HostCapabilities | None = None) -> HelperClient:
+    """Connect to remote ``name`` as this host, as configured."""
+    remote = RemoteStore(conf.remotes).get(name)
+    identity = tls.ensure_identity(conf.cert, conf.key)
+    return HelperClient.connect(remote, identity, connect_timeout=conf.connect_timeout,
+                                io_timeout=conf.io_timeout, local=local)

@@ -1,0 +1,75 @@
+"""One side of a conversation: frames over a (TLS) socket with a timeout on every wait."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Mapping
+
+from lxdmig.protocol import framing, messages
+from lxdmig.protocol.framing import Frame, ProtocolError
+
+
+class PeerTimeout(ProtocolError):
+    """The peer did not answer within the time allowed."""
+
+
+class TlsAlert(ProtocolError):
+    """The TLS layer failed (e.g. the peer refused our certificate)."""
+
+
+class Channel:
+    def __init__(self, sock: socket.socket, *, timeout: float,
+                 max_payload: int = framing.DEFAULT_MAX_PAYLOAD) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.max_payload = max_payload
+        self._send_lock = threading.Lock()
+        sock.settimeout(timeout)
+
+    def send(self, header: Mapping[str, object], payload: bytes = b"") -> None:
+        data = framing.encode(header, payload)
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except TimeoutError:
+                raise PeerTimeout(f"the peer did not take data for {self.timeout:g} s") from None
+            except OSError as e:
+                raise framing.ConnectionClosed(f"cannot send to the peer: {e}") from None
+
+    def receive(self) -> Frame:
+        try:
+            return framing.read_frame(self.sock, max_payload=self.max_payload)
+        except TimeoutError:
+            raise PeerTimeout(f"no message from the peer within {self.timeout:g} s") from None
+        except (ConnectionResetError, BrokenPipeError) as e:
+            raise framing.ConnectionClosed(f"the connection to the peer broke: {e}") from None
+        except ssl.SSLError as e:
+            raise TlsAlert(e.reason or str(e)) from None
+
+    def request(self, header: Mapping[str, object], payload: bytes = b"") -> Frame:
+        """Send a request and return its reply; an ``error`` reply is raised."""
+        request_type = str(header.get("type"))
+        expected = messages.REQUESTS.get(request_type)
+        if expected is None:
+            raise ValueError(f"{request_type!r} is not a protocol request")
+        self.send(header, payload)
+        reply = self.receive()
+        if reply.type == "error":
+            messages.raise_error(reply.header)
+        if reply.type != expected:
+            raise ProtocolError(f"expected {expected!r} in answer to {request_type!r}, got {reply.type!r}")
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
