@@ -1,0 +1,1 @@
+"""lxdmig-helper: the per-host daemon that receives migrations."""

@@ -1,0 +1,5 @@
+import sys
+
+from lxdmig.helper.cli import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""The helper daemon: listen, authenticate, serve sessions, reload, shut down.
+
+Threads: the main thread accepts connections (waking every ``_TICK`` s to
+ping the watchdog and look at signal flags); each connection is served by
+its own thread. SIGHUP reloads the trust store and re-probes the host;
+SIGTERM/SIGINT stop accepting, let migrations in flight finish for up to
+``shutdown_grace`` s and roll back the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from types import FrameType
+
+from lxdmig import backends, capabilities, tls
+from lxdmig.capabilities import HostCapabilities
+from lxdmig.config import Config
+from lxdmig.errors import ConfigError
+from lxdmig.helper.migrations import Registry
+from lxdmig.helper.session import Session
+from lxdmig.sdnotify import Notifier
+from lxdmig.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.5
+_HANDSHAKE_TIMEOUT = 10.0
+
+
+class HelperState:
+    """What every session shares; reload() swaps trust and probes atomically."""
+
+    def __init__(self, config: Config, notifier: Notifier) -> None:
+        self.config = config
+        self.notifier = notifier
+        self.identity = tls.ensure_identity(config.cert, config.key)
+        self.trust = tls.TrustStore(config.trust_dir)
+        self.tokens = TokenStore(config.tokens)
+        self.registry = Registry(config.work_dir)
+        self.backend = backends.get("lxc", lxcpath=config.lxcpath)
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext = tls.server_context(self.identity, self.trust)
+        self._fingerprints = set(self.trust.fingerprints())
+        self._host = capabilities.probe()
+
+    def reload(self) -> None:
+        context = tls.server_context(self.identity, self.trust)
+        fingerprints = set(self.trust.fingerprints())
+        with self._lock:
+            self._context, self._fingerprints = context, fingerprints
+        log.info("trust store loaded: %d trusted certificate(s)", len(fingerprints))
+
+    def reprobe(self) -> None:
+        host = capabilities.probe()
+        with self._lock:
+            self._host = host
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            return self._context
+
+    def trusted_fingerprints(self) -> set[str]:
+        with self._lock:
+            return set(self._fingerprints)
+
+    def host(self) -> HostCapabilities:
+        with self._lock:
+            return self._host
+
+    def free_bytes(self) -> int:
+        """Free space where images and root filesystems land (the smaller one)."""
+        free = []
+        for path in (self.config.work_dir, self.config.lxcpath):
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            st = os.statvfs(path)
+            free.append(st.f_bavail * st.f_frsize)
+        return min(free)
+
+    def status(self, text: str) -> None:
+        log.info("status: %s", text)
+        self.notifier.status(text)
+
+    def idle_status(self) -> str:
+        n = self.registry.count()
+        return f"{n} migration(s) in progress" if n else f"idle, listening on port {self.config.port}"
+
+
+class HelperServer:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.state = HelperState(config, self.notifier)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._sessions: dict[int, Session] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.config.listen else socket.AF_INET
+        try:
+            listener = socket.create_server((self.config.listen, self.config.port), family=family, backlog=32)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {self.config.listen} port {self.config.port}: {e.strerror}") \
+                from None
+        listener.settimeout(_TICK)
+        return listener
+
+    def serve(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        leftovers = self.state.registry.clean_leftovers()
+        if leftovers:
+            log.warning("removed %d unfinished migration dir(s) left by an earlier run: %s", len(leftovers),
+                        ", ".join(leftovers))
+        listener = self.bind()
+        where = f"{self.config.listen} port {self.config.port}"
+        log.info("listening on %s; certificate %s", where, self.state.identity.fingerprint)
+        self.notifier.ready(f"idle, listening on {where}")
+        watchdog = self.notifier.watchdog_interval
+        next_ping = 0.0
+        try:
+            while not self._stop.is_set():
+                if watchdog and time.monotonic() >= next_ping:
+                    self.notifier.watchdog()
+                    next_ping = time.monotonic() + watchdog / 2
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.notifier.reloading()
+                    self.state.reload()
+                    self.state.reprobe()
+                    self.notifier.notify("READY=1", f"STATUS={self.state.idle_status()}")
+                try:
+                    conn, addr = listener.accept()
+                except TimeoutError:
+                    continue
+                self._start_session(conn, f"{addr[0]}:{addr[1]}")
+        finally:
+            listener.close()
+        return self._shut_down()
+
+    def _start_session(self, conn: socket.socket, peer: str) -> None:
+        self._count += 1
+        thread = threading.Thread(target=self._session, args=(conn, peer), name=f"conn-{self._count}", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _session(self, conn: socket.socket, peer: str) -> None:
+        conn.settimeout(_HANDSHAKE_TIMEOUT)
+        try:
+            sock = self.state.context().wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            log.warning("%s: TLS handshake refused: %s", peer, getattr(e, "reason", None) or e)
+            conn.close()
+            return
+        session = Session(self.state, sock, peer)
+        key = id(session)
+        with self._lock:
+            self._sessions[key] = session
+        try:
+            session.run()
+        finally:
+            with self._lock:
+                self._sessions.pop(key, None)
+
+    def _shut_down(self) -> int:
+        in_flight = self.state.registry.count()
+        self.notifier.stopping(f"shutting down, {in_flight} migration(s) in flight")
+        log.info("shutting down: no new connections; %d migration(s) in flight", in_flight)
+        rolled_back = self.state.registry.close(self.config.shutdown_grace)
+        if rolled_back:
+            log.warning("rolled back %d migration(s) that did not finish within %g s", rolled_back,
+                        self.config.shutdown_grace)
+        with self._lock:
+            sessions = list(self._sessions.values())
+            threads = list(self._threads)
+        for session in sessions:
+            session.shutdown()
+        for thread in threads:
+            thread.join(5.0)
+        log.info("stopped")
+        return 0
+

@@ -1,0 +1,331 @@
+"""One client connection to the helper: handshake, then whitelisted requests.
+
+Every request is read through typed getters; a bad field is answered with a
+``bad-request`` error and the connection carries on. A frame that breaks
+the stream itself (bad prefix, oversized, closed mid-frame) or an error in
+the middle of a file upload ends the connection. Migrations begun on a
+connection are rolled back when it ends without finishing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import select
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from lxdmig import criu, proc, tls
+from lxdmig.errors import BackendError, ConfigError, LxdmigError
+from lxdmig.helper.migrations import Migration
+from lxdmig.protocol import fields, messages
+from lxdmig.protocol.channel import Channel, PeerTimeout
+from lxdmig.protocol.framing import ConnectionClosed, Frame, ProtocolError
+from lxdmig.protocol.messages import (
+    Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteTooLarge, RemoteUnsafePath,
+    RemoteUntrusted, RemoteVersionMismatch,
+)
+from lxdmig.protocol.paths import UnsafePath, open_for_receive
+from lxdmig.tokens import TokenError
+
+if TYPE_CHECKING:
+    from lxdmig.helper.server import HelperState
+
+log = logging.getLogger(__name__)
+
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+_PAGE_SERVER_READY_TIMEOUT = 10.0
+_MAX_CERT = 16 * 1024
+
+
+@dataclass
+class _Upload:
+    migration: Migration
+    name: str
+    fd: int
+    size: int
+    written: int = 0
+    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+
+
+class Session:
+    def __init__(self, state: HelperState, sock: ssl.SSLSocket, peer: str) -> None:
+        self.state = state
+        self.sock = sock
+        self.peer = peer
+        self.channel = Channel(sock, timeout=state.config.io_timeout)
+        self.fingerprint: str | None = None
+        self.trusted = False
+        self.migrations: set[str] = set()
+        self.upload: _Upload | None = None
+        self.handlers: dict[str, Callable[[Frame], dict[str, object]]] = {
+            "ping": lambda frame: {"type": "pong"},
+            "trust-redeem": self._trust_redeem,
+            "probe": self._probe,
+            "migration-begin": self._migration_begin,
+            "file-open": self._file_open,
+            "file-close": self._file_close,
+            "page-server": self._page_server,
+            "migration-end": lambda frame: self._finish(frame, "ended", "ended"),
+            "migration-abort": lambda frame: self._finish(frame, "aborted", "aborted"),
+        }
+        assert set(self.handlers) == set(messages.REQUESTS)
+
+    # -- the connection --------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._handshake()
+            while True:
+                self._serve_one(self.channel.receive())
+        except ConnectionClosed:
+            log.debug("%s: connection closed", self.peer)
+        except PeerTimeout as e:
+            log.warning("%s: %s; closing the connection", self.peer, e)
+        except ProtocolError as e:
+            log.warning("%s: %s; closing the connection", self.peer, e)
+            self._send_error(RemoteBadRequest(str(e)))
+        except RemoteError as e:
+            log.warning("%s: %s; closing the connection", self.peer, e)
+            self._send_error(e)
+        except Exception:
+            log.exception("%s: internal error; closing the connection", self.peer)
+            self._send_error(RemoteError("internal error in lxdmig-helper (see its log)"))
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._drop_upload()
+        for mid in sorted(self.migrations):
+            try:
+                self.state.registry.finish(mid, self.fingerprint or "", how="rolled back (connection ended)")
+            except RemoteError:
+                pass
+        self.migrations.clear()
+        self.channel.close()
+
+    def shutdown(self) -> None:
+        """Called from another thread: make a blocked receive() return."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send_error(self, error: RemoteError) -> None:
+        try:
+            self.channel.send(messages.error_header(error))
+        except (ProtocolError, OSError):
+            pass
+
+    def _handshake(self) -> None:
+        try:
+            self.fingerprint = tls.peer_fingerprint(self.sock)
+        except tls.TrustError:
+            self.fingerprint = None  # first contact: may only redeem a token
+        self.trusted = self.fingerprint is not None and self.fingerprint in self.state.trusted_fingerprints()
+        frame = self.channel.receive()
+        if frame.type != "hello":
+            raise RemoteBadRequest(f"the first message must be hello, not {frame.type!r}")
+        hello = Hello.parse(frame.header)
+        if hello.protocol != messages.PROTOCOL_VERSION:
+            raise RemoteVersionMismatch(
+                f"this helper speaks protocol {messages.PROTOCOL_VERSION}, the client {hello.protocol}: "
+                "install the same lxdmig version on both hosts")
+        log.info("%s: hello from %s (lxdmig %s, criu %s)%s", self.peer, hello.host.hostname,
+                 hello.host.lxdmig_version, hello.host.criu_version, "" if self.trusted else " (not trusted)")
+        self.channel.send(Hello(messages.PROTOCOL_VERSION, self.state.host(), self.trusted).header())
+
+    def _serve_one(self, frame: Frame) -> None:
+        kind = frame.type
+        if kind in messages.STREAM_TYPES:
+            self._file_data(frame)  # errors here end the connection: the stream is out of step
+            return
+        if self.upload is not None and kind != "file-close":
+            self._drop_upload()
+            raise RemoteBadRequest(f"{kind!r} in the middle of a file upload")
+        try:
+            if kind not in self.handlers:
+                raise RemoteBadRequest(f"request {kind!r} is not allowed")
+            if not self.trusted and kind not in messages.UNAUTHENTICATED_REQUESTS:
+                raise RemoteUntrusted("this host's certificate is not trusted by the helper")
+            reply = self.handlers[kind](frame)
+        except RemoteError as e:
+            log.info("%s: %s refused: %s", self.peer, kind, e)
+            self._send_error(e)
+            return
+        except UnsafePath as e:
+            self._send_error(RemoteUnsafePath(str(e)))
+            return
+        except (ProtocolError, BackendError, ConfigError) as e:
+            self._send_error(RemoteBadRequest(str(e)))
+            return
+        self.channel.send(reply)
+
+    # -- requests ----------------------------------------------------------
+
+    def _trust_redeem(self, frame: Frame) -> dict[str, object]:
+        secret = fields.get_str(frame.header, "secret", max_len=256)
+        cert_pem = fields.get_str(frame.header, "certificate", max_len=_MAX_CERT).encode()
+        try:
+            x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise RemoteBadRequest("'certificate' is not a PEM certificate") from None
+        try:
+            name = self.state.tokens.redeem(secret)
+        except TokenError as e:
+            raise RemoteUntrusted(str(e)) from None
+        fp = self.state.trust.add(name, cert_pem)
+        self.state.reload()
+        log.warning("%s: trust token for %r redeemed; certificate %s is now trusted", self.peer, name, fp)
+        return {"type": "trusted", "name": name, "fingerprint": fp}
+
+    def _probe(self, frame: Frame) -> dict[str, object]:
+        container = fields.get_str(frame.header, "container", max_len=64)
+        networks = fields.get_str_list(frame.header, "networks", max_items=64)
+        return {
+            "type": "probe-result",
+            "free_bytes": self.state.free_bytes(),
+            "container_exists": bool(container) and self.state.backend.exists(container),
+            "networks": {n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}") for n in networks},
+            "lxcpath": str(self.state.config.lxcpath),
+        }
+
+    def _migration(self, frame: Frame) -> Migration:
+        mid = fields.get_str(frame.header, "migration", max_len=64)
+        if mid not in self.migrations:
+            raise messages.RemoteNotFound(f"no migration {mid!r} on this connection")
+        return self.state.registry.get(mid, self.fingerprint or "")
+
+    def _migration_begin(self, frame: Frame) -> dict[str, object]:
+        container = fields.get_str(frame.header, "container", max_len=64)
+        if self.state.backend.exists(container):
+            raise RemoteExists(f"a container named {container!r} already exists on this host")
+        der = self.sock.getpeercert(binary_form=True) or b""
+        pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+        migration = self.state.registry.begin(container, self.fingerprint or "", pem)
+        self.migrations.add(migration.id)
+        self.state.status(f"receiving {container} from {self.peer}")
+        return {"type": "migration", "migration": migration.id}
+
+    def _file_open(self, frame: Frame) -> dict[str, object]:
+        migration = self._migration(frame)
+        name = fields.get_str(frame.header, "name", max_len=1024)
+        size = fields.get_int(frame.header, "size")
+        if size > self.state.config.max_file_bytes:
+            raise RemoteTooLarge(f"{name!r}: {size} bytes is over this helper's limit of "
+                                 f"{self.state.config.max_file_bytes} (max_file_bytes)")
+        if size > self.state.free_bytes():
+            raise RemoteTooLarge(f"{name!r}: {size} bytes do not fit in the {self.state.free_bytes()} bytes "
+                                 f"free under {self.state.config.work_dir}")
+        fd = open_for_receive(migration.images, name)
+        self.upload = _Upload(migration, name, fd, size)
+        return {"type": "ready"}
+
+    def _file_data(self, frame: Frame) -> None:
+        up = self.upload
+        if up is None:
+            raise RemoteBadRequest("file data without file-open")
+        if up.written + len(frame.payload) > up.size:
+            self._drop_upload()
+            raise RemoteTooLarge(f"{up.name!r}: more data than the {up.size} bytes announced")
+        view = memoryview(frame.payload)
+        while view:
+            view = view[os.write(up.fd, view):]
+        up.written += len(frame.payload)
+        up.digest.update(frame.payload)
+
+    def _file_close(self, frame: Frame) -> dict[str, object]:
+        up = self.upload
+        if up is None:
+            raise RemoteBadRequest("file-close without file-open")
+        expected = fields.get_str(frame.header, "sha256", max_len=64)
+        try:
+            if up.written != up.size:
+                raise RemoteBadRequest(f"{up.name!r}: got {up.written} of {up.size} bytes")
+            if up.digest.hexdigest() != expected:
+                raise RemoteBadRequest(f"{up.name!r}: SHA-256 mismatch, the file was damaged in transit")
+            os.fsync(up.fd)
+        except BaseException:
+            self._drop_upload()
+            raise
+        os.close(up.fd)
+        self.upload = None
+        return {"type": "stored", "name": up.name, "size": up.size}
+
+    def _drop_upload(self) -> None:
+        up, self.upload = self.upload, None
+        if up is None:
+            return
+        os.close(up.fd)
+        try:
+            os.unlink(os.path.join(up.migration.images, up.name))
+        except OSError:
+            pass
+
+    def _page_server(self, frame: Frame) -> dict[str, object]:
+        migration = self._migration(frame)
+        address = self.sock.getsockname()[0]  # where the client reached us
+        port = start_page_server(self.state, migration, address)
+        return {"type": "page-server-started", "port": port}
+
+    def _finish(self, frame: Frame, how: str, reply: str) -> dict[str, object]:
+        migration = self._migration(frame)
+        self.state.registry.finish(migration.id, self.fingerprint or "", how=how)
+        self.migrations.discard(migration.id)
+        self.state.status(self.state.idle_status())
+        return {"type": reply}
+
+
+def _free_port(address: str, low: int, high: int) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for port in range(low, high + 1):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
+
+
+def start_page_server(state: HelperState, migration: Migration, address: str) -> int:
+    """``criu page-server`` over TLS into the migration's images; returns its port once it listens."""
+    low, high = state.config.page_server_ports
+    port = _free_port(address, low, high)
+    ready_r, ready_w = os.pipe()
+    try:
+        argv = ["criu", "page-server", "-D", str(migration.images), "-W", str(migration.root),
+                "--address", address, "--port", str(port), "--status-fd", str(ready_w),
+                "-o", str(migration.root / "page-server.log"), "-v4",
+                *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+        try:
+            child = proc.Child(argv, log_file=migration.root / "page-server.out", pass_fds=[ready_w])
+        except LxdmigError as e:
+            raise RemoteCommandFailed(f"cannot start criu page-server: {e}") from None
+        migration.children.append(child)
+        os.close(ready_w)
+        ready_w = -1
+        readable, _, _ = select.select([ready_r], [], [], _PAGE_SERVER_READY_TIMEOUT)
+        if not readable or os.read(ready_r, 1) != b"\0":
+            child.stop()
+            raise RemoteCommandFailed(f"criu page-server did not start: {_log_tail(migration) or 'no output'}")
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    log.info("migration %s: page server on %s:%d", migration.id, address, port)
+    return port
+
+
+def _log_tail(migration: Migration) -> str:
+    try:
+        return proc.tail((migration.root / "page-server.log").read_text(errors="replace"), 5)
+    except OSError:
+        return ""
