@@ -10,14 +10,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
-from lxdmig import __version__
-from lxdmig.cli import info_cmd
+from lxdmig import __version__, config
+from lxdmig.cli import check_cmd, info_cmd, remote_cmd
 from lxdmig.errors import ExitCode, LxdmigError
 
 # The explicit list of subcommands, in the order --help shows them.
-COMMANDS: tuple[ModuleType, ...] = (info_cmd,)
+COMMANDS: tuple[ModuleType, ...] = (remote_cmd, check_cmd, info_cmd)
 
 PROG = "lxdmig"
 DESCRIPTION = (
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="log every step and show tracebacks")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"config file (default {config.DEFAULT_DIR / config.FILE_NAME}, "
+                             "or $LXDMIG_CONFIG_DIR/lxdmig.conf)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -38,12 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return dispatch(PROG, parser, parser.parse_args(argv))
+
+
+def dispatch(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespace, *,
+             default_level: int = logging.WARNING, log_format: str | None = None) -> int:
+    """Run the chosen subcommand: one line per known error, tracebacks only with --debug."""
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if args.debug else default_level,
+        format=log_format or "%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
-    if args.command is None:
+    if getattr(args, "run", None) is None:
         parser.print_help()
         return ExitCode.USAGE
     try:
@@ -52,8 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LxdmigError as e:
         if args.debug:
             logging.exception("failed")
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -1,0 +1,91 @@
+"""``lxdmig check REMOTE [CONTAINER]``: the preflight, before anything is frozen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+from lxdmig import backends, capabilities, client, config, preflight
+from lxdmig.errors import ConfigError, CriuError, ExitCode, LxdmigError
+from lxdmig.preflight import Check, Status
+from lxdmig.protocol.messages import RemoteUntrusted
+
+HELP = "check whether a container (or any container) can be moved to a remote, without freezing anything"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help=HELP, description=HELP[0].upper() + HELP[1:] + ". Prints one line per "
+                       "check (ok/warn/fail and why) and exits with status 9 if a move would fail.")
+    p.add_argument("remote", help="a remote added with 'lxdmig remote add'")
+    p.add_argument("container", nargs="?", help="an LXC container on this host")
+    p.add_argument("--trial-dump", action="store_true",
+                   help="also let CRIU really dump the container to a scratch directory (it keeps running, "
+                        "but is frozen for as long as the dump takes)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(run=run)
+
+
+def gather(conf: config.Config, remote: str, container: str | None, trial_dump: bool) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        local = capabilities.probe()
+    except CriuError as e:
+        return [Check("criu", Status.FAIL, f"this host: {e}")]
+    try:
+        peer = client.open_remote(conf, remote, local)
+    except ConfigError as e:
+        return [Check("remote", Status.FAIL, str(e))]
+    except client.PeerUnreachable as e:
+        return [Check("reachable", Status.FAIL, str(e))]
+    except (client.PeerCertificateMismatch, RemoteUntrusted) as e:
+        return [Check("trust", Status.FAIL, str(e))]
+    except LxdmigError as e:
+        return [Check("protocol", Status.FAIL, str(e))]
+    with peer:
+        checks.append(Check("reachable", Status.OK, f"{remote} at {peer.remote.address} "
+                                                    f"({peer.peer.host.hostname})"))
+        checks.append(Check("trust", Status.OK, f"certificate {peer.remote.fingerprint[:16]}... pinned, "
+                                                f"and {remote} trusts this host"))
+        checks += preflight.host_checks(local, peer.peer.host, remote)
+        facts = None
+        if container is not None:
+            backend = backends.get("lxc", lxcpath=conf.lxcpath)
+            if not backend.exists(container):
+                checks.append(Check("container", Status.FAIL, f"no container {container!r} in {conf.lxcpath}"))
+                return checks
+            facts = backend.facts(container)
+            problems = backend.dump_problems(container) if facts.running else []
+            checks += preflight.container_checks(facts, problems)
+            if trial_dump and facts.running and not preflight.failed(checks):
+                checks.append(_trial_dump(backend, container))
+        probe = peer.probe(container, list(facts.networks) if facts else [])
+        checks += preflight.destination_checks(probe, facts, remote)
+    return checks
+
+
+def _trial_dump(backend: backends.Backend, container: str) -> Check:
+    with tempfile.TemporaryDirectory(prefix="lxdmig-trial-") as scratch:
+        start = time.monotonic()
+        try:
+            backend.trial_dump(container, scratch)
+        except CriuError as e:
+            return Check("trial-dump", Status.FAIL, str(e))
+    return Check("trial-dump", Status.OK, f"CRIU dumped {container} in {time.monotonic() - start:.2f} s "
+                                          "and it kept running")
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    conf = config.load(args.config)
+    checks = gather(conf, args.remote, args.container, args.trial_dump)
+    bad = preflight.failed(checks)
+    if args.json:
+        print(json.dumps({"ok": not bad, "checks": [
+            {"check": c.name, "status": c.status.value, "message": c.message} for c in checks]}))
+    else:
+        for c in checks:
+            print(f"{c.status.value:<5} {c.name:<15} {c.message}")
+        what = args.container or "a container"
+        print(f"=> moving {what} to {args.remote} would fail" if bad else f"=> {what} can move to {args.remote}")
+    return ExitCode.PREFLIGHT if bad else ExitCode.OK

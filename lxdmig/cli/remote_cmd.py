@@ -1,0 +1,112 @@
+"""``lxdmig remote add/list/remove``: the helpers this host migrates to."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lxdmig import client, config, tls
+from lxdmig.errors import ConfigError, ExitCode
+from lxdmig.protocol.messages import RemoteUntrusted
+from lxdmig.remotes import Remote, RemoteStore, check_name, parse_address
+from lxdmig.tokens import Token
+
+HELP = "manage remotes: the lxdmig-helper daemons this host can migrate containers to"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("remote", help=HELP, description=HELP[0].upper() + HELP[1:] + ".")
+    rsub = p.add_subparsers(dest="remote_command", metavar="ACTION", required=True)
+    add = rsub.add_parser(
+        "add", help="add a remote by address (pinning its certificate) or by trust token",
+        description="Add a remote. With a TOKEN from 'lxdmig-helper trust add' on the other host, the helper's "
+                    "certificate is checked against the token and the helper learns to trust this host. With an "
+                    "ADDRESS, the helper's certificate fingerprint is shown and pinned once you accept it; the "
+                    "other host must then trust this host separately ('lxdmig-helper trust add NAME --cert').")
+    add.add_argument("name", help="what to call the remote (as in 'lxdmig move c1 NAME:c1')")
+    add.add_argument("target", metavar="ADDRESS|TOKEN",
+                     help="HOST[:PORT] (default port 8445), or a trust token, or '-' to read the token from stdin "
+                          "(keeps it out of the process list)")
+    add.add_argument("--token", help="a trust token to redeem at ADDRESS (instead of the token's addresses)")
+    add.add_argument("--fingerprint", help="accept the certificate only if its SHA-256 fingerprint is this")
+    add.add_argument("--accept-certificate", action="store_true",
+                     help="pin whatever certificate the helper shows, without asking (first contact)")
+    add.add_argument("--replace", action="store_true", help="replace a remote of the same name")
+    add.set_defaults(run=_add)
+    lst = rsub.add_parser("list", help="list remotes")
+    lst.add_argument("--json", action="store_true", help="print JSON for scripts")
+    lst.set_defaults(run=_list)
+    rm = rsub.add_parser("remove", help="forget a remote")
+    rm.add_argument("name")
+    rm.set_defaults(run=_remove)
+
+
+def _confirm(fingerprint: str, address: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ConfigError(f"the helper at {address} has certificate fingerprint {fingerprint}; to pin it, "
+                          "run again with --fingerprint " + fingerprint + " (or --accept-certificate)")
+    print(f"Certificate fingerprint of {address}: {fingerprint}")
+    return input("Pin this certificate? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _add(args: argparse.Namespace) -> ExitCode:
+    conf = config.load(args.config)
+    name = check_name(args.name)
+    store = RemoteStore(conf.remotes)
+    if not args.replace and any(r.name == name for r in store.all()):
+        raise ConfigError(f"remote {name!r} exists already; remove it first or pass --replace")
+    identity = tls.ensure_identity(conf.cert, conf.key)
+    if args.target == "-":
+        args.target = sys.stdin.readline().strip()
+    token_text = args.token or (args.target if Token.looks_like_token(args.target) else None)
+    if token_text is not None:
+        token = Token.decode(token_text)
+        if args.token:
+            host, port = parse_address(args.target)
+            token = Token(token.name, token.fingerprint, (f"{host}:{port}",), token.secret)
+        host, port, cert = client.redeem_token(token, identity, conf.connect_timeout)
+        how = "certificate matches the token; the helper now trusts this host"
+    else:
+        host, port = parse_address(args.target)
+        cert = client.fetch_certificate(host, port, conf.connect_timeout)
+        fp = tls.fingerprint(cert)
+        if args.fingerprint:
+            if args.fingerprint.lower().replace(":", "") != fp:
+                raise client.PeerCertificateMismatch(
+                    f"the helper at {host}:{port} has certificate {fp}, not {args.fingerprint}: not added")
+        elif not args.accept_certificate and not _confirm(fp, f"{host}:{port}"):
+            print("not added")
+            return ExitCode.FAILURE
+        how = "certificate pinned"
+    remote = Remote(name, host, port, cert)
+    store.add(remote, replace=args.replace)
+    print(f"remote {name} added: {remote.address}, certificate {remote.fingerprint} ({how})")
+    try:
+        with client.open_remote(conf, name) as c:
+            print(f"{name} is lxdmig-helper {c.peer.host.lxdmig_version} on {c.peer.host.hostname}; "
+                  "it trusts this host")
+    except RemoteUntrusted:
+        print(f"note: {name} does not trust this host yet. On {name} run 'lxdmig-helper trust add "
+              f"NAME' and here 'lxdmig remote add {name} TOKEN --replace', or give {name} this host's "
+              f"certificate (fingerprint {identity.fingerprint}, printed by 'lxdmig-helper trust show') "
+              f"with 'lxdmig-helper trust add NAME --cert FILE'.")
+    return ExitCode.OK
+
+
+def _list(args: argparse.Namespace) -> ExitCode:
+    remotes = RemoteStore(config.load(args.config).remotes).all()
+    if args.json:
+        print(json.dumps([{"name": r.name, "address": r.address, "fingerprint": r.fingerprint} for r in remotes]))
+        return ExitCode.OK
+    for r in remotes:
+        print(f"{r.name:<16} {r.address:<24} {r.fingerprint}")
+    if not remotes:
+        print("no remotes (add one with: lxdmig remote add NAME ADDRESS|TOKEN)")
+    return ExitCode.OK
+
+
+def _remove(args: argparse.Namespace) -> ExitCode:
+    RemoteStore(config.load(args.config).remotes).remove(args.name)
+    print(f"remote {args.name} removed")
+    return ExitCode.OK
