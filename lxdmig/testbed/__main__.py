@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
-from lxdmig.testbed import containers, hosts
+from lxdmig.testbed import bed, containers, hosts
 from lxdmig.testbed.layout import HOSTS, Host, all_hosts
 
 USAGE_EXAMPLES = """\
@@ -105,11 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "up":
-            hosts.up()
-            containers.build_workload()
+            bed.up()
             print("test bed up: hosts " + ", ".join(f"{h.name} ({h.address})" for h in all_hosts()))
         elif args.command == "down":
-            hosts.down()
+            bed.down()
             print("test bed down")
         elif args.command == "status":
             return status(args.json)

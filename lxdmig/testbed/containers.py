@@ -54,11 +54,11 @@ def check_name(name: str) -> str:
 
 
 def host_command(host: Host, argv: list[str], *, timeout: float = _T, check: bool = True,
-                 output_file: Path | None = None) -> proc.Completed:
+                 output_file: Path | None = None, input_text: str | None = None) -> proc.Completed:
     """Run ``argv`` as ``host`` (its namespaces and cgroups)."""
     return proc.run(
         [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv],
-        timeout=timeout, check=check, output_file=output_file,
+        timeout=timeout, check=check, output_file=output_file, input_text=input_text,
     )
 
 

@@ -6,7 +6,7 @@ import sys
 
 from lxdmig import capabilities
 from lxdmig.errors import CommandError
-from lxdmig.testbed import containers, hosts
+from lxdmig.testbed import bed, containers, hosts
 from lxdmig.testbed.layout import Host, all_hosts
 
 NAME = "demo"
@@ -23,7 +23,7 @@ def main() -> int:
 def _demo() -> int:
     a = Host("a")
     print("==> bringing up test hosts a and b")
-    hosts.up()
+    bed.up()
     for h in all_hosts():
         print(f"    host {h.name}: netns {h.netns}, address {h.address}, lxcpath {h.lxcpath}")
     caps = capabilities.probe()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lxdmig.testbed import containers, hosts
+from lxdmig.testbed import bed, containers, hosts
 from lxdmig.testbed.layout import Host
 
 pytestmark = pytest.mark.integration
@@ -32,13 +32,12 @@ def testbed() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (they create namespaces, containers and cgroups)")
     was_up = hosts.is_up()
-    hosts.up()
-    containers.build_workload()
+    bed.up()
     try:
         yield
     finally:
         if not was_up:
-            hosts.down()
+            bed.down()
 
 
 MakeContainer = Callable[..., str]

@@ -1,0 +1,145 @@
+"""The test bed's lxdmig-helper daemons: config, start (waiting for READY=1), stop, mutual trust.
+
+Each host gets ``lxdmig.conf`` in its config dir (listen on its uplink
+address, its own LXC path and work dir). The helper runs in the host's
+namespaces and cgroups, started the way systemd would start it: with a
+NOTIFY_SOCKET on which the test bed waits for READY=1. Remotes are then
+added both ways with one-time trust tokens, exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lxdmig import config, proc
+from lxdmig.testbed import hosts
+from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.layout import Host, all_hosts, run_dir
+
+READY_TIMEOUT = 60.0
+
+
+def config_text(host: Host) -> str:
+    return (f"# lxdmig test bed, host {host.name}\n"
+            f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
+            f"work_dir = {host.storage / 'migrations'}\n"
+            f"[lxc]\nlxcpath = {host.lxcpath}\n")
+
+
+def pid_file(host: Host) -> Path:
+    return run_dir() / f"helper-{host.name}.pid"
+
+
+def log_file(host: Host) -> Path:
+    return run_dir() / f"helper-{host.name}.log"
+
+
+def running_pid(host: Host) -> int | None:
+    try:
+        pid = int(pid_file(host).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"lxdmig.helper" in cmdline else None
+
+
+def helper_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lxdmig.helper", *args]
+
+
+def lxdmig_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lxdmig", *args]
+
+
+def start(host: Host, extra_env: dict[str, str] | None = None) -> int:
+    """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
+    pid = running_pid(host)
+    if pid is not None:
+        return pid
+    host.config_dir.mkdir(parents=True, exist_ok=True)
+    (host.config_dir / config.FILE_NAME).write_text(config_text(host))
+    notify_path = run_dir() / f"notify-{host.name}.sock"
+    notify_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        env = proc.clean_env({**host.env(), "NOTIFY_SOCKET": str(notify_path), **(extra_env or {})})
+        with open(log_file(host), "ab") as log:
+            child = subprocess.Popen(hosts.enter_argv(host, helper_argv("serve")), stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=log, env=env, start_new_session=True)
+        hosts.join_host_cgroups(host, child.pid)  # nsenter execs in place: the helper keeps this pid
+        pid_file(host).write_text(str(child.pid))
+        try:
+            wait_ready(notify, child, READY_TIMEOUT)
+        except BaseException:
+            stop(host)
+            raise
+        finally:
+            notify_path.unlink(missing_ok=True)
+    return child.pid
+
+
+def wait_ready(notify: socket.socket, child: subprocess.Popen[bytes], timeout: float) -> list[str]:
+    """Datagrams until one says READY=1; the helper exiting first is an error."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise hosts.TestbedError(f"lxdmig-helper exited with status {child.returncode} before READY=1")
+        notify.settimeout(0.2)
+        try:
+            message = notify.recv(4096).decode()
+        except TimeoutError:
+            continue
+        seen.append(message)
+        if "READY=1" in message.splitlines():
+            return seen
+    raise hosts.TestbedError(f"lxdmig-helper sent no READY=1 within {timeout:g} s (got {seen})")
+
+
+def stop(host: Host, timeout: float = 30.0) -> None:
+    pid = running_pid(host)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while running_pid(host) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if running_pid(host) is not None:
+            os.kill(pid, signal.SIGKILL)
+    pid_file(host).unlink(missing_ok=True)
+
+
+def remotes_of(host: Host) -> dict[str, object]:
+    try:
+        data = json.loads((host.config_dir / "remotes.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def pair(source: Host, destination: Host) -> None:
+    """Make ``destination`` a remote of ``source`` (trusted both ways) unless it is already."""
+    if destination.name in remotes_of(source):
+        return
+    token = host_command(destination, helper_argv("trust", "add", source.name, "--address",
+                                                  f"{destination.address}:{config.DEFAULT_PORT}")).stdout.strip()
+    host_command(source, lxdmig_argv("remote", "add", destination.name, "-"), input_text=token + "\n")
+
+
+def up() -> None:
+    for h in all_hosts():
+        start(h)
+    for source in all_hosts():
+        for destination in source.others():
+            pair(source, destination)
+
+
+def down() -> None:
+    for h in all_hosts():
+        stop(h)
