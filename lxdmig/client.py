@@ -16,6 +16,7 @@ from lxdmig import capabilities, tls
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, TlsAlert
+from lxdmig.protocol.framing import ConnectionClosed
 from lxdmig.protocol.messages import Hello, RemoteError, RemoteUntrusted
 from lxdmig.config import Config
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
@@ -133,12 +134,13 @@ class HelperClient:
             tls.require_peer(sock, {remote.fingerprint})
             try:
                 peer = _handshake(channel, local or capabilities.probe())
-            except TlsAlert as e:
-                # TLS 1.3: the helper's verdict on our certificate arrives with the first read.
+            except (TlsAlert, ConnectionClosed) as e:
+                # TLS 1.3: the helper's verdict on our certificate arrives after the
+                # handshake, as an alert or a closed connection on first use.
                 raise RemoteUntrusted(
-                    f"remote {remote.name!r} does not trust this host's certificate "
-                    f"{identity.fingerprint} ({e}): on {remote.name} run 'lxdmig-helper trust add NAME' "
-                    f"and then here 'lxdmig remote add {remote.name} TOKEN --replace'") from None
+                    f"remote {remote.name!r} refused this host's certificate {identity.fingerprint} ({e}): "
+                    f"on {remote.name} run 'lxdmig-helper trust add NAME' and then here "
+                    f"'lxdmig remote add {remote.name} TOKEN --replace'") from None
             if not peer.trusted:
                 raise RemoteUntrusted(f"remote {remote.name!r} does not trust this host's certificate")
         except BaseException:

@@ -35,6 +35,8 @@ class Channel:
                 self.sock.sendall(data)
             except TimeoutError:
                 raise PeerTimeout(f"the peer did not take data for {self.timeout:g} s") from None
+            except ssl.SSLError as e:
+                raise TlsAlert(e.reason or str(e)) from None
             except OSError as e:
                 raise framing.ConnectionClosed(f"cannot send to the peer: {e}") from None
 

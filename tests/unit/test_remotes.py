@@ -1,0 +1,54 @@
+"""Remote addresses and the pinned-remotes store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lxdmig import tls
+from lxdmig.errors import ConfigError
+from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("192.0.2.2", ("192.0.2.2", 8445)),
+    ("192.0.2.2:9000", ("192.0.2.2", 9000)),
+    ("host-b.example", ("host-b.example", 8445)),
+    ("[2001:db8::2]:9000", ("2001:db8::2", 9000)),
+    ("[2001:db8::2]", ("2001:db8::2", 8445)),
+    ("2001:db8::2", ("2001:db8::2", 8445)),
+])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+    assert parse_address(format_address(*expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":8445", "host:0", "host:99999", "host:http", "[2001:db8::2", "a b",
+                                  "user@host", "zz::zz::1"])
+def test_bad_addresses_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_address(text)
+
+
+def test_store_add_get_replace_remove(tmp_path: Path) -> None:
+    ident = tls.ensure_identity(tmp_path / "h.crt", tmp_path / "h.key", "h")
+    store = RemoteStore(tmp_path / "remotes.json")
+    remote = Remote("b", "192.0.2.2", 8445, ident.cert.read_bytes())
+    store.add(remote)
+    assert store.get("b") == remote and store.get("b").fingerprint == ident.fingerprint
+    with pytest.raises(ConfigError, match="exists already"):
+        store.add(remote)
+    store.add(Remote("b", "192.0.2.3", 8445, ident.cert.read_bytes()), replace=True)
+    assert store.get("b").host == "192.0.2.3"
+    with pytest.raises(ConfigError, match="invalid remote name"):
+        store.add(Remote("../b", "x", 1, ident.cert.read_bytes()))
+    store.remove("b")
+    with pytest.raises(ConfigError, match="no remote named 'b'.*lxdmig remote add b"):
+        store.get("b")
+
+
+def test_damaged_store_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "remotes.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="damaged"):
+        RemoteStore(tmp_path / "remotes.json").all()
