@@ -81,3 +81,27 @@ def tls_options(cert: Path, key: Path, peer_cert: Path) -> list[str]:
     """
     return ["--tls", "--tls-cert", str(cert), "--tls-key", str(key), "--tls-cacert", str(peer_cert),
             "--tls-no-cn-verify"]
+
+
+def config_file_text(argv: list[str]) -> str:
+    """CRIU long options as the lines of a CRIU config file (``CRIU_CONFIG_FILE``).
+
+    That is how options reach a criu that liblxc starts (lxc-checkpoint has
+    no page-server, TLS or lazy-pages options of its own).
+    """
+    lines = []
+    i = 0
+    while i < len(argv):
+        option = argv[i]
+        if not option.startswith("--"):
+            raise ValueError(f"not a long option: {option!r}")
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            if not value or any(c.isspace() for c in value):
+                raise ValueError(f"CRIU config values cannot be empty or contain spaces: {value!r}")
+            lines.append(f"{option[2:]} {value}")
+            i += 2
+        else:
+            lines.append(option[2:])
+            i += 1
+    return "\n".join(lines) + "\n"

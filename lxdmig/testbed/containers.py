@@ -157,8 +157,11 @@ lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
 """
 
 
-def create(host: Host, name: str, spec: WorkloadSpec) -> ipaddress.IPv4Address:
-    """Create and start container ``name`` on ``host``; wait for its workload."""
+def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "") -> ipaddress.IPv4Address:
+    """Create and start container ``name`` on ``host``; wait for its workload.
+
+    ``extra_config``: LXC config lines appended to the generated ones.
+    """
     check_name(name)
     cdir = host.lxcpath / name
     if cdir.exists():
@@ -168,7 +171,7 @@ def create(host: Host, name: str, spec: WorkloadSpec) -> ipaddress.IPv4Address:
         cdir.mkdir(parents=True)
         cdir.chmod(0o700)
         _make_rootfs(cdir / "rootfs", name, spec)
-        (cdir / "config").write_text(lxc_config(host, name, addr))
+        (cdir / "config").write_text(lxc_config(host, name, addr) + extra_config)
         log = host.storage / f"lxc-start-{name}.log"
         host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
                      output_file=host.storage / f"lxc-start-{name}.out")

@@ -47,11 +47,12 @@ MakeContainer = Callable[..., str]
 def make_container(testbed: None) -> Iterator[MakeContainer]:
     made: list[tuple[Host, str]] = []
 
-    def make(host: str = "a", name: str | None = None, memory_mib: int = 16, dirty_rate: float = 1.0) -> str:
+    def make(host: str = "a", name: str | None = None, memory_mib: int = 16, dirty_rate: float = 1.0,
+             extra_config: str = "") -> str:
         name = name or f"t{os.getpid() % 10000}-{next(_names)}"
         h = Host(host)
         made.append((h, name))
-        containers.create(h, name, containers.WorkloadSpec(memory_mib, dirty_rate))
+        containers.create(h, name, containers.WorkloadSpec(memory_mib, dirty_rate), extra_config)
         return name
 
     yield make

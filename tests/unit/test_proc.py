@@ -98,3 +98,16 @@ def test_output_file_does_not_wait_for_daemonized_children(tmp_path: Path) -> No
 def test_empty_argv_is_a_bug() -> None:
     with pytest.raises(ValueError):
         proc.run([], timeout=1)
+
+
+def test_criu_config_file_text() -> None:
+    from pathlib import Path
+
+    from lxdmig import criu
+
+    argv = ["--page-server", "--port", "27100", *criu.tls_options(Path("/c"), Path("/k"), Path("/p"))]
+    assert criu.config_file_text(argv).splitlines() == [
+        "page-server", "port 27100", "tls", "tls-cert /c", "tls-key /k", "tls-cacert /p", "tls-no-cn-verify"]
+    for bad in (["port"], ["--x", "a b"]):
+        with pytest.raises(ValueError):
+            criu.config_file_text(bad)
