@@ -58,3 +58,13 @@ def test_describe_documents_every_option() -> None:
         assert f"#{option.name} = {option.default}" in text
         assert f"# {option.help}" in text
     assert text.count("[helper]") == 1 and "[tls]" in text
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_docs_and_example_file_list_every_option() -> None:
+    doc = (REPO / "docs" / "helper.md").read_text()
+    for o in config.OPTIONS:
+        assert f"| {o.section} | {o.name} | {o.default} | {o.help} |" in doc, o.name
+    assert (REPO / "contrib" / "lxdmig.conf.example").read_text() == config.describe()
