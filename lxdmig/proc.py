@@ -169,24 +169,16 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a daemon that dies (even by
-    # SIGKILL) takes its criu page servers with it instead of orphaning them.
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class Child:
     """A long-lived program (criu page-server, lazy-pages): started, watched, stopped.
 
-    It runs in its own session, dies with its parent, writes stdout and
-    stderr to ``log_file``, and ``stop()`` (or leaving the ``with`` block)
-    sends TERM to its group, then KILL.
+    It runs in its own session, writes stdout and stderr to ``log_file``,
+    and ``stop()`` (or leaving the ``with`` block) sends TERM to its group,
+    then KILL. It is started through ``setpriv --pdeathsig KILL`` so that a
+    daemon that dies, even by SIGKILL, takes it along instead of orphaning
+    it. The kernel ties that signal to the *thread* that started the child:
+    start a Child from the thread that owns its lifetime (the helper starts
+    a migration's programs from that migration's connection thread).
     """
 
     def __init__(self, argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None,
@@ -194,14 +186,15 @@ class Child:
         self.argv = [str(a) for a in argv]
         self.log_file = log_file
         log.debug("spawn: %s", format_argv(self.argv))
+        full = ["setpriv", "--pdeathsig", "KILL", "--", *self.argv]
         with open(log_file, "ab") as out:
             try:
                 self.proc: subprocess.Popen[str] = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=clean_env(env), cwd=cwd,
-                    start_new_session=True, pass_fds=tuple(pass_fds), preexec_fn=_die_with_parent, text=True,
+                    full, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=clean_env(env), cwd=cwd,
+                    start_new_session=True, pass_fds=tuple(pass_fds), text=True,
                 )
             except FileNotFoundError as e:
-                raise CommandNotFound(f"{self.argv[0]}: not installed or not on PATH") from e
+                raise CommandNotFound("setpriv (util-linux): not installed or not on PATH") from e
 
     @property
     def pid(self) -> int:

@@ -236,8 +236,12 @@ class Session:
             self._drop_upload()
             raise RemoteTooLarge(f"{up.name!r}: more data than the {up.size} bytes announced")
         view = memoryview(frame.payload)
-        while view:
-            view = view[os.write(up.fd, view):]
+        try:
+            while view:
+                view = view[os.write(up.fd, view):]
+        except OSError as e:
+            self._drop_upload()
+            raise RemoteCommandFailed(f"cannot write {up.name!r}: {e.strerror}") from None
         up.written += len(frame.payload)
         up.digest.update(frame.payload)
 
@@ -315,7 +319,8 @@ def start_page_server(state: HelperState, migration: Migration, address: str) ->
         readable, _, _ = select.select([ready_r], [], [], _PAGE_SERVER_READY_TIMEOUT)
         if not readable or os.read(ready_r, 1) != b"\0":
             child.stop()
-            raise RemoteCommandFailed(f"criu page-server did not start: {_log_tail(migration) or 'no output'}")
+            why = _log_tail(migration) or child.log_tail() or "no output"
+            raise RemoteCommandFailed(f"criu page-server did not start: {why}")
     finally:
         os.close(ready_r)
         if ready_w >= 0:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +114,44 @@ def test_criu_config_file_text() -> None:
     for bad in (["port"], ["--x", "a b"]):
         with pytest.raises(ValueError):
             criu.config_file_text(bad)
+
+
+def test_child_logs_and_stops(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    with proc.Child(["sh", "-c", "echo started; exec sleep 60"], log_file=log) as child:
+        deadline = time.monotonic() + 5
+        while "started" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None and child.log_tail() == "started"
+    assert child.poll() is not None
+
+
+def test_child_dies_with_its_parent(tmp_path: Path) -> None:
+    # A parent that starts a Child and is then SIGKILLed must not leave it behind.
+    pidfile = tmp_path / "pid"
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from pathlib import Path
+from lxdmig import proc
+c = proc.Child(["sleep", "60"], log_file=Path({str(tmp_path / 'log')!r}))
+Path({str(pidfile)!r}).write_text(str(c.pid))
+time.sleep(60)
+"""])
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child_pid = int(pidfile.read_text())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child_pid}").exists() and time.monotonic() < deadline:
+        _reap_if_ours(child_pid)
+        time.sleep(0.02)
+    assert not Path(f"/proc/{child_pid}").exists() or "Z" in Path(f"/proc/{child_pid}/stat").read_text().split()[2]
+
+
+def _reap_if_ours(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
