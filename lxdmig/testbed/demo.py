@@ -6,7 +6,7 @@ import sys
 
 from lxdmig import capabilities
 from lxdmig.errors import CommandError
-from lxdmig.testbed import bed, containers, hosts
+from lxdmig.testbed import bed, containers, helpers, hosts
 from lxdmig.testbed.layout import Host, all_hosts
 
 NAME = "demo"
@@ -36,6 +36,9 @@ def _demo() -> int:
     addr = containers.create(a, NAME, containers.WorkloadSpec(memory_mib=64, dirty_rate_mib_s=4))
     containers.wait_for_full_verification(a, NAME)
     print(f"    {NAME} runs at {addr}")
+    print(f"==> preflight on host a: lxdmig check b {NAME} (helpers run on both hosts, remotes paired)")
+    check = containers.host_command(a, helpers.lxdmig_argv("check", "b", NAME), check=False)
+    print("    " + check.stdout.strip().replace("\n", "\n    "))
     print("==> checkpointing it with CRIU (lxc-checkpoint -s) and restoring it on host a")
     result = containers.checkpoint_restore_in_place(a, NAME)
     final = containers.wait_for_full_verification(a, NAME)
