@@ -1,0 +1,1 @@
+"""Moving a container: the policy (pure), the steps, the report."""
