@@ -9,6 +9,9 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig import proc
 
 
 class Severity(enum.Enum):
@@ -56,3 +59,62 @@ class Backend(abc.ABC):
     def trial_dump(self, container: str, directory: str) -> None:
         """Checkpoint the running container into ``directory`` and leave it
         running (a short freeze). Raises CriuError with CRIU's reason."""
+
+    # -- migration steps (source side) -------------------------------------
+
+    @abc.abstractmethod
+    def freeze(self, container: str) -> None:
+        """Freeze every task of the container (cgroup freezer). Raises BackendError."""
+
+    @abc.abstractmethod
+    def unfreeze(self, container: str) -> None:
+        """Thaw a frozen container. Raises BackendError."""
+
+    @abc.abstractmethod
+    def set_network(self, container: str, up: bool) -> list[str]:
+        """Take the host side of the container's NICs down (no packet reaches or
+        leaves it) or up again; returns the links. Raises BackendError."""
+
+    @abc.abstractmethod
+    def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
+                 config_file: Path, timeout: float) -> None:
+        """One pre-copy round: pages to the page server at address:port,
+        chained to ``parent`` (relative to ``directory``). Raises CriuError."""
+
+    @abc.abstractmethod
+    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        """Checkpoint into ``directory``, leaving the (frozen) tasks in place,
+        with the extra CRIU options in ``config_file``. Raises CriuError."""
+
+    @abc.abstractmethod
+    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
+        """Checkpoint for post-copy: returns once every image but the memory
+        is written and CRIU serves the pages (the returned child exits when
+        all pages were fetched). Raises CriuError."""
+
+    @abc.abstractmethod
+    def stop(self, container: str) -> None:
+        """Kill the container (thawing it first if frozen). Raises BackendError."""
+
+    @abc.abstractmethod
+    def delete(self, container: str) -> None:
+        """Remove a stopped container and its root filesystem. Raises BackendError."""
+
+    # -- migration steps (destination side) --------------------------------
+
+    @abc.abstractmethod
+    def container_dir(self, container: str) -> Path:
+        """Where the container's config and root filesystem are synced to."""
+
+    @abc.abstractmethod
+    def adopt_config(self, container: str, source_dir: str) -> None:
+        """Rewrite a config synced from ``source_dir`` for this host's paths."""
+
+    @abc.abstractmethod
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        """Restore from ``directory`` and leave it running. Raises CriuError."""
+
+    @abc.abstractmethod
+    def announce(self, container: str) -> list[str]:
+        """Tell the network where the container's addresses are now
+        (gratuitous ARP); returns the addresses announced."""

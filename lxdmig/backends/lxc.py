@@ -2,112 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
+import shutil
+import sys
 from pathlib import Path
 
 from lxdmig import proc
-from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
+from lxdmig.backends.base import Backend, ContainerFacts, Problem
+from lxdmig.backends.lxc_rules import (
+    config_problems, descendants, device_problems, process_stat, read_config, session_problems,
+)
 from lxdmig.errors import BackendError, CommandError, CriuError
 
 _TIMEOUT = 60.0
 _DUMP_TIMEOUT = 600.0
+_ARPING_TIMEOUT = 10.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# Device files CRIU dumps and restores without help.
-_PLAIN_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
 
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise BackendError(f"invalid container name {name!r}")
     return name
-
-
-def read_config(path: Path) -> list[tuple[str, str]]:
-    """``key = value`` lines of an LXC config, in order (includes not followed)."""
-    items = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        items.append((key.strip(), value.strip()))
-    return items
-
-
-def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
-    """What in a container's LXC config stops CRIU (a pure function of the config)."""
-    out = []
-    values = dict(items)
-    for key in ("lxc.tty.max", "lxc.pty.max"):
-        if values.get(key, "0") not in ("", "0"):
-            out.append(Problem(Severity.FAIL, f"{key} = {values[key]}: CRIU cannot checkpoint a container's "
-                                              f"ttys; set {key} = 0"))
-    if values.get("lxc.console.path", "") != "none":
-        out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
-                                          "console; set lxc.console.path = none"))
-    if not apparmor and values.get("lxc.apparmor.profile", "") not in ("", "unconfined"):
-        out.append(Problem(Severity.FAIL, f"lxc.apparmor.profile = {values['lxc.apparmor.profile']} but the "
-                                          "kernel has no AppArmor: restore would fail"))
-    for key, value in items:
-        words = value.split()
-        if key == "lxc.mount.entry" and len(words) > 3 and "bind" in words[3].split(","):
-            out.append(Problem(Severity.WARN, f"bind mount of {words[0]}: that path must exist on the "
-                                              "destination too"))
-    return out
-
-
-def session_problems(pids: list[int], stat_of: dict[int, tuple[str, int]]) -> list[Problem]:
-    """Processes whose session leader is outside the container (CRIU refuses these).
-
-    ``stat_of`` maps pid -> (comm, session id), both as the host sees them.
-    """
-    inside = set(pids)
-    out = []
-    for pid in pids:
-        comm, sid = stat_of[pid]
-        if sid not in inside and sid != 0:
-            out.append(Problem(Severity.FAIL, f"process {pid} ({comm}) belongs to session {sid}, whose leader is "
-                                              "outside the container: CRIU cannot dump it (start it with setsid)"))
-    return out
-
-
-def _stat(pid: int) -> tuple[str, int]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    rest = text[text.rindex(")") + 2:].split()
-    return comm, int(rest[3])  # fields after comm: state ppid pgrp session
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue  # exited meanwhile
-    return out
-
-
-def _device_problems(pids: list[int]) -> list[Problem]:
-    out = []
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("/dev/") and target not in _PLAIN_DEVICES and not target.startswith("/dev/pts/"):
-                out.append(Problem(Severity.WARN, f"process {pid} has {target} open: CRIU may not be able to "
-                                                  "dump this device"))
-    return out
 
 
 def _apparmor_enabled() -> bool:
@@ -167,16 +86,16 @@ class LxcBackend(Backend):
 
     def dump_problems(self, container: str) -> list[Problem]:
         items = self._require(container)
-        pids = _descendants(self.init_pid(container))
+        pids = descendants(self.init_pid(container))
         stats = {}
         for pid in pids:
             try:
-                stats[pid] = _stat(pid)
+                stats[pid] = process_stat(pid)
             except (OSError, ValueError, IndexError):
                 continue
         return (config_problems(items, apparmor=_apparmor_enabled())
                 + session_problems(list(stats), stats)
-                + _device_problems(list(stats)))
+                + device_problems(list(stats)))
 
     def trial_dump(self, container: str, directory: str) -> None:
         self.init_pid(container)
@@ -188,9 +107,122 @@ class LxcBackend(Backend):
             raise CriuError(f"CRIU could not dump {container!r}: {_criu_reason(Path(directory)) or e}") from None
 
 
-def _criu_reason(directory: Path) -> str:
-    """The first error line of CRIU's dump log, if there is one."""
-    log = directory / "dump.log"
+    def _lxc(self, tool: str, container: str, *extra: str, timeout: float = _TIMEOUT) -> None:
+        try:
+            proc.run([tool, *self._args(container), *extra], timeout=timeout)
+        except CommandError as e:
+            raise BackendError(f"{tool} failed for {container!r}: {e}") from None
+
+    def freeze(self, container: str) -> None:
+        self._lxc("lxc-freeze", container)
+
+    def unfreeze(self, container: str) -> None:
+        self._lxc("lxc-unfreeze", container)
+
+    def links(self, container: str) -> list[str]:
+        try:
+            out = proc.run(["lxc-info", *self._args(container), "-H"], timeout=_TIMEOUT).stdout
+        except CommandError as e:
+            raise BackendError(f"lxc-info failed for {container!r}: {e}") from None
+        return [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Link:")]
+
+    def set_network(self, container: str, up: bool) -> list[str]:
+        links = self.links(container)
+        for link in links:
+            try:
+                proc.run(["ip", "link", "set", "dev", link, "up" if up else "down"], timeout=_TIMEOUT)
+            except CommandError as e:
+                raise BackendError(f"cannot take {link} (of {container!r}) {'up' if up else 'down'}: {e}") from None
+        return links
+
+    def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
+                 config_file: Path, timeout: float) -> None:
+        argv = [sys.executable, "-m", "lxdmig.backends.liblxc_migrate", "pre-dump", "--lxcpath", str(self.lxcpath),
+                "--name", check_name(container), "--dir", str(directory), "--address", address, "--port", str(port)]
+        if parent is not None:
+            argv += ["--predump-dir", parent]
+        self._criu_step(argv, directory, config_file, timeout, "pre-dump")
+
+    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
+        # so they stay frozen, ready to thaw if the move fails.
+        self._criu_step(["lxc-checkpoint", *self._args(container), "-D", str(directory)], directory, config_file,
+                        timeout, "dump")
+
+    def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str) -> None:
+        try:
+            proc.run(argv, timeout=timeout, env={"CRIU_CONFIG_FILE": str(config_file)},
+                     output_file=directory / f"{what}.out")
+        except CommandError as e:
+            raise CriuError(f"CRIU {what} failed: {_criu_reason(directory, what) or e}") from None
+
+    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
+        ready_r, ready_w = os.pipe()
+        lazy_conf = directory / "criu-lazy.conf"
+        lazy_conf.write_text(config_file.read_text() + f"status-fd {ready_w}\n")
+        try:
+            child = proc.Child(["lxc-checkpoint", *self._args(container), "-D", str(directory)],
+                               log_file=directory / "dump.out", env={"CRIU_CONFIG_FILE": str(lazy_conf)},
+                               pass_fds=[ready_w])
+            os.close(ready_w)
+            ready_w = -1
+            readable, _, _ = select.select([ready_r], [], [], ready_timeout)
+            if not readable or os.read(ready_r, 1) != b"\0":
+                child.stop()
+                raise CriuError(f"CRIU's lazy dump did not start serving pages: "
+                                f"{_criu_reason(directory, 'dump') or child.log_tail() or 'no reason given'}")
+            return child
+        finally:
+            os.close(ready_r)
+            if ready_w >= 0:
+                os.close(ready_w)
+
+    def state(self, container: str) -> str:
+        result = proc.run(["lxc-info", *self._args(container), "-s", "-H"], timeout=_TIMEOUT, check=False)
+        return result.stdout.strip() or "UNKNOWN"
+
+    def stop(self, container: str) -> None:
+        if self.state(container) == "FROZEN":
+            self.unfreeze(container)
+        proc.run(["lxc-stop", *self._args(container), "-k"], timeout=_TIMEOUT, check=False)
+        if self.state(container) not in ("STOPPED", "UNKNOWN"):
+            raise BackendError(f"container {container!r} did not stop")
+
+    def delete(self, container: str) -> None:
+        proc.run(["lxc-destroy", *self._args(container)], timeout=_TIMEOUT, check=False)
+        shutil.rmtree(self.container_dir(container), ignore_errors=True)
+
+    def container_dir(self, container: str) -> Path:
+        return self.lxcpath / check_name(container)
+
+    def adopt_config(self, container: str, source_dir: str) -> None:
+        path = self.container_dir(container) / "config"
+        text = path.read_text()
+        path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
+
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        self._criu_step(["lxc-checkpoint", *self._args(container), "-r", "-D", str(directory)], directory,
+                        config_file, timeout, "restore")
+
+    def announce(self, container: str) -> list[str]:
+        pid = self.init_pid(container)
+        enter = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
+        try:
+            out = proc.run([*enter, "ip", "-json", "-4", "address", "show", "scope", "global"], timeout=_TIMEOUT)
+        except CommandError as e:
+            raise BackendError(f"cannot list {container!r}'s addresses: {e}") from None
+        announced = []
+        for link in json.loads(out.stdout or "[]"):
+            for addr in link.get("addr_info", []):
+                result = proc.run([*enter, "arping", "-U", "-c", "2", "-I", link["ifname"], addr["local"]],
+                                  timeout=_ARPING_TIMEOUT, check=False)
+                if result.returncode in (0, 1):  # 1: no replies, which is normal for gratuitous ARP
+                    announced.append(f"{addr['local']} on {link['ifname']}")
+        return announced
+
+def _criu_reason(directory: Path, what: str = "dump") -> str:
+    """The first error line of CRIU's log for ``what`` (dump, restore...), if any."""
+    log = directory / f"{what}.log"
     try:
         for line in log.read_text(errors="replace").splitlines():
             if "Error" in line:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lxdmig.backends.base import Severity
-from lxdmig.backends.lxc import config_problems, read_config, session_problems
+from lxdmig.backends.lxc_rules import config_problems, read_config, session_problems
 
 GOOD = [("lxc.tty.max", "0"), ("lxc.pty.max", "0"), ("lxc.console.path", "none")]
 

@@ -1,0 +1,130 @@
+"""A small cffi binding of liblxc's ``migrate()``, run as its own process.
+
+python3-lxc has no checkpoint binding, and ``lxc-checkpoint`` cannot
+pre-dump, which pre-copy needs (``MIGRATE_PRE_DUMP`` with ``predump_dir``
+chaining). The binding is compiled against lxc-dev on first use into a
+cache directory (rebuilt when this file changes). It runs in a child
+process (``python -m lxdmig.backends.liblxc_migrate ...``) so that liblxc's
+forks, and the CRIU it starts, inherit nothing of the caller but what
+``proc`` passes, and so that CRIU_CONFIG_FILE can be set for it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+CDEF = """
+struct migrate_opts {
+    char *directory;
+    bool verbose;
+    bool stop;
+    char *predump_dir;
+    char *pageserver_address;
+    char *pageserver_port;
+    bool preserves_inodes;
+    char *action_script;
+    bool disable_skip_in_flight;
+    uint64_t ghost_limit;
+    uint64_t features_to_check;
+};
+struct lxc_container {
+    int (*migrate)(struct lxc_container *c, unsigned int cmd, struct migrate_opts *opts, unsigned int size);
+    ...;
+};
+struct lxc_container *lxc_container_new(const char *name, const char *configpath);
+int lxc_container_put(struct lxc_container *c);
+enum { MIGRATE_PRE_DUMP, MIGRATE_DUMP, MIGRATE_RESTORE, MIGRATE_FEATURE_CHECK };
+#define FEATURE_MEM_TRACK ...
+#define FEATURE_LAZY_PAGES ...
+"""
+MODULE = "_lxdmig_liblxc"
+ACTIONS = ("pre-dump", "dump", "restore", "feature-check")
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("LXDMIG_CACHE_DIR", "/var/cache/lxdmig"))
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return base / f"liblxc-{digest}"
+
+
+def load() -> ModuleType:
+    """The compiled binding, built first if needed (needs gcc and lxc-dev)."""
+    directory = cache_dir()
+    built = sorted(directory.glob(f"{MODULE}*.so"))
+    if not built:
+        import cffi  # only needed to build
+
+        ffi = cffi.FFI()
+        ffi.cdef(CDEF)
+        ffi.set_source(MODULE, "#include <lxc/lxccontainer.h>", libraries=["lxc"])
+        directory.mkdir(parents=True, exist_ok=True)
+        ffi.compile(tmpdir=str(directory), verbose=False)
+        built = sorted(directory.glob(f"{MODULE}*.so"))
+    spec = importlib.util.spec_from_file_location(MODULE, built[0])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def migrate(action: str, lxcpath: str, name: str, directory: str, *, predump_dir: str | None = None,
+            address: str | None = None, port: int | None = None, stop: bool = False,
+            features: int = 0) -> int:
+    binding = load()
+    ffi: Any = binding.ffi
+    lib: Any = binding.lib
+    keep = []  # C strings must outlive the call
+
+    def cstr(value: str | None) -> Any:
+        if value is None:
+            return ffi.NULL
+        keep.append(ffi.new("char[]", value.encode()))
+        return keep[-1]
+
+    container = lib.lxc_container_new(name.encode(), lxcpath.encode())
+    if container == ffi.NULL:
+        print(f"liblxc: cannot load container {name} in {lxcpath}", file=sys.stderr)
+        return 2
+    try:
+        opts = ffi.new("struct migrate_opts *")
+        opts.directory = cstr(directory)
+        opts.stop = stop
+        opts.predump_dir = cstr(predump_dir)
+        opts.pageserver_address = cstr(address)
+        opts.pageserver_port = cstr(str(port) if port is not None else None)
+        opts.features_to_check = features
+        cmd = {"pre-dump": lib.MIGRATE_PRE_DUMP, "dump": lib.MIGRATE_DUMP, "restore": lib.MIGRATE_RESTORE,
+               "feature-check": lib.MIGRATE_FEATURE_CHECK}[action]
+        return int(container.migrate(container, cmd, opts, ffi.sizeof("struct migrate_opts")))
+    finally:
+        lib.lxc_container_put(container)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="liblxc_migrate", description="liblxc migrate() for lxdmig")
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("--lxcpath", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--predump-dir", help="previous images, relative to --dir (e.g. ../1)")
+    p.add_argument("--address")
+    p.add_argument("--port", type=int)
+    p.add_argument("--stop", action="store_true")
+    p.add_argument("--features", type=int, default=0, help="feature-check: FEATURE_* bits")
+    args = p.parse_args(argv)
+    code = migrate(args.action, args.lxcpath, args.name, args.dir, predump_dir=args.predump_dir,
+                   address=args.address, port=args.port, stop=args.stop, features=args.features)
+    if code:
+        print(f"liblxc migrate({args.action}) of {args.name} returned {code}", file=sys.stderr)
+    return 1 if code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

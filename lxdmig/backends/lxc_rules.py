@@ -1,0 +1,102 @@
+"""What in an LXC container stops CRIU: rules over its config and process table.
+
+Pure functions (and two small /proc readers), so the rules are unit-tested
+without containers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lxdmig.backends.base import Problem, Severity
+
+# Device files CRIU dumps and restores without help.
+_PLAIN_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+
+
+def read_config(path: Path) -> list[tuple[str, str]]:
+    """``key = value`` lines of an LXC config, in order (includes not followed)."""
+    items = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        items.append((key.strip(), value.strip()))
+    return items
+
+
+def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
+    """What in a container's LXC config stops CRIU (a pure function of the config)."""
+    out = []
+    values = dict(items)
+    for key in ("lxc.tty.max", "lxc.pty.max"):
+        if values.get(key, "0") not in ("", "0"):
+            out.append(Problem(Severity.FAIL, f"{key} = {values[key]}: CRIU cannot checkpoint a container's "
+                                              f"ttys; set {key} = 0"))
+    if values.get("lxc.console.path", "") != "none":
+        out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
+                                          "console; set lxc.console.path = none"))
+    if not apparmor and values.get("lxc.apparmor.profile", "") not in ("", "unconfined"):
+        out.append(Problem(Severity.FAIL, f"lxc.apparmor.profile = {values['lxc.apparmor.profile']} but the "
+                                          "kernel has no AppArmor: restore would fail"))
+    for key, value in items:
+        words = value.split()
+        if key == "lxc.mount.entry" and len(words) > 3 and "bind" in words[3].split(","):
+            out.append(Problem(Severity.WARN, f"bind mount of {words[0]}: that path must exist on the "
+                                              "destination too"))
+    return out
+
+
+def session_problems(pids: list[int], stat_of: dict[int, tuple[str, int]]) -> list[Problem]:
+    """Processes whose session leader is outside the container (CRIU refuses these).
+
+    ``stat_of`` maps pid -> (comm, session id), both as the host sees them.
+    """
+    inside = set(pids)
+    out = []
+    for pid in pids:
+        comm, sid = stat_of[pid]
+        if sid not in inside and sid != 0:
+            out.append(Problem(Severity.FAIL, f"process {pid} ({comm}) belongs to session {sid}, whose leader is "
+                                              "outside the container: CRIU cannot dump it (start it with setsid)"))
+    return out
+
+
+def process_stat(pid: int) -> tuple[str, int]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    comm = text[text.index("(") + 1:text.rindex(")")]
+    rest = text[text.rindex(")") + 2:].split()
+    return comm, int(rest[3])  # fields after comm: state ppid pgrp session
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue  # exited meanwhile
+    return out
+
+
+def device_problems(pids: list[int]) -> list[Problem]:
+    out = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("/dev/") and target not in _PLAIN_DEVICES and not target.startswith("/dev/pts/"):
+                out.append(Problem(Severity.WARN, f"process {pid} has {target} open: CRIU may not be able to "
+                                                  "dump this device"))
+    return out
