@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lxdmig.errors import CommandError
 
@@ -147,7 +148,7 @@ def run(
     return result
 
 
-def kill_group(proc: subprocess.Popen[str], grace: float = 2.0) -> None:
+def kill_group(proc: "subprocess.Popen[Any]", grace: float = 2.0) -> None:
     """TERM the child's process group, KILL whatever is left, and reap it."""
     _signal_group(proc.pid, signal.SIGTERM)
     try:

@@ -1,9 +1,12 @@
 """Migrations in flight on this helper: their directories, children and undo.
 
 Each migration owns ``work_dir/<id>/`` (images under ``images/``, the
-peer's certificate and CRIU logs beside it) and the long-lived programs
-started for it. Ending or aborting one stops its programs and removes its
-directory; shutdown aborts whatever did not finish in time.
+peer's certificate and CRIU logs beside it), the long-lived programs
+started for it, and an undo list (e.g. delete the half-synced container).
+Until the source commits it, ending a migration in any other way (abort,
+lost connection, shutdown) runs the undo list: the destination keeps
+nothing. After the commit the container is the destination's; ending then
+only waits for its programs (post-copy's lazy-pages daemon) to finish.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import secrets
 import shutil
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +34,11 @@ class Migration:
     container: str
     owner: str  # fingerprint of the client that began it
     root: Path
+    source_dir: str = ""
     started: float = field(default_factory=time.monotonic)
     children: list[proc.Child] = field(default_factory=list)
+    undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    committed: bool = False
 
     @property
     def images(self) -> Path:
@@ -45,12 +53,38 @@ class Migration:
             child.stop()
         self.children.clear()
 
+    def wait_children(self, timeout: float) -> None:
+        """Let the programs finish on their own (lazy-pages exits once every page is in)."""
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if child.poll() is None:
+                log.error("migration %s: %s still running after %.0f s; stopping it", self.id, child.argv[:2],
+                          timeout)
+        self.stop_children()
+
+    def roll_back(self) -> None:
+        self.stop_children()
+        for what, action in reversed(self.undo):
+            try:
+                action()
+            except Exception as e:  # one failed undo must not stop the others
+                log.error("migration %s: undo %r failed: %s", self.id, what, e)
+        self.undo.clear()
+
+
+# How long a committed migration's programs may take to finish at the end.
+COMMITTED_WAIT = 3600.0
+_OUTCOMES_KEPT = 256
+
 
 class Registry:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self._lock = threading.Condition()
         self._active: dict[str, Migration] = {}
+        self._outcomes: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (owner, outcome)
         self._closed = False
 
     def clean_leftovers(self) -> list[str]:
@@ -64,7 +98,7 @@ class Registry:
                 gone.append(entry.name)
         return gone
 
-    def begin(self, container: str, owner: str, peer_cert_pem: bytes) -> Migration:
+    def begin(self, container: str, owner: str, peer_cert_pem: bytes, source_dir: str = "") -> Migration:
         with self._lock:
             if self._closed:
                 raise RemoteShuttingDown("the helper is shutting down and takes no new migrations")
@@ -73,7 +107,7 @@ class Registry:
                     raise RemoteBusy(f"a migration of {container!r} is already in progress here ({m.id})")
             self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             mid = secrets.token_hex(8)
-            migration = Migration(mid, container, owner, self.work_dir / mid)
+            migration = Migration(mid, container, owner, self.work_dir / mid, source_dir)
             migration.root.mkdir(mode=0o700)
             migration.images.mkdir(mode=0o700)
             fd = os.open(migration.peer_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -94,14 +128,44 @@ class Registry:
     def finish(self, mid: str, owner: str, *, how: str = "ended") -> None:
         self._drop(self.get(mid, owner), how)
 
-    def _drop(self, migration: Migration, how: str) -> None:
-        migration.stop_children()
+    def commit(self, mid: str, owner: str) -> Migration:
+        migration = self.get(mid, owner)
+        migration.committed = True
+        migration.undo.clear()
+        self._record(migration, "committed")
+        log.info("migration %s of %s committed: the container now lives here", mid, migration.container)
+        return migration
+
+    def outcome(self, mid: str, owner: str) -> str:
+        """'in-progress', 'committed', 'rolled-back' or 'unknown' (for a source that lost the answer)."""
+        with self._lock:
+            migration = self._active.get(mid)
+            if migration is not None and migration.owner == owner:
+                return "committed" if migration.committed else "in-progress"
+            who, outcome = self._outcomes.get(mid, ("", "unknown"))
+            return outcome if who == owner else "unknown"
+
+    def _record(self, migration: Migration, outcome: str) -> None:
+        with self._lock:
+            self._outcomes[migration.id] = (migration.owner, outcome)
+            while len(self._outcomes) > _OUTCOMES_KEPT:
+                self._outcomes.popitem(last=False)
+
+    def _drop(self, migration: Migration, how: str, *, wait: bool = True) -> None:
+        if migration.committed:
+            if not wait and any(c.poll() is None for c in migration.children):
+                log.error("migration %s: stopping its programs before they finished (%s); a container still "
+                          "fetching memory lazily will fail", migration.id, how)
+            migration.wait_children(COMMITTED_WAIT if wait else 0)
+        else:
+            migration.roll_back()
+            self._record(migration, "rolled-back")
         shutil.rmtree(migration.root, ignore_errors=True)
         with self._lock:
             self._active.pop(migration.id, None)
             self._lock.notify_all()
-        log.info("migration %s of %s %s after %.1f s", migration.id, migration.container, how,
-                 time.monotonic() - migration.started)
+        log.info("migration %s of %s %s after %.1f s", migration.id, migration.container,
+                 "finished" if migration.committed else how, time.monotonic() - migration.started)
 
     def count(self) -> int:
         with self._lock:
@@ -116,5 +180,5 @@ class Registry:
                 self._lock.wait(left)
             rest = list(self._active.values())
         for migration in rest:
-            self._drop(migration, "rolled back (helper shutting down)")
+            self._drop(migration, "rolled back (helper shutting down)", wait=False)
         return len(rest)

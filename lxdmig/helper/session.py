@@ -10,21 +10,27 @@ connection are rolled back when it ends without finishing them.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
 import re
 import select
 import socket
 import ssl
+import subprocess
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from lxdmig import criu, proc, tls
-from lxdmig.errors import BackendError, ConfigError, LxdmigError
+from lxdmig.backends import Backend
+from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError, LxdmigError
 from lxdmig.helper.migrations import Migration
+from lxdmig.helper.rsync_server import server_argv
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import ConnectionClosed, Frame, ProtocolError
@@ -32,7 +38,8 @@ from lxdmig.protocol.messages import (
     Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteTooLarge, RemoteUnsafePath,
     RemoteUntrusted, RemoteVersionMismatch,
 )
-from lxdmig.protocol.paths import UnsafePath, open_for_receive
+from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
+from lxdmig.protocol.relay import RelayTimeout, relay
 from lxdmig.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _PAGE_SERVER_READY_TIMEOUT = 10.0
+RESTORE_TIMEOUT = 600.0
 _MAX_CERT = 16 * 1024
 
 
@@ -73,6 +81,10 @@ class Session:
             "file-open": self._file_open,
             "file-close": self._file_close,
             "page-server": self._page_server,
+            "rsync": self._rsync,
+            "restore": self._restore,
+            "migration-commit": self._commit,
+            "migration-status": self._status,
             "migration-end": lambda frame: self._finish(frame, "ended", "ended"),
             "migration-abort": lambda frame: self._finish(frame, "aborted", "aborted"),
         }
@@ -85,6 +97,8 @@ class Session:
             self._handshake()
             while True:
                 self._serve_one(self.channel.receive())
+        except _Handed:
+            log.debug("%s: connection handed over and done", self.peer)
         except ConnectionClosed:
             log.debug("%s: connection closed", self.peer)
         except PeerTimeout as e:
@@ -205,11 +219,14 @@ class Session:
 
     def _migration_begin(self, frame: Frame) -> dict[str, object]:
         container = fields.get_str(frame.header, "container", max_len=64)
-        if self.state.backend.exists(container):
+        source_dir = fields.get_str(frame.header, "source_dir", max_len=1024)
+        backend = self.state.backend
+        if backend.exists(container):
             raise RemoteExists(f"a container named {container!r} already exists on this host")
         der = self.sock.getpeercert(binary_form=True) or b""
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-        migration = self.state.registry.begin(container, self.fingerprint or "", pem)
+        migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir)
+        migration.undo.append(("remove the partly moved container", lambda: _remove_container(backend, container)))
         self.migrations.add(migration.id)
         self.state.status(f"receiving {container} from {self.peer}")
         return {"type": "migration", "migration": migration.id}
@@ -275,9 +292,85 @@ class Session:
 
     def _page_server(self, frame: Frame) -> dict[str, object]:
         migration = self._migration(frame)
+        directory = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=True)
+        parent = frame.header.get("parent")
+        if parent is not None:
+            parent_name = fields.get_str(frame.header, "parent", max_len=70)
+            if not parent_name.startswith("../"):
+                raise RemoteBadRequest("'parent' must be '../NAME', relative to the images directory")
+            _images_subdir(migration, parent_name[3:], create=False)
         address = self.sock.getsockname()[0]  # where the client reached us
-        port = start_page_server(self.state, migration, address)
+        port = start_page_server(self.state, migration, directory, address,
+                                 parent_name if parent is not None else None)
         return {"type": "page-server-started", "port": port}
+
+    def _rsync(self, frame: Frame) -> dict[str, object]:
+        # Any connection of the same peer may sync into its migration (rsync
+        # runs beside the control connection, through its own tunnel).
+        mid = fields.get_str(frame.header, "migration", max_len=64)
+        migration = self.state.registry.get(mid, self.fingerprint or "")
+        if migration.committed:
+            raise RemoteBadRequest("the migration is committed: its files can no longer change")
+        argv = server_argv(fields.get_str_list(frame.header, "argv", max_items=32),
+                           str(self.state.backend.container_dir(migration.container)))
+        self.state.backend.container_dir(migration.container).parent.mkdir(parents=True, exist_ok=True)
+        with open(migration.root / "rsync.log", "ab") as errors:
+            server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                      env=proc.clean_env(), start_new_session=True)
+        assert server.stdin is not None and server.stdout is not None
+        self.channel.send({"type": "rsync-started"})
+        try:
+            relay(self.sock, server.stdout.fileno(), server.stdin.fileno(),
+                  idle_timeout=self.state.config.io_timeout, end_on_rfd_eof=True)
+        except RelayTimeout as e:
+            log.warning("%s: rsync for migration %s: %s", self.peer, mid, e)
+        finally:
+            try:
+                server.wait(timeout=self.state.config.io_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill_group(server)
+            log.info("%s: rsync for migration %s exited with %s", self.peer, mid, server.returncode)
+        raise _Handed()
+
+    def _restore(self, frame: Frame) -> dict[str, object]:
+        migration = self._migration(frame)
+        images = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=False)
+        lazy = fields.get_bool(frame.header, "lazy")
+        backend = self.state.backend
+        config = migration.root / "restore.conf"
+        config.write_text("lazy-pages\n" if lazy else "")
+        self.state.status(f"restoring {migration.container} ({'post-copy' if lazy else 'all pages here'})")
+        try:
+            backend.adopt_config(migration.container, migration.source_dir)
+            if lazy:
+                address = fields.get_str(frame.header, "source_address", max_len=64)
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    raise RemoteBadRequest(f"source_address {address!r} is not an IP address") from None
+                port = fields.get_int(frame.header, "source_port", minimum=1, maximum=65535)
+                start_lazy_pages(self.state, migration, images, address, port)
+            start = time.monotonic()
+            backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT)
+            restore_ms = (time.monotonic() - start) * 1000
+        except (CriuError, BackendError, OSError) as e:
+            raise RemoteCommandFailed(f"restore of {migration.container} failed: {e}") from None
+        try:
+            announced = backend.announce(migration.container)
+        except (BackendError, CommandError) as e:
+            log.warning("migration %s: could not announce the container's addresses: %s", migration.id, e)
+            announced = []
+        self.state.status(f"{migration.container} restored; waiting for the source to commit")
+        return {"type": "restored", "restore_ms": round(restore_ms, 1), "announced": announced}
+
+    def _commit(self, frame: Frame) -> dict[str, object]:
+        migration = self._migration(frame)
+        self.state.registry.commit(migration.id, self.fingerprint or "")
+        return {"type": "committed"}
+
+    def _status(self, frame: Frame) -> dict[str, object]:
+        mid = fields.get_str(frame.header, "migration", max_len=64)
+        return {"type": "status", "state": self.state.registry.outcome(mid, self.fingerprint or "")}
 
     def _finish(self, frame: Frame, how: str, reply: str) -> dict[str, object]:
         migration = self._migration(frame)
@@ -299,38 +392,78 @@ def _free_port(address: str, low: int, high: int) -> int:
     raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
 
 
-def start_page_server(state: HelperState, migration: Migration, address: str) -> int:
-    """``criu page-server`` over TLS into the migration's images; returns its port once it listens."""
-    low, high = state.config.page_server_ports
-    port = _free_port(address, low, high)
-    ready_r, ready_w = os.pipe()
-    try:
-        argv = ["criu", "page-server", "-D", str(migration.images), "-W", str(migration.root),
-                "--address", address, "--port", str(port), "--status-fd", str(ready_w),
-                "-o", str(migration.root / "page-server.log"), "-v4",
-                *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
+    check_relative_name(name)
+    if "/" in name:
+        raise RemoteUnsafePath(f"image directory {name!r} must be a single name")
+    path = migration.images / name
+    if create:
+        path.mkdir(mode=0o700, exist_ok=True)
+    elif not path.is_dir() or path.is_symlink():
+        raise messages.RemoteNotFound(f"no image directory {name!r} in this migration")
+    return path
+
+
+def _remove_container(backend: Backend, container: str) -> None:
+    if backend.exists(container) or backend.container_dir(container).exists():
         try:
-            child = proc.Child(argv, log_file=migration.root / "page-server.out", pass_fds=[ready_w])
+            backend.stop(container)
+        finally:
+            backend.delete(container)
+
+
+def _start_criu_daemon(migration: Migration, what: str, argv: list[str]) -> proc.Child:
+    """Start a CRIU daemon that reports readiness on --status-fd; wait for it."""
+    ready_r, ready_w = os.pipe()
+    log_path = migration.root / f"{what}.log"
+    try:
+        try:
+            child = proc.Child([*argv, "--status-fd", str(ready_w), "-o", str(log_path), "-v4"],
+                               log_file=migration.root / f"{what}.out", pass_fds=[ready_w])
         except LxdmigError as e:
-            raise RemoteCommandFailed(f"cannot start criu page-server: {e}") from None
+            raise RemoteCommandFailed(f"cannot start criu {what}: {e}") from None
         migration.children.append(child)
         os.close(ready_w)
         ready_w = -1
         readable, _, _ = select.select([ready_r], [], [], _PAGE_SERVER_READY_TIMEOUT)
         if not readable or os.read(ready_r, 1) != b"\0":
             child.stop()
-            why = _log_tail(migration) or child.log_tail() or "no output"
-            raise RemoteCommandFailed(f"criu page-server did not start: {why}")
+            raise RemoteCommandFailed(f"criu {what} did not start: {_tail(log_path) or child.log_tail() or 'no output'}")
+        return child
     finally:
         os.close(ready_r)
         if ready_w >= 0:
             os.close(ready_w)
-    log.info("migration %s: page server on %s:%d", migration.id, address, port)
+
+
+def start_page_server(state: HelperState, migration: Migration, images: Path, address: str,
+                      parent: str | None = None) -> int:
+    """``criu page-server`` over TLS into ``images``; returns its port once it listens."""
+    low, high = state.config.page_server_ports
+    port = _free_port(address, low, high)
+    argv = ["criu", "page-server", "-D", str(images), "-W", str(migration.root), "--address", address,
+            "--port", str(port), *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+    if parent is not None:
+        argv += ["--prev-images-dir", parent]
+    _start_criu_daemon(migration, f"page-server-{images.name}", argv)
+    log.info("migration %s: page server for %s on %s:%d", migration.id, images.name, address, port)
     return port
 
 
-def _log_tail(migration: Migration) -> str:
+def start_lazy_pages(state: HelperState, migration: Migration, images: Path, address: str, port: int) -> None:
+    """``criu lazy-pages`` fetching from the source's page server (TLS), for a lazy restore from ``images``."""
+    argv = ["criu", "lazy-pages", "--page-server", "--address", address, "--port", str(port), "-D", str(images),
+            *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+    _start_criu_daemon(migration, "lazy-pages", argv)
+    log.info("migration %s: lazy-pages fetching from %s:%d", migration.id, address, port)
+
+
+def _tail(path: Path) -> str:
     try:
-        return proc.tail((migration.root / "page-server.log").read_text(errors="replace"), 5)
+        return proc.tail(path.read_text(errors="replace"), 5)
     except OSError:
         return ""
+
+
+class _Handed(Exception):
+    """The connection was handed over to a raw relay and is finished."""

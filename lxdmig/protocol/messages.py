@@ -28,6 +28,10 @@ REQUESTS: dict[str, str] = {
     "file-open": "ready",
     "file-close": "stored",
     "page-server": "page-server-started",
+    "rsync": "rsync-started",
+    "restore": "restored",
+    "migration-commit": "committed",
+    "migration-status": "status",
     "migration-end": "ended",
     "migration-abort": "aborted",
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import ssl
 import time
 
@@ -21,7 +22,7 @@ class RelayTimeout(TimeoutError):
     """Nothing moved in either direction for too long."""
 
 
-def relay(sock: ssl.SSLSocket, rfd: int, wfd: int, *, idle_timeout: float, end_on_rfd_eof: bool) -> None:
+def relay(sock: socket.socket, rfd: int, wfd: int, *, idle_timeout: float, end_on_rfd_eof: bool) -> None:
     """Copy ``rfd`` -> ``sock`` and ``sock`` -> ``wfd``.
 
     Ends when the socket reaches end-of-file (after flushing to ``wfd``), or,
@@ -60,7 +61,7 @@ def relay(sock: ssl.SSLSocket, rfd: int, wfd: int, *, idle_timeout: float, end_o
             writers.append(wfd)
         readable: list[int]
         writable: list[int]
-        if sock_open and not to_fd and sock.pending():
+        if sock_open and not to_fd and isinstance(sock, ssl.SSLSocket) and sock.pending():
             readable, writable = [sfd], []  # TLS already holds decrypted bytes: select would not see them
         else:
             readable, writable, _ = select.select(readers, writers, [], 1.0)
