@@ -51,11 +51,14 @@ class ProbeResult:
 
 def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
     try:
-        return socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise PeerUnreachable(f"cannot reach lxdmig-helper at {format_address(host, port)}: {reason} "
                               "(is lxdmig-helper running there, and the port open?)") from None
+    # Requests and replies are small and wait on each other: no Nagle delay.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _tls_connect(host: str, port: int, ctx: ssl.SSLContext, timeout: float, what: str) -> ssl.SSLSocket:
@@ -169,8 +172,8 @@ class HelperClient:
             lxcpath=fields.get_str(reply.header, "lxcpath"),
         )
 
-    def begin_migration(self, container: str) -> str:
-        reply = self.channel.request({"type": "migration-begin", "container": container})
+    def begin_migration(self, container: str, source_dir: str = "") -> str:
+        reply = self.channel.request({"type": "migration-begin", "container": container, "source_dir": source_dir})
         return fields.get_str(reply.header, "migration", max_len=64)
 
     def send_file(self, migration: str, name: str, path: Path) -> int:
@@ -193,10 +196,32 @@ class HelperClient:
                 total += self.send_file(migration, prefix + path.relative_to(root).as_posix(), path)
         return total
 
-    def start_page_server(self, migration: str) -> int:
-        """A CRIU page server (TLS) on the helper for this migration; returns its port."""
-        reply = self.channel.request({"type": "page-server", "migration": migration})
+    def start_page_server(self, migration: str, directory: str = "dump", parent: str | None = None) -> int:
+        """A CRIU page server (TLS) writing into images/``directory`` on the helper; returns its port."""
+        request: dict[str, object] = {"type": "page-server", "migration": migration, "directory": directory}
+        if parent is not None:
+            request["parent"] = parent
+        reply = self.channel.request(request)
         return fields.get_int(reply.header, "port", minimum=1, maximum=65535)
+
+    def restore(self, migration: str, directory: str, *, lazy: bool, source_address: str = "",
+                source_port: int = 0) -> tuple[float, list[str]]:
+        """Restore on the helper; returns (restore ms, addresses announced)."""
+        request: dict[str, object] = {"type": "restore", "migration": migration, "directory": directory,
+                                      "lazy": lazy}
+        if lazy:
+            request.update(source_address=source_address, source_port=source_port)
+        reply = self.channel.request(request)
+        restore_ms = reply.header.get("restore_ms")
+        return (float(restore_ms) if isinstance(restore_ms, (int, float)) else 0.0,
+                fields.get_str_list(reply.header, "announced"))
+
+    def commit(self, migration: str) -> None:
+        self.channel.request({"type": "migration-commit", "migration": migration})
+
+    def status(self, migration: str) -> str:
+        reply = self.channel.request({"type": "migration-status", "migration": migration})
+        return fields.get_str(reply.header, "state", max_len=32)
 
     def end_migration(self, migration: str) -> None:
         self.channel.request({"type": "migration-end", "migration": migration})

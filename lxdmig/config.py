@@ -13,7 +13,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lxdmig.errors import ConfigError
@@ -42,6 +42,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("helper", "io_timeout", "60", "seconds any single wait on a peer may take before giving up"),
     Option("helper", "shutdown_grace", "120",
            "seconds SIGTERM waits for migrations in flight before rolling them back"),
+    Option("helper", "keep_failed", "false",
+           "keep the images and CRIU logs of migrations that failed (under work_dir/failed) for debugging"),
     Option("helper", "page_server_ports", "27100-27199",
            "TCP port range for CRIU page servers and lazy-pages started by the helper"),
     Option("tls", "cert", "server.crt", "this host's certificate (made on first use)"),
@@ -49,6 +51,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls", "trust_dir", "trust", "certificates of the hosts allowed to talk to this helper"),
     Option("tls", "tokens", "tokens.json", "pending one-time trust tokens (hashed)"),
     Option("client", "remotes", "remotes.json", "remotes known to the lxdmig command"),
+    Option("client", "work_dir", "/var/lib/lxdmig/outgoing",
+           "where lxdmig move keeps the images it sends (memory pages go straight to the destination)"),
+    Option("client", "lazy_ports", "27200-27299",
+           "TCP port range for the page server a post-copy source runs for the destination"),
     Option("client", "connect_timeout", "10", "seconds to wait for a helper to accept a connection"),
     Option("lxc", "lxcpath", "/var/lib/lxc", "LXC's container directory on this host"),
 )
@@ -75,13 +81,52 @@ class Config:
     io_timeout: float
     shutdown_grace: float
     page_server_ports: tuple[int, int]
+    keep_failed: bool
     cert: Path
     key: Path
     trust_dir: Path
     tokens: Path
     remotes: Path
+    outgoing_dir: Path
+    lazy_ports: tuple[int, int]
     connect_timeout: float
     lxcpath: Path
+    # Per-container LXD migration keys from [container NAME] sections.
+    containers: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def incremental(self, container: str) -> bool | None:
+        """migration.incremental.memory for ``container``, None when unset."""
+        value = self.containers.get(container, {}).get(INCREMENTAL)
+        return value if isinstance(value, bool) else None
+
+    def container_int(self, container: str, key: str) -> int | None:
+        value = self.containers.get(container, {}).get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# LXD's keys, honoured per container in [container NAME] sections.
+INCREMENTAL = "migration.incremental.memory"
+ITERATIONS = "migration.incremental.memory.iterations"
+GOAL = "migration.incremental.memory.goal"
+
+
+def _container_keys(path: Path, section: str, items: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in items.items():
+        value = value.strip()
+        if key == INCREMENTAL:
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"{path}: [{section}] {key} = {value!r} must be true or false")
+            out[key] = value.lower() == "true"
+        elif key in (ITERATIONS, GOAL):
+            if not value.isdigit() or (key == GOAL and int(value) > 100) or int(value) > 999:
+                raise ConfigError(f"{path}: [{section}] {key} = {value!r} must be a whole number "
+                                  f"({'0-100' if key == GOAL else '0-999'})")
+            out[key] = int(value)
+        else:
+            raise ConfigError(f"{path}: unknown option {key!r} in section [{section}] (known: {INCREMENTAL}, "
+                              f"{ITERATIONS}, {GOAL})")
+    return out
 
 
 def default_path() -> Path:
@@ -95,6 +140,7 @@ def load(path: Path | None = None) -> Config:
     parser = configparser.ConfigParser(interpolation=None)
     known = {(o.section, o.name): o for o in OPTIONS}
     parser.read_dict({o.section: {} for o in OPTIONS})
+    containers: dict[str, dict[str, object]] = {}
     for o in OPTIONS:
         parser.set(o.section, o.name, o.default)
     if path.exists():
@@ -104,6 +150,10 @@ def load(path: Path | None = None) -> Config:
         except (configparser.Error, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: {e}") from None
         for section in overrides.sections():
+            if section.startswith("container "):
+                containers[section[len("container "):].strip()] = _container_keys(
+                    path, section, dict(overrides.items(section, raw=True)))
+                continue
             for name, value in overrides.items(section, raw=True):
                 if (section, name) not in known:
                     raise ConfigError(f"{path}: unknown option {name!r} in section [{section}]")
@@ -122,6 +172,12 @@ def load(path: Path | None = None) -> Config:
         if result < minimum:
             raise ConfigError(f"{path}: [{section}] {name} = {value} is below {minimum:g}")
         return result
+
+    def boolean(section: str, name: str) -> bool:
+        value = text(section, name).lower()
+        if value not in ("true", "false", "yes", "no", "1", "0"):
+            raise ConfigError(f"{path}: [{section}] {name} = {value!r} must be true or false")
+        return value in ("true", "yes", "1")
 
     def a_path(section: str, name: str) -> Path:
         return base / text(section, name)  # an absolute value replaces base
@@ -143,13 +199,17 @@ def load(path: Path | None = None) -> Config:
         io_timeout=number("helper", "io_timeout", 1),
         shutdown_grace=number("helper", "shutdown_grace", 0),
         page_server_ports=_port_range(text("helper", "page_server_ports"), f"{path}: [helper] page_server_ports"),
+        keep_failed=boolean("helper", "keep_failed"),
         cert=a_path("tls", "cert"),
         key=a_path("tls", "key"),
         trust_dir=a_path("tls", "trust_dir"),
         tokens=a_path("tls", "tokens"),
         remotes=a_path("client", "remotes"),
+        outgoing_dir=a_path("client", "work_dir"),
+        lazy_ports=_port_range(text("client", "lazy_ports"), f"{path}: [client] lazy_ports"),
         connect_timeout=number("client", "connect_timeout", 0.1),
         lxcpath=a_path("lxc", "lxcpath"),
+        containers=containers,
     )
 
 

@@ -85,3 +85,34 @@ def read_dump_stats(images: Path) -> DumpStats:
         return parse_dump_stats(path.read_bytes())
     except OSError as e:
         raise CriuError(f"CRIU left no statistics in {images}: {e.strerror}") from None
+
+
+_PE_LAZY = 1 << 1  # PagemapEntry.flags (criu/images/pagemap.proto)
+
+
+def _entries(data: bytes) -> list[bytes]:
+    """The protobuf entries of a CRIU image (after its two magics)."""
+    out, pos = [], 8
+    while pos + 4 <= len(data):
+        (size,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if pos + size > len(data):
+            raise ValueError("truncated image entry")
+        out.append(data[pos:pos + size])
+        pos += size
+    return out
+
+
+def lazy_pages(images: Path) -> int:
+    """Pages a lazy dump left for the destination to fetch (from the pagemap images)."""
+    total = 0
+    for path in sorted(images.glob("pagemap-*.img")):
+        try:
+            for entry in _entries(path.read_bytes())[1:]:  # the first entry is the PagemapHead
+                fields = _fields(entry)
+                flags, pages = fields.get(4, 0), fields.get(2, 0)
+                if isinstance(flags, int) and isinstance(pages, int) and flags & _PE_LAZY:
+                    total += pages
+        except (OSError, ValueError) as e:
+            raise CriuError(f"cannot read {path}: {e}") from None
+    return total

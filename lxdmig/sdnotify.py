@@ -37,8 +37,10 @@ class Notifier:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.sendto(message, self._address)
         except OSError as e:
-            # The supervisor going away must not take the daemon down with it.
-            log.warning("sd_notify to %r failed: %s", self._address, e)
+            # The supervisor going away must not take the daemon down with it;
+            # say so once and stop trying.
+            log.warning("sd_notify to %r failed: %s; no more notifications", self._address, e)
+            self._address = ""
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

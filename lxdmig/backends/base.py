@@ -71,9 +71,14 @@ class Backend(abc.ABC):
         """Thaw a frozen container. Raises BackendError."""
 
     @abc.abstractmethod
-    def set_network(self, container: str, up: bool) -> list[str]:
-        """Take the host side of the container's NICs down (no packet reaches or
-        leaves it) or up again; returns the links. Raises BackendError."""
+    def isolate(self, container: str) -> dict[str, str]:
+        """Cut the container's NICs off the network (no packet reaches or leaves
+        it) without taking them down; returns what reconnect() needs.
+        Raises BackendError."""
+
+    @abc.abstractmethod
+    def reconnect(self, container: str, detached: dict[str, str]) -> None:
+        """Undo isolate(). Raises BackendError."""
 
     @abc.abstractmethod
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
@@ -115,6 +120,6 @@ class Backend(abc.ABC):
         """Restore from ``directory`` and leave it running. Raises CriuError."""
 
     @abc.abstractmethod
-    def announce(self, container: str) -> list[str]:
-        """Tell the network where the container's addresses are now
-        (gratuitous ARP); returns the addresses announced."""
+    def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:
+        """Start telling the network where the container's addresses are now
+        (gratuitous ARP); returns the programs doing it and the addresses."""

@@ -13,13 +13,13 @@ from pathlib import Path
 from lxdmig import proc
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.lxc_rules import (
+    freezer_files,
     config_problems, descendants, device_problems, process_stat, read_config, session_problems,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
 _TIMEOUT = 60.0
 _DUMP_TIMEOUT = 600.0
-_ARPING_TIMEOUT = 10.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -67,7 +67,7 @@ class LxcBackend(Backend):
 
     def init_pid(self, container: str) -> int:
         info = self._info(container)
-        if info.get("State") != "RUNNING" or not info.get("PID", "").isdigit():
+        if info.get("State") not in ("RUNNING", "FROZEN") or not info.get("PID", "").isdigit():
             raise BackendError(f"container {container!r} is not running (state {info.get('State', 'unknown')})")
         return int(info["PID"])
 
@@ -117,7 +117,16 @@ class LxcBackend(Backend):
         self._lxc("lxc-freeze", container)
 
     def unfreeze(self, container: str) -> None:
-        self._lxc("lxc-unfreeze", container)
+        # lxc-unfreeze thaws the freezer liblxc uses (cgroup2 on a hybrid
+        # host), but CRIU freezes and restores the cgroup1 freezer's state:
+        # thaw every freezer the container's init is in.
+        proc.run(["lxc-unfreeze", *self._args(container)], timeout=_TIMEOUT, check=False)
+        for state_file, thawed in freezer_files(self.init_pid(container)):
+            try:
+                if state_file.read_text().strip() != thawed:
+                    state_file.write_text(thawed)
+            except OSError as e:
+                raise BackendError(f"cannot thaw {container!r} through {state_file}: {e.strerror}") from None
 
     def links(self, container: str) -> list[str]:
         try:
@@ -126,14 +135,29 @@ class LxcBackend(Backend):
             raise BackendError(f"lxc-info failed for {container!r}: {e}") from None
         return [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Link:")]
 
-    def set_network(self, container: str, up: bool) -> list[str]:
-        links = self.links(container)
-        for link in links:
-            try:
-                proc.run(["ip", "link", "set", "dev", link, "up" if up else "down"], timeout=_TIMEOUT)
-            except CommandError as e:
-                raise BackendError(f"cannot take {link} (of {container!r}) {'up' if up else 'down'}: {e}") from None
-        return links
+    def isolate(self, container: str) -> dict[str, str]:
+        # Detach the host side of each NIC from its bridge rather than taking
+        # it down: a link that goes down marks the container's routes
+        # LINKDOWN, and CRIU then cannot restore them on the destination.
+        detached = {}
+        for link in self.links(container):
+            master = Path(f"/sys/class/net/{link}/master")
+            if not master.exists():
+                continue
+            bridge = master.resolve().name
+            self._ip("link", "set", "dev", link, "nomaster")
+            detached[link] = bridge
+        return detached
+
+    def reconnect(self, container: str, detached: dict[str, str]) -> None:
+        for link, bridge in detached.items():
+            self._ip("link", "set", "dev", link, "master", bridge)
+
+    def _ip(self, *args: str) -> None:
+        try:
+            proc.run(["ip", *args], timeout=_TIMEOUT)
+        except CommandError as e:
+            raise BackendError(str(e)) from None
 
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
                  config_file: Path, timeout: float) -> None:
@@ -182,8 +206,8 @@ class LxcBackend(Backend):
         return result.stdout.strip() or "UNKNOWN"
 
     def stop(self, container: str) -> None:
-        if self.state(container) == "FROZEN":
-            self.unfreeze(container)
+        if self.state(container) in ("FROZEN", "RUNNING"):
+            self.unfreeze(container)  # a frozen task does not die
         proc.run(["lxc-stop", *self._args(container), "-k"], timeout=_TIMEOUT, check=False)
         if self.state(container) not in ("STOPPED", "UNKNOWN"):
             raise BackendError(f"container {container!r} did not stop")
@@ -203,33 +227,38 @@ class LxcBackend(Backend):
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
         self._criu_step(["lxc-checkpoint", *self._args(container), "-r", "-D", str(directory)], directory,
                         config_file, timeout, "restore")
+        # The source was frozen when it was dumped, and CRIU restores the
+        # freezer cgroup's state with the rest: thaw the restored copy.
+        self.unfreeze(container)
 
-    def announce(self, container: str) -> list[str]:
+    def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:
         pid = self.init_pid(container)
         enter = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
         try:
             out = proc.run([*enter, "ip", "-json", "-4", "address", "show", "scope", "global"], timeout=_TIMEOUT)
         except CommandError as e:
             raise BackendError(f"cannot list {container!r}'s addresses: {e}") from None
-        announced = []
+        children, announced = [], []
         for link in json.loads(out.stdout or "[]"):
             for addr in link.get("addr_info", []):
-                result = proc.run([*enter, "arping", "-U", "-c", "2", "-I", link["ifname"], addr["local"]],
-                                  timeout=_ARPING_TIMEOUT, check=False)
-                if result.returncode in (0, 1):  # 1: no replies, which is normal for gratuitous ARP
-                    announced.append(f"{addr['local']} on {link['ifname']}")
-        return announced
+                # Gratuitous ARP, 3 times 1 s apart, in the background: the
+                # container already runs, nobody should wait for this.
+                children.append(proc.Child([*enter, "arping", "-U", "-c", "3", "-I", link["ifname"], addr["local"]],
+                                           log_file=log_dir / "arping.log"))
+                announced.append(f"{addr['local']} on {link['ifname']}")
+        return children, announced
 
 def _criu_reason(directory: Path, what: str = "dump") -> str:
-    """The first error line of CRIU's log for ``what`` (dump, restore...), if any."""
-    log = directory / f"{what}.log"
+    """The first error lines of CRIU's log for ``what`` (dump, restore...), if any."""
+    errors = []
     try:
-        for line in log.read_text(errors="replace").splitlines():
-            if "Error" in line:
-                return line.strip()
+        for line in (directory / f"{what}.log").read_text(errors="replace").splitlines():
+            # CRIU logs a harmless rlimit error on every run without CAP_SYS_RESOURCE.
+            if "Error" in line and "RLIMIT_NOFILE" not in line:
+                errors.append(line.strip())
     except OSError:
         pass
-    return ""
+    return "; ".join(errors[:4])
 
 
 def _disk_usage(root: Path) -> int:

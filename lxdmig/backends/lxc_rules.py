@@ -100,3 +100,28 @@ def device_problems(pids: list[int]) -> list[Problem]:
                 out.append(Problem(Severity.WARN, f"process {pid} has {target} open: CRIU may not be able to "
                                                   "dump this device"))
     return out
+
+
+def freezer_files(pid: int, mountinfo: str | None = None, cgroups: str | None = None) -> list[tuple[Path, str]]:
+    """(state file, value that means thawed) for every freezer ``pid`` is in:
+    the cgroup1 freezer's ``freezer.state`` and cgroup2's ``cgroup.freeze``."""
+    mountinfo = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    cgroups = cgroups if cgroups is not None else Path(f"/proc/{pid}/cgroup").read_text()
+    v1 = v2 = None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        if rest[0] == "cgroup" and "freezer" in rest[2].split(","):
+            v1 = Path(fields[4])
+        elif rest[0] == "cgroup2":
+            v2 = Path(fields[4])
+    out = []
+    for line in cgroups.splitlines():
+        number, controllers, path = line.split(":", 2)
+        if v1 is not None and "freezer" in controllers.split(","):
+            out.append((v1 / path.lstrip("/") / "freezer.state", "THAWED"))
+        elif number == "0" and v2 is not None:
+            out.append((v2 / path.lstrip("/") / "cgroup.freeze", "0"))
+    return [(f, value) for f, value in out if f.exists()]

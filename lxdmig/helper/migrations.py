@@ -80,8 +80,9 @@ _OUTCOMES_KEPT = 256
 
 
 class Registry:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, keep_failed: bool = False) -> None:
         self.work_dir = work_dir
+        self.keep_failed = keep_failed
         self._lock = threading.Condition()
         self._active: dict[str, Migration] = {}
         self._outcomes: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (owner, outcome)
@@ -93,7 +94,7 @@ class Registry:
             return []
         gone = []
         for entry in sorted(self.work_dir.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
+            if entry.is_dir() and not entry.is_symlink() and entry.name != "failed":
                 shutil.rmtree(entry, ignore_errors=True)
                 gone.append(entry.name)
         return gone
@@ -160,6 +161,11 @@ class Registry:
         else:
             migration.roll_back()
             self._record(migration, "rolled-back")
+            if self.keep_failed:
+                kept = self.work_dir / "failed" / migration.id
+                kept.parent.mkdir(exist_ok=True)
+                migration.root.rename(kept)
+                log.info("migration %s: images and logs kept in %s", migration.id, kept)
         shutil.rmtree(migration.root, ignore_errors=True)
         with self._lock:
             self._active.pop(migration.id, None)

@@ -17,7 +17,7 @@ from lxdmig.protocol.messages import RemoteBadRequest
 # Short option clusters rsync itself sends to a receiving server, e.g.
 # "-lHogDtpAXrSe.iLsfxCIvu" (letters, the protocol's "e." suffix).
 _SHORT = re.compile(r"^-[A-Za-z]+(?:e[0-9.A-Za-z]*)?$")
-_LONG = frozenset({"--delete", "--numeric-ids", "--inplace", "--delete-during", "--delete-after"})
+_LONG = frozenset({"--delete", "--numeric-ids", "--inplace", "--delete-during", "--delete-after", "--stats"})
 DEST_TOKEN = "container/"
 
 

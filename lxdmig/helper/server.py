@@ -42,7 +42,7 @@ class HelperState:
         self.identity = tls.ensure_identity(config.cert, config.key)
         self.trust = tls.TrustStore(config.trust_dir)
         self.tokens = TokenStore(config.tokens)
-        self.registry = Registry(config.work_dir)
+        self.registry = Registry(config.work_dir, config.keep_failed)
         self.backend = backends.get("lxc", lxcpath=config.lxcpath)
         self._lock = threading.Lock()
         self._context: ssl.SSLContext = tls.server_context(self.identity, self.trust)
@@ -162,6 +162,7 @@ class HelperServer:
 
     def _session(self, conn: socket.socket, peer: str) -> None:
         conn.settimeout(_HANDSHAKE_TIMEOUT)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small replies, sent at once
         try:
             sock = self.state.context().wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError) as e:

@@ -31,6 +31,7 @@ from lxdmig.backends import Backend
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError, LxdmigError
 from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
+from lxdmig.netutil import free_port
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import ConnectionClosed, Frame, ProtocolError
@@ -272,7 +273,6 @@ class Session:
                 raise RemoteBadRequest(f"{up.name!r}: got {up.written} of {up.size} bytes")
             if up.digest.hexdigest() != expected:
                 raise RemoteBadRequest(f"{up.name!r}: SHA-256 mismatch, the file was damaged in transit")
-            os.fsync(up.fd)
         except BaseException:
             self._drop_upload()
             raise
@@ -356,7 +356,8 @@ class Session:
         except (CriuError, BackendError, OSError) as e:
             raise RemoteCommandFailed(f"restore of {migration.container} failed: {e}") from None
         try:
-            announced = backend.announce(migration.container)
+            announcers, announced = backend.announce(migration.container, migration.root)
+            migration.children += announcers  # they finish on their own in a second or two
         except (BackendError, CommandError) as e:
             log.warning("migration %s: could not announce the container's addresses: %s", migration.id, e)
             announced = []
@@ -378,18 +379,6 @@ class Session:
         self.migrations.discard(migration.id)
         self.state.status(self.state.idle_status())
         return {"type": reply}
-
-
-def _free_port(address: str, low: int, high: int) -> int:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    for port in range(low, high + 1):
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((address, port))
-            except OSError:
-                continue
-            return port
-    raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
 
 
 def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
@@ -440,7 +429,9 @@ def start_page_server(state: HelperState, migration: Migration, images: Path, ad
                       parent: str | None = None) -> int:
     """``criu page-server`` over TLS into ``images``; returns its port once it listens."""
     low, high = state.config.page_server_ports
-    port = _free_port(address, low, high)
+    port = free_port(address, low, high)
+    if port is None:
+        raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
     argv = ["criu", "page-server", "-D", str(images), "-W", str(migration.root), "--address", address,
             "--port", str(port), *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
     if parent is not None:

@@ -30,6 +30,7 @@ def config_text(host: Host) -> str:
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
+            f"[client]\nwork_dir = {host.storage / 'outgoing'}\n"
             f"[lxc]\nlxcpath = {host.lxcpath}\n")
 
 

@@ -1,0 +1,116 @@
+"""``lxdmig move NAME REMOTE:NAME``: live-migrate a container to another host."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from lxdmig import config
+from lxdmig.errors import ConfigError, ExitCode
+from lxdmig.migrate import policy
+from lxdmig.migrate.move import MoveReport, MoveRequest, Mover, PreflightFailed
+
+HELP = "live-migrate a running container to a remote host (same shape as 'lxc move')"
+MODES_HELP = ("auto (default): pre-copy where this host tracks dirty memory (falling back to post-copy if rounds "
+              "do not converge), else post-copy where the destination can restore lazily, else stop-copy; "
+              "stop-copy: freeze, copy everything, restore; pre-copy: copy memory in rounds while it runs; "
+              "post-copy: restore at once, memory follows on demand; hybrid: pre-copy rounds, then post-copy")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("move", help=HELP, description=HELP[0].upper() + HELP[1:] + ". The container keeps its "
+                       "processes, memory, MAC and IP address; if anything fails before the destination "
+                       "confirms, it goes on running here as before.")
+    p.add_argument("source", metavar="NAME", help="a container on this host")
+    p.add_argument("target", metavar="REMOTE:NAME", help="where to: a remote from 'lxdmig remote list' (and the "
+                   "same name; 'REMOTE' alone means the same name)")
+    p.add_argument("--mode", choices=policy.MODES, default="auto", help=MODES_HELP)
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help=f"pre-copy: at most N rounds (default {policy.DEFAULT_ITERATIONS}, or the container's "
+                        "migration.incremental.memory.iterations)")
+    p.add_argument("--goal", type=int, metavar="PERCENT",
+                   help=f"pre-copy: stop once this share of pages was unchanged in a round (default "
+                        f"{policy.DEFAULT_GOAL}, or migration.incremental.memory.goal)")
+    p.add_argument("--downtime-target", type=float, metavar="MS",
+                   help="pre-copy: stop as soon as the estimated downtime is within MS; with auto/hybrid, "
+                        "switch to post-copy when rounds stop converging")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=run)
+
+
+def parse_target(source: str, target: str) -> tuple[str, str]:
+    remote, _, name = target.partition(":")
+    if not remote:
+        raise ConfigError(f"target {target!r} names no remote (use REMOTE:NAME)")
+    if ":" in source:
+        raise ConfigError(f"the source {source!r} must be a container on this host: run lxdmig on the host "
+                          "the container runs on")
+    if name and name != source:
+        raise ConfigError(f"renaming while moving is not supported: move {source} to {remote}:{source}, "
+                          "then rename it there")
+    return remote, source
+
+
+def _limits(args: argparse.Namespace, conf: config.Config) -> policy.PrecopyLimits:
+    iterations = args.iterations if args.iterations is not None else conf.container_int(args.source, config.ITERATIONS)
+    goal = args.goal if args.goal is not None else conf.container_int(args.source, config.GOAL)
+    try:
+        return policy.PrecopyLimits(
+            iterations=policy.DEFAULT_ITERATIONS if iterations is None else iterations,
+            goal=policy.DEFAULT_GOAL if goal is None else goal,
+            downtime_target_ms=args.downtime_target)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through the move's rollback
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    conf = config.load(args.config)
+    remote, name = parse_target(args.source, args.target)
+    request = MoveRequest(name, remote, args.mode, _limits(args, conf))
+    progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = Mover(conf, request, progress).run()
+    except PreflightFailed as e:
+        for check in e.checks:
+            if check.status.value != "ok":
+                print(f"{check.status.value:<5} {check.name:<15} {check.message}", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(report.as_json() if args.json else format_report(report))
+    return ExitCode.OK
+
+
+def format_report(r: MoveReport) -> str:
+    lines = [f"moved {r.container} to {r.remote}",
+             f"  mode:         {r.mode} ({r.mode_reason})"]
+    if r.switched_to_post_copy:
+        lines.append(f"  switched:     to post-copy ({r.switched_to_post_copy})")
+    lines += [f"  downtime:     {r.downtime_ms:.0f} ms (frozen here until running on {r.remote})",
+              f"  total:        {r.total_ms / 1000:.2f} s",
+              f"  sent:         {r.bytes_sent / 1e6:.1f} MB",
+              f"  filesystem:   initial sync {r.fs_initial_s:.2f} s, final sync {r.fs_final_s:.2f} s"]
+    if r.final_pages_lazy:
+        lines.append(f"  memory:       {r.final_pages_lazy} pages served on demand after the restore, "
+                     f"all in within {r.lazy_transfer_s:.2f} s")
+    else:
+        lines.append(f"  final dump:   {r.final_pages_written} pages, tasks frozen {r.frozen_dump_ms:.0f} ms by CRIU")
+    lines.append(f"  restore:      {r.restore_ms:.0f} ms on {r.remote}")
+    if r.rounds:
+        lines.append("  rounds:       #  written  unchanged  seconds  est.downtime  then")
+        for rd in r.rounds:
+            est = f"{rd.estimated_downtime_ms:.0f} ms" if rd.estimated_downtime_ms is not None else "-"
+            lines.append(f"                {rd.number:<2} {rd.pages_written:>8} {rd.unchanged_percent:>9.0f}% "
+                         f"{rd.seconds:>8.2f} {est:>13}  {rd.decision}")
+    if r.announced:
+        lines.append(f"  announced:    {', '.join(r.announced)}")
+    lines += [f"  warning:      {w}" for w in r.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,441 @@
+"""``lxdmig move``: the steps of a live migration, on the source host.
+
+The order, and why:
+
+1. preflight (nothing frozen yet); choose the mode;
+2. the helper makes the migration; the root filesystem is synced while the
+   container runs;
+3. pre-copy rounds (pre-copy, hybrid, auto with dirty tracking): memory
+   pages stream to a page server on the destination, each round chained to
+   the one before; the policy decides after each round;
+4. freeze the container and take its NICs' host side down, so from now on
+   nothing it does, and no packet it receives, is lost;
+5. final dump, its pages streaming to the destination (or, post-copy, left
+   behind a page server here), the other images uploaded, final
+   filesystem sync;
+6. restore on the destination, which announces the container's address;
+7. commit. Until the destination confirms the commit, every failure undoes
+   the steps in reverse: the destination deletes its copy first, then the
+   source's network comes back and it is thawed. After the commit the
+   source is removed (post-copy: once every page was fetched).
+
+The tasks stay frozen (not killed) on the source until the commit, so a
+rollback is a thaw: no restore from images, no second copy of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lxdmig import backends, capabilities, criu, preflight, proc
+from lxdmig.backends import Backend
+from lxdmig.capabilities import HostCapabilities
+from lxdmig.client import HelperClient, open_remote
+from lxdmig.config import Config
+from lxdmig.criu_stats import lazy_pages, read_dump_stats
+from lxdmig.errors import ExitCode, LxdmigError
+from lxdmig.migrate import policy
+from lxdmig.migrate.policy import ModeChoice, PrecopyLimits, Round, Step
+from lxdmig.migrate.undo import UndoStack
+from lxdmig.netutil import free_port
+from lxdmig.protocol import messages
+from lxdmig.protocol.messages import Hello
+
+log = logging.getLogger(__name__)
+
+DUMP_TIMEOUT = 600.0
+RSYNC_TIMEOUT = 3600.0
+# A post-copy source waits this long per MiB of memory (and at least
+# LAZY_MIN_WAIT) for the destination to fetch every page.
+LAZY_WAIT_PER_MIB = 2.0
+LAZY_MIN_WAIT = 120.0
+RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
+
+
+class MoveFailed(LxdmigError):
+    """The move did not happen; the container runs on the source as before."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class PreflightFailed(MoveFailed):
+    exit_code = ExitCode.PREFLIGHT
+
+    def __init__(self, checks: list[preflight.Check]) -> None:
+        self.checks = checks
+        bad = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.FAIL]
+        super().__init__("preflight failed, nothing was frozen: " + "; ".join(bad))
+
+
+class OutcomeUnknown(LxdmigError):
+    """The destination may or may not have the container: the source stays frozen."""
+
+    exit_code = ExitCode.PEER
+
+
+@dataclass(frozen=True)
+class MoveRequest:
+    container: str
+    remote: str
+    mode: str = "auto"
+    limits: PrecopyLimits = PrecopyLimits()
+
+
+@dataclass
+class RoundReport:
+    number: int
+    pages_written: int
+    pages_skipped_parent: int
+    unchanged_percent: float
+    seconds: float
+    frozen_ms: float
+    estimated_downtime_ms: float | None
+    decision: str
+
+
+@dataclass
+class MoveReport:
+    container: str
+    remote: str
+    mode: str = ""
+    mode_reason: str = ""
+    switched_to_post_copy: str = ""  # why, if it did
+    downtime_ms: float = 0.0
+    total_ms: float = 0.0
+    bytes_sent: int = 0
+    rounds: list[RoundReport] = field(default_factory=list)
+    final_pages_written: int = 0
+    final_pages_lazy: int = 0
+    frozen_dump_ms: float = 0.0
+    restore_ms: float = 0.0
+    fs_initial_s: float = 0.0
+    fs_final_s: float = 0.0
+    lazy_transfer_s: float = 0.0
+    announced: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    log.info("%s", message)
+
+
+class Mover:
+    def __init__(self, conf: Config, request: MoveRequest, progress: Progress = _quiet) -> None:
+        self.conf = conf
+        self.request = request
+        self.progress = progress
+        self.backend: Backend = backends.get("lxc", lxcpath=conf.lxcpath)
+        self.report = MoveReport(request.container, request.remote)
+        self.undo = UndoStack()
+        self.start = time.monotonic()
+        self.work = Path()
+        self.client: HelperClient | None = None
+        self.mid = ""
+        self.freeze_time = 0.0
+        self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
+
+    def say(self, message: str) -> None:
+        self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
+
+    # -- the whole move ---------------------------------------------------
+
+    def run(self) -> MoveReport:
+        name = self.request.container
+        local = capabilities.probe()
+        self.conf.outgoing_dir.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.conf.outgoing_dir))
+        try:
+            with open_remote(self.conf, self.request.remote, local) as client:
+                self.client = client
+                choice = self._preflight(local, client)
+                self._move(choice, local)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.report.total_ms = (time.monotonic() - self.start) * 1000
+        return self.report
+
+    def _preflight(self, local: HostCapabilities, client: HelperClient) -> ModeChoice:
+        name = self.request.container
+        if not self.backend.exists(name):
+            raise MoveFailed(f"no container {name!r} in {self.conf.lxcpath}")
+        facts = self.backend.facts(name)
+        checks = preflight.host_checks(local, client.peer.host, self.request.remote)
+        checks += preflight.container_checks(facts, self.backend.dump_problems(name) if facts.running else [])
+        checks += preflight.destination_checks(client.probe(name, list(facts.networks)), facts, self.request.remote)
+        if preflight.failed(checks):
+            raise PreflightFailed(checks)
+        self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
+                                and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
+        choice = policy.choose_mode(self.request.mode, local, client.peer.host,
+                                    incremental=self.conf.incremental(name))
+        self.report.mode, self.report.mode_reason = choice.mode, choice.reason
+        self.say(f"preflight passed; mode {choice.mode}: {choice.reason}")
+        return choice
+
+    def _move(self, choice: ModeChoice, local: HostCapabilities) -> None:
+        client = self._client()
+        name = self.request.container
+        source_dir = str(self.backend.container_dir(name))
+        (self.work / "hello.json").write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
+        self.mid = client.begin_migration(name, source_dir)
+        try:
+            self._sync_filesystem("initial")
+            lazy = choice.mode in ("post-copy", "hybrid")
+            parent = None
+            if choice.mode in ("pre-copy", "hybrid"):
+                parent, switch = self._precopy(choice)
+                lazy = lazy or switch
+            self._freeze()
+            lazy_child = self._final_dump(lazy, parent)
+            self._sync_filesystem("final")
+            self._restore(lazy)
+        except BaseException as e:
+            self.say(f"failed: {e}; rolling back")
+            # The destination's copy goes first: the source must never run while it might.
+            self._abort_destination()
+            self.undo.run(self.say)
+            if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
+                raise MoveFailed(f"{e} (the move was rolled back: {name} runs on this host as before)") from e
+            raise
+        self.undo.clear()
+        self._after_commit(lazy_child)
+
+    def _client(self) -> HelperClient:
+        assert self.client is not None
+        return self.client
+
+    # -- steps ------------------------------------------------------------
+
+    def _sync_filesystem(self, which: str) -> None:
+        start = time.monotonic()
+        tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(self.conf.path),
+                  "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
+        source = str(self.backend.container_dir(self.request.container)) + "/"
+        proc.run(["rsync", *RSYNC_OPTIONS, "--stats", "-e", " ".join(tunnel), source,
+                  f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT,
+                 output_file=self.work / f"rsync-{which}.log")
+        seconds = time.monotonic() - start
+        sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
+        self.report.bytes_sent += sent
+        setattr(self.report, f"fs_{which}_s", round(seconds, 3))
+        self.say(f"filesystem {which} sync: {sent / 1e6:.1f} MB in {seconds:.2f} s")
+
+    def _criu_config(self, directory: Path, options: list[str]) -> Path:
+        client = self._client()
+        peer_cert = self.work / "peer.crt"
+        peer_cert.write_bytes(client.remote.certificate)
+        path = directory / "criu.conf"
+        path.write_text(criu.config_file_text(
+            [*options, *criu.tls_options(self.conf.cert, self.conf.key, peer_cert)]))
+        return path
+
+    def _precopy(self, choice: ModeChoice) -> tuple[str | None, bool]:
+        """Pre-dump rounds; returns (the last round's directory as a parent, switch to post-copy?)."""
+        client = self._client()
+        rounds: list[Round] = []
+        parent: str | None = None
+        while True:
+            decision = policy.next_step(rounds, self.request.limits,
+                                        may_switch_to_post_copy=choice.may_switch_to_post_copy)
+            if rounds:
+                self.report.rounds[-1].decision = decision.step.value
+            if decision.step is not Step.ANOTHER_ROUND:
+                self.say(f"pre-copy: {decision.step.value} ({decision.reason})")
+                if decision.step is Step.SWITCH_TO_POST_COPY:
+                    self.report.switched_to_post_copy = decision.reason
+                    self.report.mode = "hybrid" if choice.mode == "hybrid" else "pre-copy+post-copy"
+                return parent, decision.step is Step.SWITCH_TO_POST_COPY
+            number = len(rounds) + 1
+            directory = self.work / str(number)
+            directory.mkdir()
+            port = client.start_page_server(self.mid, str(number), parent)
+            start = time.monotonic()
+            self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
+                                  port=port, config_file=self._criu_config(directory, []), timeout=DUMP_TIMEOUT)
+            self.report.bytes_sent += client.send_tree(self.mid, directory, prefix=f"{number}/")
+            stats = read_dump_stats(directory)
+            seconds = time.monotonic() - start
+            rounds.append(Round(stats.pages_written, stats.pages_skipped_parent, seconds,
+                                stats.frozen_time_us / 1000))
+            self.report.bytes_sent += stats.pages_written * policy.PAGE
+            estimate = policy.estimate_downtime_ms(rounds)
+            self.report.rounds.append(RoundReport(number, stats.pages_written, stats.pages_skipped_parent,
+                                                  round(rounds[-1].unchanged_percent, 1), round(seconds, 3),
+                                                  round(stats.frozen_time_us / 1000, 1),
+                                                  None if estimate is None else round(estimate, 1), ""))
+            rate = stats.pages_written * policy.PAGE / seconds / 1e6 if seconds > 0 else 0.0
+            self.say(f"round {number}: {stats.pages_written} pages written, {stats.pages_skipped_parent} unchanged "
+                     f"({rounds[-1].unchanged_percent:.0f}%), {rate:.1f} MB/s"
+                     + (f", estimated downtime {estimate:.0f} ms" if estimate is not None else ""))
+            parent = f"../{number}"
+
+    def _freeze(self) -> None:
+        name = self.request.container
+        self.backend.freeze(name)
+        self.freeze_time = time.monotonic()
+        self.undo.push("thaw the container", lambda: self.backend.unfreeze(name))
+        detached = self.backend.isolate(name)
+        self.undo.push("reconnect its network", lambda: self.backend.reconnect(name, detached))
+        links = ", ".join(f"{link} off {bridge}" for link, bridge in detached.items()) or "no bridged NICs"
+        self.say(f"froze {name} and cut it off the network ({links})")
+
+    def _final_dump(self, lazy: bool, parent: str | None) -> proc.Child | None:
+        client = self._client()
+        name = self.request.container
+        directory = self.work / "dump"
+        directory.mkdir()
+        chain = ["--prev-images-dir", parent, "--track-mem"] if parent else []
+        child: proc.Child | None = None
+        start = time.monotonic()
+        if lazy:
+            address = client.channel.sock.getsockname()[0]
+            port = free_port(address, *self.conf.lazy_ports)
+            if port is None:
+                raise MoveFailed(f"no free port in {self.conf.lazy_ports} ([client] lazy_ports) for the "
+                                 "post-copy page server")
+            config = self._criu_config(directory, ["--lazy-pages", "--address", address, "--port", str(port),
+                                                   *chain])
+            child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=DUMP_TIMEOUT)
+            self.undo.push("stop the lazy page server", child.stop)
+            self.lazy_endpoint = (address, port)
+        else:
+            port = client.start_page_server(self.mid, "dump", parent)
+            config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
+                                                   "--port", str(port), *chain])
+            self.backend.dump(name, directory, config_file=config, timeout=DUMP_TIMEOUT)
+        dump_s = time.monotonic() - start
+        uploaded = client.send_tree(self.mid, directory, prefix="dump/")
+        self.report.bytes_sent += uploaded
+        try:
+            stats = read_dump_stats(directory)
+        except LxdmigError:
+            stats = None  # a lazy dump writes its statistics only when it ends
+        if stats is not None:
+            self.report.final_pages_written = stats.pages_written
+            self.report.final_pages_lazy = stats.pages_lazy
+            self.report.frozen_dump_ms = stats.frozen_time_us / 1000
+            if not lazy:
+                self.report.bytes_sent += stats.pages_written * policy.PAGE
+        self.say(f"final dump in {dump_s:.2f} s" + (f": {stats.pages_written} pages sent" if stats and not lazy else
+                                                    ": memory stays here, served on demand" if lazy else "")
+                 + f"; {uploaded / 1e3:.0f} kB of other images uploaded")
+        return child
+
+    def _restore(self, lazy: bool) -> None:
+        client = self._client()
+        address, port = self.lazy_endpoint
+        try:
+            restore_ms, announced = client.restore(self.mid, "dump", lazy=lazy, source_address=address,
+                                                   source_port=port)
+        except messages.RemoteError:
+            raise  # the helper answered: it did not restore
+        except LxdmigError as e:
+            # No answer: the destination may have restored. Ask before thawing anything.
+            self._resolve_unknown(e)
+            return
+        self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
+        self.report.restore_ms = restore_ms
+        self.report.announced = announced
+        self.say(f"restored on {self.request.remote} in {restore_ms:.0f} ms"
+                 + (f"; announced {', '.join(announced)}" if announced else ""))
+        try:
+            client.commit(self.mid)
+        except messages.RemoteError:
+            raise
+        except LxdmigError as e:
+            self._resolve_unknown(e)
+            return
+        self.say(f"committed: {self.request.container} runs on {self.request.remote}; "
+                 f"downtime {self.report.downtime_ms:.0f} ms")
+
+    def _resolve_unknown(self, error: LxdmigError) -> None:
+        """The connection failed after the restore request: ask the helper what happened."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with open_remote(self.conf, self.request.remote) as again:
+                    state = again.status(self.mid)
+                    if state == "in-progress":
+                        # Our connection is gone, so the helper is rolling back; wait for it.
+                        time.sleep(1)
+                        continue
+                    if state == "committed":
+                        self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
+                        self.report.warnings.append(f"lost the connection after the restore ({error}); "
+                                                    "the destination confirmed the commit")
+                        return
+                    raise error  # rolled back or unknown: the destination has nothing; roll back here
+            except (messages.RemoteError, OSError, LxdmigError) as e:
+                if e is error:
+                    raise
+                time.sleep(2)
+        raise OutcomeUnknown(
+            f"lost the connection to {self.request.remote} after asking it to restore ({error}), and it does "
+            f"not answer. {self.request.container} stays frozen and offline here so that it never runs twice. "
+            f"Check {self.request.remote}: if the container runs there, remove it here with "
+            f"'lxc-stop -k' and 'lxc-destroy'; if not, bring it back here with 'lxc-unfreeze' and "
+            f"'ip link set <veth> master <bridge>'.") from error
+
+    def _after_commit(self, lazy_child: proc.Child | None) -> None:
+        name = self.request.container
+        if lazy_child is not None:
+            facts_mib = max(1, self.backend.facts(name).memory_bytes // 2**20) if self.backend.exists(name) else 1
+            wait = max(LAZY_MIN_WAIT, LAZY_WAIT_PER_MIB * facts_mib)
+            start = time.monotonic()
+            self.say("post-copy: the container runs on the destination; its memory streams from here")
+            try:
+                code = lazy_child.wait(wait)
+            except LxdmigError as e:
+                code = -1
+                self.report.warnings.append(f"post-copy page transfer did not finish: {e}")
+            self.report.lazy_transfer_s = round(time.monotonic() - start, 3)
+            try:
+                self.report.final_pages_lazy = lazy_pages(self.work / "dump")
+                self.report.bytes_sent += self.report.final_pages_lazy * policy.PAGE
+            except LxdmigError as e:
+                self.report.warnings.append(f"could not count the pages sent lazily: {e}")
+            if code != 0:
+                self.report.warnings.append(
+                    f"CRIU's lazy page server exited with {code}: the destination may lack memory pages; "
+                    f"see {self.work / 'dump' / 'dump.log'}")
+            self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s" if code == 0
+                     else "post-copy: the page transfer failed")
+        self.backend.stop(name)
+        self.backend.delete(name)
+        try:
+            self._client().end_migration(self.mid)
+        except LxdmigError as e:
+            self.report.warnings.append(f"could not tell the destination the move is over: {e}")
+        self.say(f"removed {name} from this host")
+
+    def _abort_destination(self) -> None:
+        client = self._client()
+        try:
+            client.abort_migration(self.mid)
+            self.say("rollback: removed the copy on the destination")
+        except LxdmigError as e:
+            # The helper rolls back by itself when this connection ends.
+            client.close()
+            self.say(f"rollback: the destination did not answer ({e}); it removes its copy when it sees the "
+                     "connection closed")
+
+
+def _rsync_bytes_sent(log: Path) -> int:
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("Total bytes sent:"):
+            return int(line.split(":", 1)[1].strip().replace(",", "").split()[0])
+    return 0
