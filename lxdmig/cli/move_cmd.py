@@ -99,8 +99,8 @@ def format_report(r: MoveReport) -> str:
               f"  sent:         {r.bytes_sent / 1e6:.1f} MB",
               f"  filesystem:   initial sync {r.fs_initial_s:.2f} s, final sync {r.fs_final_s:.2f} s"]
     if r.final_pages_lazy:
-        lines.append(f"  memory:       {r.final_pages_lazy} pages served on demand after the restore, "
-                     f"all in within {r.lazy_transfer_s:.2f} s")
+        lines.append(f"  memory:       {r.final_pages_lazy} pages served on demand after the restore, all in "
+                     f"{r.lazy_transfer_s:.2f} s later (until then, touching a page not yet there waits for it)")
     else:
         lines.append(f"  final dump:   {r.final_pages_written} pages, tasks frozen {r.frozen_dump_ms:.0f} ms by CRIU")
     lines.append(f"  restore:      {r.restore_ms:.0f} ms on {r.remote}")

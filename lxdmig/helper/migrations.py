@@ -11,6 +11,7 @@ only waits for its programs (post-copy's lazy-pages daemon) to finish.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -64,6 +65,12 @@ class Migration:
                           timeout)
         self.stop_children()
 
+    def save_state(self) -> None:
+        """What a restarted helper needs to roll this migration back."""
+        tmp = self.root / f".{STATE_FILE}"
+        tmp.write_text(json.dumps({"container": self.container, "committed": self.committed}))
+        os.replace(tmp, self.root / STATE_FILE)
+
     def roll_back(self) -> None:
         self.stop_children()
         for what, action in reversed(self.undo):
@@ -74,6 +81,7 @@ class Migration:
         self.undo.clear()
 
 
+STATE_FILE = "state.json"
 # How long a committed migration's programs may take to finish at the end.
 COMMITTED_WAIT = 3600.0
 _OUTCOMES_KEPT = 256
@@ -88,16 +96,35 @@ class Registry:
         self._outcomes: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (owner, outcome)
         self._closed = False
 
-    def clean_leftovers(self) -> list[str]:
-        """Remove directories a crashed helper left behind; returns their names."""
+    def clean_leftovers(self, remove_container: Callable[[str], None]) -> list[str]:
+        """Roll back what a helper that died (crash, SIGKILL) left behind.
+
+        Each migration directory records its container and whether it was
+        committed; an uncommitted container is removed (the source still has
+        it, frozen or running), a committed one is kept. Returns what was done.
+        """
         if not self.work_dir.is_dir():
             return []
-        gone = []
+        done = []
         for entry in sorted(self.work_dir.iterdir()):
-            if entry.is_dir() and not entry.is_symlink() and entry.name != "failed":
-                shutil.rmtree(entry, ignore_errors=True)
-                gone.append(entry.name)
-        return gone
+            if not entry.is_dir() or entry.is_symlink() or entry.name == "failed":
+                continue
+            try:
+                state = json.loads((entry / STATE_FILE).read_text())
+                container, committed = str(state["container"]), bool(state["committed"])
+            except (OSError, ValueError, KeyError, TypeError):
+                container, committed = "", True  # unknown: do not touch any container
+            if container and not committed:
+                try:
+                    remove_container(container)
+                    done.append(f"{entry.name} (removed the uncommitted {container})")
+                except Exception as e:
+                    log.error("leftover migration %s: cannot remove %s: %s", entry.name, container, e)
+                    continue
+            else:
+                done.append(entry.name)
+            shutil.rmtree(entry, ignore_errors=True)
+        return done
 
     def begin(self, container: str, owner: str, peer_cert_pem: bytes, source_dir: str = "") -> Migration:
         with self._lock:
@@ -114,6 +141,7 @@ class Registry:
             fd = os.open(migration.peer_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(peer_cert_pem)
+            migration.save_state()
             self._active[mid] = migration
             log.info("migration %s of %s begins", mid, container)
             return migration
@@ -132,6 +160,7 @@ class Registry:
     def commit(self, mid: str, owner: str) -> Migration:
         migration = self.get(mid, owner)
         migration.committed = True
+        migration.save_state()
         migration.undo.clear()
         self._record(migration, "committed")
         log.info("migration %s of %s committed: the container now lives here", mid, migration.container)

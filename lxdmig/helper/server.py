@@ -23,7 +23,7 @@ from lxdmig.capabilities import HostCapabilities
 from lxdmig.config import Config
 from lxdmig.errors import ConfigError
 from lxdmig.helper.migrations import Registry
-from lxdmig.helper.session import Session
+from lxdmig.helper.session import Session, remove_container
 from lxdmig.sdnotify import Notifier
 from lxdmig.tokens import TokenStore
 
@@ -123,9 +123,10 @@ class HelperServer:
     def serve(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        leftovers = self.state.registry.clean_leftovers()
+        backend = self.state.backend
+        leftovers = self.state.registry.clean_leftovers(lambda name: remove_container(backend, name))
         if leftovers:
-            log.warning("removed %d unfinished migration dir(s) left by an earlier run: %s", len(leftovers),
+            log.warning("cleaned up %d unfinished migration(s) left by an earlier run: %s", len(leftovers),
                         ", ".join(leftovers))
         listener = self.bind()
         where = f"{self.config.listen} port {self.config.port}"

@@ -227,7 +227,7 @@ class Session:
         der = self.sock.getpeercert(binary_form=True) or b""
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir)
-        migration.undo.append(("remove the partly moved container", lambda: _remove_container(backend, container)))
+        migration.undo.append(("remove the partly moved container", lambda: remove_container(backend, container)))
         self.migrations.add(migration.id)
         self.state.status(f"receiving {container} from {self.peer}")
         return {"type": "migration", "migration": migration.id}
@@ -393,7 +393,7 @@ def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
     return path
 
 
-def _remove_container(backend: Backend, container: str) -> None:
+def remove_container(backend: Backend, container: str) -> None:
     if backend.exists(container) or backend.container_dir(container).exists():
         try:
             backend.stop(container)

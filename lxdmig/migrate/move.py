@@ -285,8 +285,10 @@ class Mover:
 
     def _freeze(self) -> None:
         name = self.request.container
-        self.backend.freeze(name)
+        # Downtime counts from the moment freezing starts: the tasks may stop
+        # at any point while lxc-freeze runs.
         self.freeze_time = time.monotonic()
+        self.backend.freeze(name)
         self.undo.push("thaw the container", lambda: self.backend.unfreeze(name))
         detached = self.backend.isolate(name)
         self.undo.push("reconnect its network", lambda: self.backend.reconnect(name, detached))

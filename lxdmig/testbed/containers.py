@@ -84,13 +84,23 @@ def build_workload() -> Path:
 # --- creating containers --------------------------------------------------------
 
 
+_ADDRESS_RE = re.compile(r"^lxc\.net\.0\.ipv4\.address\s*=\s*([0-9.]+)", re.M)
+
+
 def _used_addresses() -> set[ipaddress.IPv4Address]:
     used = set()
     for h in all_hosts():
         for config in h.lxcpath.glob("*/config"):
-            for m in re.finditer(r"^lxc\.net\.0\.ipv4\.address\s*=\s*([0-9.]+)", config.read_text(), re.M):
-                used.add(ipaddress.IPv4Address(m.group(1)))
+            used.update(ipaddress.IPv4Address(m.group(1)) for m in _ADDRESS_RE.finditer(config.read_text()))
     return used
+
+
+def container_address(host: Host, name: str) -> ipaddress.IPv4Address:
+    """The address a test container keeps wherever it runs."""
+    match = _ADDRESS_RE.search((host.lxcpath / check_name(name) / "config").read_text())
+    if not match:
+        raise TestbedError(f"container {name} on host {host.name} has no fixed address")
+    return ipaddress.IPv4Address(match.group(1))
 
 
 def _allocate_address() -> ipaddress.IPv4Address:

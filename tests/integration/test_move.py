@@ -1,0 +1,184 @@
+"""lxdmig move between the two test hosts: real containers, real CRIU, real helpers.
+
+Each move is checked against what the workload itself saw: the same process
+(incarnation) goes on counting on the destination, its memory checksum
+stays intact through a full verification pass, and the pause it measured is
+not longer than the downtime lxdmig reported (the report must not flatter).
+Faults (restore failure, helper killed mid-transfer) must leave the source
+running as before, reachable, and nothing on the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lxdmig import capabilities, proc
+from lxdmig.errors import ExitCode
+from lxdmig.testbed import containers, helpers
+from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.layout import Host
+
+from .conftest import MakeContainer
+
+A, B = Host("a"), Host("b")
+MEMORY_MIB = 32
+DIRTY_MIB_S = 2.0
+
+
+def move(source: Host, name: str, to: Host, *args: str) -> tuple[int, dict[str, object] | None, str]:
+    result = host_command(source, helpers.lxdmig_argv("move", name, f"{to.name}:{name}", "--json", *args),
+                          check=False, timeout=600)
+    report = json.loads(result.stdout) if result.returncode == 0 else None
+    return result.returncode, report, result.stderr
+
+
+def fresh_gap(host: Host, name: str) -> dict[str, object]:
+    """The workload's state after a full verification pass (memory checked end to end)."""
+    return containers.wait_for_full_verification(host, name)
+
+
+def check_moved(before: dict[str, object], source: Host, dest: Host, name: str, report: dict[str, object]) -> None:
+    after = fresh_gap(dest, name)
+    assert after["incarnation"] == before["incarnation"], "a new process, not the same one"
+    assert int(str(after["counter"])) > int(str(before["counter"])), "the counter went back"
+    assert after["checksum_ok"] is True and after["bad_pages"] == 0, "memory damaged in the move"
+    assert name not in containers.list_containers(source), "the source copy is still there"
+    # The longest pause the workload saw must be within the reported downtime (freeze to running),
+    # plus, for post-copy, the time until every page had arrived (a page not yet here is waited for).
+    bound = float(str(report["downtime_ms"])) + float(str(report["lazy_transfer_s"])) * 1000
+    assert float(str(after["max_gap_ms"])) <= bound + 50
+    ping = host_command(source, ["ping", "-c", "1", "-W", "2", str(containers.container_address(dest, name))],
+                        check=False)
+    assert ping.returncode == 0, "the container is not reachable at its address after the move"
+
+
+@pytest.mark.parametrize("mode", ["stop-copy", "post-copy"])
+def test_move_there_and_back(make_container: MakeContainer, mode: str) -> None:
+    name = make_container("a", memory_mib=MEMORY_MIB, dirty_rate=DIRTY_MIB_S)
+    before = fresh_gap(A, name)
+    rc, report, err = move(A, name, B, "--mode", mode)
+    assert rc == 0, err
+    assert report is not None and report["mode"] == mode and float(str(report["downtime_ms"])) > 0
+    assert int(str(report["bytes_sent"])) > MEMORY_MIB * 2**20  # the memory did cross
+    if mode == "post-copy":
+        assert int(str(report["final_pages_lazy"])) > MEMORY_MIB * 256 * 0.9
+    check_moved(before, A, B, name, report)
+
+    middle = fresh_gap(B, name)
+    rc, report, err = move(B, name, A, "--mode", mode)
+    assert rc == 0, err
+    assert report is not None
+    check_moved(middle, B, A, name, report)
+
+
+def test_auto_picks_what_this_kernel_allows(make_container: MakeContainer) -> None:
+    name = make_container("a", memory_mib=16, dirty_rate=1.0)
+    rc, report, err = move(A, name, B)
+    assert rc == 0, err
+    assert report is not None
+    if capabilities.probe().can_track_dirty_memory:
+        assert str(report["mode"]).startswith("pre-copy")
+    else:
+        assert report["mode"] == "post-copy" and "CONFIG_MEM_SOFT_DIRTY" in str(report["mode_reason"])
+
+
+def test_pre_copy_without_dirty_tracking_fails_before_freezing(make_container: MakeContainer) -> None:
+    if capabilities.probe().can_track_dirty_memory:
+        pytest.fail("this kernel tracks dirty memory: pre-copy is tested by the VM suite (tests/vm)")
+    name = make_container("a", memory_mib=16, dirty_rate=1.0)
+    before = fresh_gap(A, name)
+    started = time.monotonic()
+    rc, _, err = move(A, name, B, "--mode", "pre-copy")
+    assert rc == ExitCode.PREFLIGHT
+    assert "pre-copy is not possible" in err and "CONFIG_MEM_SOFT_DIRTY" in err
+    after = fresh_gap(A, name)
+    # Never frozen: the longest pause is no longer than before the attempt (or than the attempt took).
+    assert float(str(after["max_gap_ms"])) <= max(float(str(before["max_gap_ms"])),
+                                                  (time.monotonic() - started) * 1000)
+    assert after["incarnation"] == before["incarnation"]
+    assert name not in containers.list_containers(B)
+
+
+def assert_rolled_back(name: str, before: dict[str, object]) -> None:
+    after = fresh_gap(A, name)
+    assert after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
+    assert int(str(after["counter"])) > int(str(before["counter"]))
+    assert containers.lxc_state(A, name) == "RUNNING"
+    assert name not in containers.list_containers(B)
+    assert not (B.lxcpath / name).exists()
+    ping = host_command(B, ["ping", "-c", "1", "-W", "2", str(containers.container_address(A, name))], check=False)
+    assert ping.returncode == 0, "the source's network was not reconnected"
+
+
+def test_restore_failure_on_the_destination_rolls_back(make_container: MakeContainer) -> None:
+    # A real restore failure: a hook that fails on host b only (liblxc runs it while restoring).
+    hook = "lxc.hook.pre-start = /bin/sh -c 'test \"$(hostname)\" != lxdmig-b'\n"
+    name = make_container("a", memory_mib=16, dirty_rate=1.0, extra_config=hook)
+    before = fresh_gap(A, name)
+    rc, _, err = move(A, name, B, "--mode", "stop-copy")
+    assert rc != 0 and "restore of" in err and "rolled back" in err
+    assert_rolled_back(name, before)
+
+
+def _wait_for(path_glob: tuple[Path, str], deadline: float) -> bool:
+    root, pattern = path_glob
+    while time.monotonic() < deadline:
+        if root.exists() and any(root.glob(pattern)):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("when", ["initial-sync", "frozen"])
+def test_destination_helper_killed_mid_move_rolls_back(make_container: MakeContainer, tmp_path: Path,
+                                                       when: str) -> None:
+    name = make_container("a", memory_mib=16, dirty_rate=1.0)
+    # A bigger root filesystem keeps the initial sync busy long enough to kill the helper during it.
+    with open(A.lxcpath / name / "rootfs" / "ballast", "wb") as fh:
+        fh.write(os.urandom(192 * 2**20))
+    before = fresh_gap(A, name)
+    log = tmp_path / "move.log"
+    with open(log, "wb") as out:
+        mover = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--",
+                                  *helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")],
+                                 stdout=out, stderr=out)
+    try:
+        target = (B.lxcpath / name, "rootfs") if when == "initial-sync" else \
+            (B.storage / "migrations", "*/images/dump")
+        assert _wait_for(target, time.monotonic() + 60), log.read_text()
+        pid = helpers.running_pid(B)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert mover.wait(120) != 0
+    finally:
+        if mover.poll() is None:
+            mover.kill()
+        helpers.start(B)  # a restarted helper removes the half-moved copy
+    text = log.read_text()
+    assert "rolling back" in text, text
+    if when == "frozen":
+        assert "rollback: thaw the container" in text, text
+    assert_rolled_back(name, before)
+    assert host_command(A, helpers.lxdmig_argv("check", "b"), check=False).returncode == 0
+
+
+def test_move_refuses_bad_targets(make_container: MakeContainer) -> None:
+    for args, words in ((["nope", "b:nope"], "no container 'nope'"), (["x", "b:y"], "renaming"),
+                        (["b:x", "a:x"], "must be a container on this host"), (["x", "nowhere:x"], "no remote")):
+        result = host_command(A, helpers.lxdmig_argv("move", *args), check=False)
+        assert result.returncode != 0 and words in result.stderr, (args, result.stderr)
+
+
+def test_no_migration_programs_left_behind(testbed: None) -> None:
+    # No criu, rsync or lxc-checkpoint left running by the moves above.
+    leftover = proc.run(["pgrep", "-a", "-f", "criu (dump|page-server|lazy-pages)|rsync --server"], timeout=10,
+                        check=False)
+    assert leftover.stdout.strip() == "", leftover.stdout

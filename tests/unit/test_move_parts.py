@@ -1,0 +1,90 @@
+"""Pieces of a move that are ours to get right without containers:
+the rsync server whitelist, the undo stack, freezer discovery, lazy page counting."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from lxdmig.backends.lxc_rules import freezer_files
+from lxdmig.criu_stats import lazy_pages
+from lxdmig.helper.rsync_server import server_argv
+from lxdmig.migrate.undo import UndoStack
+from lxdmig.protocol.messages import RemoteBadRequest
+
+GOOD = ["rsync", "--server", "-lHogDtpAXrSe.iLsfxCIvu", "--delete", "--numeric-ids", "--stats", ".", "container/"]
+
+
+def test_rsync_server_gets_the_destination_forced() -> None:
+    assert server_argv(GOOD, "/var/lib/lxc/c1") == [*GOOD[:-1], "/var/lib/lxc/c1/"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sh", "-c", "id"], "only 'rsync --server"),
+    (["rsync", "--server", "--sender", "-logDtpre.iLsfxC", ".", "container/"], "only receive"),
+    (["rsync", "--server", "-logDtpre.iLsfxC", "--log-file=/etc/x", ".", "container/"], "not allowed"),
+    (["rsync", "--server", "-logDtpre.iLsfxC", "--backup-dir", "/tmp", ".", "container/"], "not allowed"),
+    (["rsync", "--server", "-logDtpre.iLsfxC", ".", "/etc/"], "must write to"),
+    (["rsync", "--server", "-logDtpre.iLsfxC", ".", "../container/"], "must write to"),
+    (["rsync", "--server", "-e/bin/sh;", ".", "container/"], "not allowed"),
+])
+def test_rsync_server_refuses(argv: list[str], words: str) -> None:
+    with pytest.raises(RemoteBadRequest, match=words):
+        server_argv(argv, "/var/lib/lxc/c1")
+
+
+def test_undo_runs_in_reverse_and_survives_failures() -> None:
+    done: list[str] = []
+    said: list[str] = []
+    undo = UndoStack()
+    undo.push("first", lambda: done.append("first"))
+    undo.push("broken", lambda: 1 / 0)
+    undo.push("last", lambda: done.append("last"))
+    failures = undo.run(said.append)
+    assert done == ["last", "first"] and len(failures) == 1 and "broken" in failures[0]
+    assert len(undo) == 0 and any("FAILED" in s for s in said)
+    undo.push("x", lambda: done.append("x"))
+    undo.clear()
+    assert undo.run(said.append) == [] and "x" not in done
+
+
+MOUNTINFO = """\
+30 24 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+35 30 0:31 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer
+36 30 0:32 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+37 30 0:33 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+"""
+CGROUPS = "6:freezer:/host-a/lxc.payload.c1-1\n4:memory:/x/host-a/lxc.payload.c1\n0::/host-a/lxc.payload.c1\n"
+
+
+def test_freezer_files_for_both_hierarchies(tmp_path: Path) -> None:
+    mountinfo = MOUNTINFO.replace("/sys/fs/cgroup", str(tmp_path))
+    (tmp_path / "freezer/host-a/lxc.payload.c1-1").mkdir(parents=True)
+    (tmp_path / "freezer/host-a/lxc.payload.c1-1/freezer.state").write_text("FROZEN\n")
+    (tmp_path / "unified/host-a/lxc.payload.c1").mkdir(parents=True)
+    (tmp_path / "unified/host-a/lxc.payload.c1/cgroup.freeze").write_text("0\n")
+    assert freezer_files(0, mountinfo, CGROUPS) == [
+        (tmp_path / "freezer/host-a/lxc.payload.c1-1/freezer.state", "THAWED"),
+        (tmp_path / "unified/host-a/lxc.payload.c1/cgroup.freeze", "0")]
+
+
+def _pb_entry(fields: dict[int, int]) -> bytes:
+    body = b""
+    for number, value in fields.items():
+        body += bytes([number << 3])
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            body += bytes([byte | (0x80 if value else 0)])
+            if not value:
+                break
+    return struct.pack("<I", len(body)) + body
+
+
+def test_lazy_pages_counts_only_lazy_entries(tmp_path: Path) -> None:
+    head = _pb_entry({1: 1})
+    image = b"\0" * 8 + head + _pb_entry({1: 4096, 2: 300, 4: 2 | 4}) + _pb_entry({1: 8192, 2: 7, 4: 4})
+    (tmp_path / "pagemap-1.img").write_bytes(image)
+    (tmp_path / "pagemap-2.img").write_bytes(b"\0" * 8 + head + _pb_entry({1: 0, 2: 5, 4: 2}))
+    assert lazy_pages(tmp_path) == 305
