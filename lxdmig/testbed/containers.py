@@ -88,7 +88,7 @@ _ADDRESS_RE = re.compile(r"^lxc\.net\.0\.ipv4\.address\s*=\s*([0-9.]+)", re.M)
 
 
 def _used_addresses() -> set[ipaddress.IPv4Address]:
-    used = set()
+    used: set[ipaddress.IPv4Address] = set()
     for h in all_hosts():
         for config in h.lxcpath.glob("*/config"):
             used.update(ipaddress.IPv4Address(m.group(1)) for m in _ADDRESS_RE.finditer(config.read_text()))
