@@ -1,4 +1,4 @@
-"""``make demo``: the test bed, a running workload container, CRIU round trip."""
+"""``make demo``: the test bed, a running workload container, moved a -> b -> a with lxdmig move."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def main() -> int:
 
 
 def _demo() -> int:
-    a = Host("a")
+    a, b = Host("a"), Host("b")
     print("==> bringing up test hosts a and b")
     bed.up()
     for h in all_hosts():
@@ -31,7 +31,8 @@ def _demo() -> int:
           f"modes as source: {', '.join(caps.source_modes())}")
     for problem in caps.problems():
         print(f"    note: {problem}")
-    containers.destroy(a, NAME)
+    for h in all_hosts():
+        containers.destroy(h, NAME)
     print(f"==> starting container {NAME} on host a (64 MiB workload, 4 MiB/s dirtied)")
     addr = containers.create(a, NAME, containers.WorkloadSpec(memory_mib=64, dirty_rate_mib_s=4))
     containers.wait_for_full_verification(a, NAME)
@@ -39,26 +40,30 @@ def _demo() -> int:
     print(f"==> preflight on host a: lxdmig check b {NAME} (helpers run on both hosts, remotes paired)")
     check = containers.host_command(a, helpers.lxdmig_argv("check", "b", NAME), check=False)
     print("    " + check.stdout.strip().replace("\n", "\n    "))
-    print("==> checkpointing it with CRIU (lxc-checkpoint -s) and restoring it on host a")
-    result = containers.checkpoint_restore_in_place(a, NAME)
-    final = containers.wait_for_full_verification(a, NAME)
-    before, after = result.before, result.after
-    same = before["incarnation"] == after["incarnation"] and before["pid"] == after["pid"]
+    ok = True
+    for source, dest in ((a, b), (b, a)):
+        before = containers.wait_for_full_verification(source, NAME)
+        print(f"==> on host {source.name}: lxdmig move {NAME} {dest.name}:{NAME}   (mode auto: the best this "
+              "kernel allows)")
+        moved = containers.host_command(source, helpers.lxdmig_argv("move", NAME, f"{dest.name}:{NAME}"),
+                                        check=False, timeout=600)
+        print("    " + (moved.stderr + moved.stdout).strip().replace("\n", "\n    "))
+        if moved.returncode != 0:
+            return 1
+        after = containers.wait_for_full_verification(dest, NAME)
+        same = after["incarnation"] == before["incarnation"] and after["pid"] == before["pid"]
+        intact = after["checksum_ok"] is True
+        ok = ok and same and intact and NAME not in containers.list_containers(source)
+        print(f"    the workload on host {dest.name}: {'same process' if same else 'A NEW PROCESS'} "
+              f"(incarnation {after['incarnation']}), counter {before['counter']} -> {after['counter']}, memory "
+              f"{'intact' if intact else 'CORRUPTED'} after a full check, longest pause it ever saw "
+              f"{float(str(after['max_gap_ms'])):.0f} ms; on host {source.name}: "
+              f"{'gone' if NAME not in containers.list_containers(source) else 'STILL THERE'}")
     print()
-    print("report")
-    print(f"  same process after restore:   {'yes' if same else 'NO'} (pid {after['pid']}, "
-          f"incarnation {after['incarnation']})")
-    print(f"  counter:                      {before['counter']} before -> {final['counter']} now")
-    print(f"  memory checksum after restore: {'intact' if final['checksum_ok'] else 'CORRUPTED'} "
-          f"({final['verified_passes']} verification passes)")
-    print(f"  dump {result.dump_s * 1000:.0f} ms, restore {result.restore_s * 1000:.0f} ms; "
-          f"longest pause the workload saw: {float(str(final['max_gap_ms'])):.0f} ms")
-    print()
-    print("The container keeps running on host a. Try:")
-    print(f"  scripts/testbed workload a {NAME}")
-    print(f"  scripts/testbed attach a {NAME} -- ps")
+    print(f"{NAME} went a -> b -> a and runs on host a again. Try:")
+    print(f"  scripts/testbed exec a -- lxdmig move {NAME} b:{NAME} --mode stop-copy")
+    print(f"  scripts/testbed workload b {NAME}")
     print("  scripts/testbed down      # remove the test hosts")
-    ok = same and final["checksum_ok"] is True
     return 0 if ok else 1
 
 
