@@ -110,7 +110,8 @@ def lazy_pages(images: Path) -> int:
         try:
             for entry in _entries(path.read_bytes())[1:]:  # the first entry is the PagemapHead
                 fields = _fields(entry)
-                flags, pages = fields.get(4, 0), fields.get(2, 0)
+                # nr_pages is field 5 since CRIU 4.2 (field 2 became compat_nr_pages).
+                flags, pages = fields.get(4, 0), fields.get(5, fields.get(2, 0))
                 if isinstance(flags, int) and isinstance(pages, int) and flags & _PE_LAZY:
                     total += pages
         except (OSError, ValueError) as e:

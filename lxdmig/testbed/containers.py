@@ -29,6 +29,7 @@ from lxdmig.testbed.hosts import TestbedError
 _T = 60.0
 BUSYBOX = Path("/bin/busybox")
 STATE_IN_CONTAINER = "/var/lib/workload/state"
+ECHO_PORT = 7
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -136,10 +137,13 @@ def _make_rootfs(rootfs: Path, name: str, spec: WorkloadSpec) -> None:
     (rootfs / "etc/hostname").write_text(f"{name}\n")
     # busybox init starts each entry in its own session (CRIU needs the
     # workload's session leader inside the container's pid namespace).
+    # An echo service on TCP port 7 (busybox nc, one cat per connection) lets
+    # tests hold a TCP connection to the container across a move.
     (rootfs / "etc/inittab").write_text(
         "::sysinit:/bin/mount -t tmpfs -o mode=1777,size=16m tmpfs /tmp\n"
         f"::once:/usr/local/bin/lxdmig-workload --state {STATE_IN_CONTAINER} --mib {spec.memory_mib} "
         f"--dirty-rate {spec.dirty_rate_mib_s:g} --tick-ms {spec.tick_ms}\n"
+        f"::once:/bin/busybox nc -ll -p {ECHO_PORT} -e /bin/cat\n"
     )
 
 

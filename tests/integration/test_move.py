@@ -182,3 +182,27 @@ def test_no_migration_programs_left_behind(testbed: None) -> None:
     leftover = proc.run(["pgrep", "-a", "-f", "criu (dump|page-server|lazy-pages)|rsync --server"], timeout=10,
                         check=False)
     assert leftover.stdout.strip() == "", leftover.stdout
+
+
+def test_established_tcp_connection_survives_the_move(make_container: MakeContainer, tmp_path: Path) -> None:
+    name = make_container("a", memory_mib=16, dirty_rate=1.0)
+    address = str(containers.container_address(A, name))
+    go = tmp_path / "go"
+    script = Path(__file__).with_name("tcp_client.py")
+    # The client is a process on host a holding one connection to the container's echo service.
+    client = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--", sys.executable,
+                               str(script), address, str(containers.ECHO_PORT), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        assert json.loads(client.stdout.readline()) == {"ready": True}, client.stderr.read() if client.stderr else ""
+        rc, report, err = move(A, name, B, "--mode", "stop-copy")
+        assert rc == 0, err
+        go.touch()
+        out, errors = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["first"] == "before the move"
+    assert result["second"] == "after the move", (result, errors)

@@ -87,4 +87,6 @@ def test_lazy_pages_counts_only_lazy_entries(tmp_path: Path) -> None:
     image = b"\0" * 8 + head + _pb_entry({1: 4096, 2: 300, 4: 2 | 4}) + _pb_entry({1: 8192, 2: 7, 4: 4})
     (tmp_path / "pagemap-1.img").write_bytes(image)
     (tmp_path / "pagemap-2.img").write_bytes(b"\0" * 8 + head + _pb_entry({1: 0, 2: 5, 4: 2}))
-    assert lazy_pages(tmp_path) == 305
+    # CRIU >= 4.2: nr_pages in field 5, compat_nr_pages (field 2) 0
+    (tmp_path / "pagemap-3.img").write_bytes(b"\0" * 8 + head + _pb_entry({1: 0, 2: 0, 4: 2, 5: 70000}))
+    assert lazy_pages(tmp_path) == 70305
