@@ -42,6 +42,12 @@ def _version(text: str) -> tuple[int, ...]:
         return ()
 
 
+def criu_dumps_sockets(criu_version: str, kernel_release: str) -> bool:
+    """False for CRIU < 4.2 on Linux >= 6.16, which fails on every inet socket."""
+    kernel = _version(kernel_release.split("-")[0])[:2]
+    return not (kernel >= (6, 16) and _version(criu_version) < (4, 2))
+
+
 def common_modes(source: HostCapabilities, destination: HostCapabilities) -> list[str]:
     """Modes both ends support, in the order of MODES."""
     ok = set(source.source_modes()) & set(destination.destination_modes())
@@ -65,6 +71,11 @@ def host_checks(source: HostCapabilities, destination: HostCapabilities, remote:
                                               f"{remote}: images usually restore across 4.x, but same is safer"))
     else:
         out.append(Check("criu", Status.OK, f"CRIU {source.criu_version} on both hosts"))
+    if not criu_dumps_sockets(source.criu_version, source.kernel_release):
+        out.append(Check("criu", Status.WARN, f"CRIU {source.criu_version} cannot dump TCP/UDP sockets on this "
+                                              f"kernel ({source.kernel_release}; Linux 6.16 restricted "
+                                              "SO_PASSCRED, CRIU 4.2 copes): containers with network sockets "
+                                              "will fail to dump; install CRIU >= 4.2"))
     if "lxc" not in destination.backends:
         out.append(Check("backend", Status.FAIL, f"{remote} cannot drive LXC (python3-lxc missing there)"))
     if source.cpu_model == destination.cpu_model:

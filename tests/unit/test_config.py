@@ -68,3 +68,27 @@ def test_docs_and_example_file_list_every_option() -> None:
     for o in config.OPTIONS:
         assert f"| {o.section} | {o.name} | {o.default} | {o.help} |" in doc, o.name
     assert (REPO / "contrib" / "lxdmig.conf.example").read_text() == config.describe()
+
+
+def test_lxd_keys_per_container(tmp_path: Path) -> None:
+    path = tmp_path / "lxdmig.conf"
+    path.write_text("[container web1]\nmigration.incremental.memory = true\n"
+                    "migration.incremental.memory.iterations = 4\nmigration.incremental.memory.goal = 90\n"
+                    "[container db1]\nmigration.incremental.memory = false\n")
+    conf = config.load(path)
+    assert conf.incremental("web1") is True and conf.incremental("db1") is False and conf.incremental("x") is None
+    assert conf.container_int("web1", config.ITERATIONS) == 4 and conf.container_int("web1", config.GOAL) == 90
+    assert conf.container_int("db1", config.GOAL) is None
+
+
+@pytest.mark.parametrize("line, message", [
+    ("migration.incremental.memory = maybe", "true or false"),
+    ("migration.incremental.memory.goal = 101", "0-100"),
+    ("migration.incremental.memory.iterations = -1", "whole number"),
+    ("migration.stateful = true", "unknown option"),
+])
+def test_bad_lxd_keys(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "lxdmig.conf"
+    path.write_text(f"[container c1]\n{line}\n")
+    with pytest.raises(ConfigError, match=message):
+        config.load(path)

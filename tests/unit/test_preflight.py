@@ -102,3 +102,12 @@ def test_container_problems_map_to_checks() -> None:
     stopped = dataclasses.replace(FACTS, running=False)
     assert preflight.failed(preflight.container_checks(stopped, []))
     assert statuses(preflight.container_checks(FACTS, []))["dumpable"] is Status.OK
+
+
+def test_old_criu_on_new_kernel_warns_about_sockets() -> None:
+    assert preflight.criu_dumps_sockets("4.1.1", "6.15.2-amd64")
+    assert not preflight.criu_dumps_sockets("4.1.1", "6.18.0")
+    assert preflight.criu_dumps_sockets("4.2.1", "6.18.0")
+    checks = preflight.host_checks(caps(criu_version="4.1.1", kernel_release="6.18.0"), caps(criu_version="4.1.1"),
+                                   "b")
+    assert any(c.status is Status.WARN and "TCP/UDP sockets" in c.message for c in checks)
