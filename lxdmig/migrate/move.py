@@ -146,6 +146,7 @@ class Mover:
         self.client: HelperClient | None = None
         self.mid = ""
         self.freeze_time = 0.0
+        self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
 
     def say(self, message: str) -> None:
@@ -164,7 +165,8 @@ class Mover:
                 choice = self._preflight(local, client)
                 self._move(choice, local)
         finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+            if not self.keep_work:
+                shutil.rmtree(self.work, ignore_errors=True)
         self.report.total_ms = (time.monotonic() - self.start) * 1000
         return self.report
 
@@ -411,11 +413,15 @@ class Mover:
             except LxdmigError as e:
                 self.report.warnings.append(f"could not count the pages sent lazily: {e}")
             if code != 0:
+                # The destination may lack pages: keep the frozen source and the images for inspection.
+                self.keep_work = True
                 self.report.warnings.append(
-                    f"CRIU's lazy page server exited with {code}: the destination may lack memory pages; "
-                    f"see {self.work / 'dump' / 'dump.log'}")
-            self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s" if code == 0
-                     else "post-copy: the page transfer failed")
+                    f"post-copy page transfer did not finish (CRIU's page server exited with {code}): the "
+                    f"container on {self.request.remote} may lack memory pages. The frozen, offline copy here "
+                    f"and the images in {self.work} are kept; see {self.work / 'dump' / 'dump.log'}")
+                self.say("post-copy: the page transfer FAILED; keeping the source copy")
+                return
+            self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
         self.backend.stop(name)
         self.backend.delete(name)
         try:
