@@ -51,10 +51,13 @@ def check_moved(before: dict[str, object], source: Host, dest: Host, name: str, 
     assert int(str(after["counter"])) > int(str(before["counter"])), "the counter went back"
     assert after["checksum_ok"] is True and after["bad_pages"] == 0, "memory damaged in the move"
     assert name not in containers.list_containers(source), "the source copy is still there"
-    # The longest pause the workload saw must be within the reported downtime (freeze to running),
-    # plus, for post-copy, the time until every page had arrived (a page not yet here is waited for).
-    bound = float(str(report["downtime_ms"])) + float(str(report["lazy_transfer_s"])) * 1000
-    assert float(str(after["max_gap_ms"])) <= bound + 50
+    # If the move made the longest pause the workload ever saw, that pause must be within the
+    # reported downtime (freeze to running) plus, for post-copy, the time until every page had
+    # arrived (a page not yet here is waited for). The margin covers the 10 ms tick and scheduling.
+    gap = float(str(after["max_gap_ms"]))
+    if gap > float(str(before["max_gap_ms"])):
+        bound = float(str(report["downtime_ms"])) + float(str(report["lazy_transfer_s"])) * 1000
+        assert gap <= bound + max(100.0, 0.1 * bound), f"the workload paused {gap} ms, the report says {bound} ms"
     ping = host_command(source, ["ping", "-c", "1", "-W", "2", str(containers.container_address(dest, name))],
                         check=False)
     assert ping.returncode == 0, "the container is not reachable at its address after the move"
