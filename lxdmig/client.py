@@ -25,6 +25,8 @@ from lxdmig.tokens import Token
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+# The helper gives a restore up to 600 s; the source waits a little longer.
+RESTORE_WAIT = 660.0
 
 
 class PeerUnreachable(RemoteError):
@@ -211,7 +213,8 @@ class HelperClient:
                                       "lazy": lazy}
         if lazy:
             request.update(source_address=source_address, source_port=source_port)
-        reply = self.channel.request(request)
+        # A restore takes as long as it takes (the helper bounds it): wait for it.
+        reply = self.channel.request(request, timeout=RESTORE_WAIT)
         restore_ms = reply.header.get("restore_ms")
         return (float(restore_ms) if isinstance(restore_ms, (int, float)) else 0.0,
                 fields.get_str_list(reply.header, "announced"))

@@ -205,6 +205,8 @@ class Mover:
             lazy_child = self._final_dump(lazy, parent)
             self._sync_filesystem("final")
             self._restore(lazy)
+        except OutcomeUnknown:
+            raise  # no rollback: the destination may run it, the source stays frozen and offline
         except BaseException as e:
             self.say(f"failed: {e}; rolling back")
             # The destination's copy goes first: the source must never run while it might.
@@ -367,7 +369,12 @@ class Mover:
                  f"downtime {self.report.downtime_ms:.0f} ms")
 
     def _resolve_unknown(self, error: LxdmigError) -> None:
-        """The connection failed after the restore request: ask the helper what happened."""
+        """The connection failed after the restore request: ask the helper what happened.
+
+        Closing our connection first makes the helper roll back whatever it
+        did not get a commit for, so its answer settles it: committed, or not.
+        """
+        self._client().close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

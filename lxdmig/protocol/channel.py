@@ -50,14 +50,26 @@ class Channel:
         except ssl.SSLError as e:
             raise TlsAlert(e.reason or str(e)) from None
 
-    def request(self, header: Mapping[str, object], payload: bytes = b"") -> Frame:
-        """Send a request and return its reply; an ``error`` reply is raised."""
+    def request(self, header: Mapping[str, object], payload: bytes = b"", *, timeout: float | None = None) -> Frame:
+        """Send a request and return its reply; an ``error`` reply is raised.
+
+        ``timeout``: wait this long for the reply instead of the channel's timeout.
+        """
         request_type = str(header.get("type"))
         expected = messages.REQUESTS.get(request_type)
         if expected is None:
             raise ValueError(f"{request_type!r} is not a protocol request")
         self.send(header, payload)
-        reply = self.receive()
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+            self.timeout, saved = timeout, self.timeout
+            try:
+                reply = self.receive()
+            finally:
+                self.sock.settimeout(saved)
+                self.timeout = saved
+        else:
+            reply = self.receive()
         if reply.type == "error":
             messages.raise_error(reply.header)
         if reply.type != expected:
