@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install test unit integration typecheck demo testbed-up testbed-down clean
+.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down clean
 
 all: test
 
@@ -20,10 +20,19 @@ unit: install
 integration: install
 	$(PY) -m pytest tests/integration
 
-# The whole suite: type check, unit tests, then the real test bed.
+# The whole suite: type check, unit tests, the real test bed, then the slow
+# VM tests (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm).
 test: install
 	$(VENV)/bin/mypy
-	$(PY) -m pytest tests
+	$(PY) -m pytest -m "not vm" tests
+	$(PY) -m pytest -m vm tests/vm
+
+# Only the VM suite (builds its cached image on first use).
+test-vm: install
+	$(PY) -m pytest -m vm tests/vm
+
+vm-image: install
+	$(PY) -m tests.vm.image build
 
 demo: install
 	scripts/demo

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from lxdmig import proc
+from lxdmig.errors import CommandError
 from lxdmig.testbed.layout import (
     BRIDGE,
     CONTAINER_NET,
@@ -187,8 +188,12 @@ def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "") ->
         _make_rootfs(cdir / "rootfs", name, spec)
         (cdir / "config").write_text(lxc_config(host, name, addr) + extra_config)
         log = host.storage / f"lxc-start-{name}.log"
-        host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
-                     output_file=host.storage / f"lxc-start-{name}.out")
+        try:
+            host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
+                         output_file=host.storage / f"lxc-start-{name}.out")
+        except CommandError as e:
+            errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+            raise TestbedError(f"{e}; lxc-start's log says: {' | '.join(errors[:6])}") from None
         wait_for_workload(host, name)
     except BaseException:
         destroy(host, name)

@@ -1,0 +1,209 @@
+"""The test VM: a stock Debian cloud kernel (with soft-dirty tracking) and a
+Debian root filesystem in an initramfs, run under qemu's software emulation.
+
+``build()`` makes the base image once per set of inputs (Debian release,
+package list, this file, init.sh, the CRIU binary) and caches it outside
+the repository (``LXDMIG_VM_CACHE``, default /var/cache/lxdmig-vm). Each run
+appends a small second initramfs holding this checkout, the workload binary
+and the liblxc binding built on the host, so code changes need no rebuild.
+Nothing binary is committed; the cache is disposable.
+
+    python -m tests.vm.image build      # build (or find) the base image
+    python -m tests.vm.image run [-k EXPR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig import proc
+from lxdmig.backends import liblxc_migrate
+from lxdmig.testbed import containers
+from lxdmig.testbed.layout import workload_binary
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CACHE = Path(os.environ.get("LXDMIG_VM_CACHE", "/var/cache/lxdmig-vm"))
+KERNEL_PACKAGE = "linux-image-cloud-amd64"  # 6.1 on bookworm: CONFIG_MEM_SOFT_DIRTY=y, userfaultfd
+PACKAGES = [
+    "lxc", "python3-lxc", "python3-cryptography", "python3-cffi-backend", "python3-pytest", "busybox-static",
+    "rsync", "iproute2", "iptables", "nftables", "iputils-arping", "iputils-ping", "util-linux", "kmod", "procps",
+    # CRIU's shared libraries (CRIU itself is the host's build, copied in)
+    "libprotobuf-c1", "libnl-3-200", "libnet1", "libgnutls30", "libnftables1", "libbsd0", "libuuid1", "libcap2",
+]
+MEMORY_MIB = 3072
+BOOT_MARK = "LXDMIG-VM-BOOTED"
+EXIT_MARK = "LXDMIG-VM-EXIT"
+
+
+@dataclass(frozen=True)
+class Image:
+    kernel: Path
+    initrd: Path
+
+
+def _codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"')
+    raise RuntimeError("no VERSION_CODENAME in /etc/os-release")
+
+
+def _mirror() -> str:
+    sources = " ".join(p.read_text() for p in Path("/etc/apt").rglob("*") if p.is_file() and
+                       p.suffix in (".sources", ".list"))
+    for match in re.finditer(r"(?:URIs:|deb)\s+(?:\[[^\]]*\]\s+)?(\S+/debian)/?\s", sources):
+        return match.group(1)
+    raise RuntimeError("no Debian mirror in /etc/apt")
+
+
+def _criu() -> Path:
+    path = shutil.which("criu", path=proc.SYSTEM_PATH)
+    if path is None:
+        raise RuntimeError("criu is not installed on the host (scripts/install-deps)")
+    return Path(path)
+
+
+def inputs_digest() -> str:
+    h = hashlib.sha256()
+    for part in (_codename(), KERNEL_PACKAGE, " ".join(PACKAGES)):
+        h.update(part.encode() + b"\0")
+    for path in (Path(__file__), HERE / "init.sh", _criu()):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _run(argv: list[str], *, timeout: float = 1800, cwd: Path | None = None, log: Path | None = None) -> None:
+    proc.run(argv, timeout=timeout, cwd=cwd, output_file=log)
+
+
+def _cpio(root: Path, out: Path) -> None:
+    names = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, check=True, capture_output=True,
+                           text=True).stdout
+    proc.run(["cpio", "-o", "-H", "newc", "--quiet", "-F", str(out)], timeout=600, cwd=root, input_text=names)
+
+
+def build(log=print) -> Image:  # type: ignore[no-untyped-def]
+    """The base image for the current inputs, built if missing."""
+    directory = CACHE / f"image-{inputs_digest()}"
+    image = Image(directory / "vmlinuz", directory / "base.cpio")
+    if (directory / "done").exists():
+        return image
+    log(f"building the VM image in {directory} (once per change of its inputs; a few minutes)")
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE if CACHE.exists() else None))
+    try:
+        rootfs = work / "rootfs"
+        debs = work / "debs"
+        debs.mkdir()
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", _codename(), str(rootfs),
+              _mirror()], log=work / "debootstrap.log")
+        # The kernel: the cloud image package, unpacked (vmlinuz + modules).
+        depends = proc.run(["apt-cache", "depends", KERNEL_PACKAGE], timeout=60).stdout
+        package = re.search(r"Depends: (linux-image-\S+)", depends)
+        if package is None:
+            raise RuntimeError(f"cannot tell which kernel {KERNEL_PACKAGE} depends on")
+        _run(["apt-get", "download", package.group(1)], cwd=debs, timeout=600)
+        deb = next(debs.glob("linux-image-*.deb"))
+        _run(["dpkg-deb", "-x", str(deb), str(work / "kernel")])
+        modules = next((work / "kernel" / "lib" / "modules").iterdir())
+        shutil.copytree(modules, rootfs / "lib" / "modules" / modules.name, symlinks=True)
+        _run(["depmod", "-b", str(rootfs), modules.name])
+        kernel = next((work / "kernel" / "boot").glob("vmlinuz-*"))
+        shutil.copy2(_criu(), rootfs / "usr" / "local" / "sbin" / "criu")
+        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt",
+                     "var/lib/apt/lists"):
+            shutil.rmtree(rootfs / junk, ignore_errors=True)
+        shutil.copy2(HERE / "init.sh", rootfs / "init")
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(kernel, image.kernel)
+        _cpio(rootfs, image.initrd)
+        (directory / "done").write_text(f"{kernel.name}\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for old in CACHE.glob("image-*"):
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    return image
+
+
+def overlay(out: Path, pytest_args: list[str]) -> None:
+    """The per-run part: this checkout, the workload and the liblxc binding built here."""
+    root = out.parent / "overlay"
+    shutil.rmtree(root, ignore_errors=True)
+    dest = root / "lxdmig"
+    for part in ("lxdmig", "tests", "setup.cfg"):
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dest / part)
+    (dest / "vm-args").write_text(" ".join(pytest_args))
+    binary = containers.build_workload()
+    bin_dir = root / workload_binary().parent.relative_to("/")
+    bin_dir.mkdir(parents=True)
+    shutil.copy2(binary, bin_dir / binary.name)
+    shutil.copy2(binary.with_suffix(".sha256"), bin_dir / binary.with_suffix(".sha256").name)
+    liblxc_migrate.load()  # build it here (gcc, lxc-dev), so the VM needs neither
+    binding = liblxc_migrate.cache_dir()
+    shutil.copytree(binding, root / binding.relative_to("/"), ignore=shutil.ignore_patterns("*.c", "*.o"))
+    _cpio(root, out)
+    shutil.rmtree(root)
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int | None  # the guest pytest's status, None if it never got that far
+    console: str
+
+    @property
+    def booted(self) -> bool:
+        return BOOT_MARK in self.console
+
+
+def run(pytest_args: list[str], *, timeout: float = 1500.0, console_log: Path | None = None) -> Result:
+    """Boot the VM, run the guest tests with ``pytest_args``, return what it printed."""
+    image = build()
+    with tempfile.TemporaryDirectory(prefix="lxdmig-vm-") as tmp:
+        tmpdir = Path(tmp)
+        overlay(tmpdir / "overlay.cpio", pytest_args)
+        initrd = tmpdir / "initrd.cpio"
+        with open(initrd, "wb") as out:
+            for part in (image.initrd, tmpdir / "overlay.cpio"):
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        log = console_log or tmpdir / "console.log"
+        log.unlink(missing_ok=True)
+        argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2",
+                "-m", str(MEMORY_MIB), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+                "-kernel", str(image.kernel), "-initrd", str(initrd),
+                "-append", "console=ttyS0 panic=-1 rdinit=/init quiet apparmor=0"]
+        proc.run(argv, timeout=timeout, check=False, output_file=log)
+        console = log.read_text(errors="replace")
+    match = re.search(rf"^{EXIT_MARK} (\d+)", console, re.M)
+    return Result(int(match.group(1)) if match else None, console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.vm.image")
+    p.add_argument("command", choices=("build", "run"))
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.command == "build":
+        print(build())
+        return 0
+    result = run(args.pytest_args, console_log=Path("vm-console.log"))
+    sys.stdout.write(result.console)
+    return 0 if result.exit_code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
