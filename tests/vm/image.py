@@ -146,7 +146,7 @@ def overlay(out: Path, pytest_args: list[str]) -> None:
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(src, dest / part)
-    (dest / "vm-args").write_text(" ".join(pytest_args))
+    (dest / "vm-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
     binary = containers.build_workload()
     bin_dir = root / workload_binary().parent.relative_to("/")
     bin_dir.mkdir(parents=True)

@@ -39,9 +39,10 @@ ip link set lo up
 hostname lxdmig-vm
 echo 4194304 > /proc/sys/fs/pipe-max-size
 echo "LXDMIG-VM-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
-args=$(cat /lxdmig/vm-args 2>/dev/null)
-cd /lxdmig && LXDMIG_IN_VM=1 PYTHONPATH=/lxdmig python3 -m pytest -p no:cacheprovider -o timeout=0 \
-    -rA -s --tb=short --color=no $args tests/vm/guest
+set --  # pytest arguments from the host, one per line
+while IFS= read -r arg; do set -- "$@" "$arg"; done < /lxdmig/vm-args
+cd /lxdmig && LXDMIG_IN_VM=1 PYTHONPATH=/lxdmig python3 -m pytest -p no:cacheprovider \
+    -rA -s --tb=short --color=no "$@" tests/vm/guest
 echo "LXDMIG-VM-EXIT $?"
 sync
 echo o > /proc/sysrq-trigger

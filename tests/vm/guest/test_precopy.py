@@ -96,14 +96,16 @@ def test_downtime_target_ends_pre_copy_early(make_container: MakeContainer) -> N
 
 
 def test_broken_chain_would_be_caught(make_container: MakeContainer, tmp_path: Path) -> None:
-    """The control for the chaining assertions above: a pre-dump whose parent path is
-    absolute (the classic mistake) finds no parent and skips nothing; a relative one skips."""
+    """The control for the chaining assertions above: a pre-dump whose parent is not the
+    previous round finds nothing to skip, one chained to it (../1) skips nearly everything."""
     name = make_container("a", memory_mib=MIB, dirty_rate=0.25)
     skipped = {}
-    for label, parent in (("relative", "../1"), ("absolute", str(tmp_path / label / "1"))):
+    for label, parent in (("relative", "../1"), ("absolute", None), ("wrong", "../0")):
+        (tmp_path / label / "0").mkdir(parents=True)  # an empty directory: no images
+        parent = parent or str(tmp_path / label / "1")
         for directory, prev in (("1", None), ("2", parent)):
             d = tmp_path / label / directory
-            d.mkdir(parents=True)
+            d.mkdir()
             argv = ["python3", "-m", "lxdmig.backends.liblxc_migrate", "pre-dump", "--lxcpath", str(A.lxcpath),
                     "--name", name, "--dir", str(d)]
             host_command(A, argv + (["--predump-dir", prev] if prev else []), check=False,
@@ -114,4 +116,4 @@ def test_broken_chain_would_be_caught(make_container: MakeContainer, tmp_path: P
             skipped[label] = -1  # CRIU refused the pre-dump outright: no pages skipped either
     emit("chain-control", {"skipped": skipped})
     assert skipped["relative"] > MIB * 256 // 2
-    assert skipped["absolute"] <= 0
+    assert skipped["wrong"] <= 0
