@@ -252,9 +252,10 @@ class Mover:
         client = self._client()
         rounds: list[Round] = []
         parent: str | None = None
+        # hybrid ends lazily anyway: rounds that stop converging just end sooner.
+        may_switch = choice.may_switch_to_post_copy or choice.mode == "hybrid"
         while True:
-            decision = policy.next_step(rounds, self.request.limits,
-                                        may_switch_to_post_copy=choice.may_switch_to_post_copy)
+            decision = policy.next_step(rounds, self.request.limits, may_switch_to_post_copy=may_switch)
             if rounds:
                 self.report.rounds[-1].decision = decision.step.value
             if decision.step is not Step.ANOTHER_ROUND:
