@@ -83,6 +83,16 @@ def test_hybrid_switches_to_post_copy_when_rounds_do_not_converge(make_container
     check_moved(before, A, B, name, report)
 
 
+def test_post_copy_on_this_kernel_too(make_container: MakeContainer) -> None:
+    name = make_container("a", memory_mib=MIB, dirty_rate=1.0)
+    before = fresh_gap(A, name)
+    rc, report, err = move(A, name, B, "--mode", "post-copy")
+    assert rc == 0 and report is not None, err
+    emit("post-copy", report)
+    assert report["final_pages_lazy"] > MIB * 256 // 2
+    check_moved(before, A, B, name, report)
+
+
 def test_downtime_target_ends_pre_copy_early(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=0.25)
     before = fresh_gap(A, name)
