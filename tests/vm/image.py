@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _cpio(root: Path, out: Path) -> None:
     proc.run(["cpio", "-o", "-H", "newc", "--quiet", "-F", str(out)], timeout=600, cwd=root, input_text=names)
 
 
-def build(log=print) -> Image:  # type: ignore[no-untyped-def]
+def build(log: Callable[[str], None] = print) -> Image:
     """The base image for the current inputs, built if missing."""
     directory = CACHE / f"image-{inputs_digest()}"
     image = Image(directory / "vmlinuz", directory / "base.cpio")
