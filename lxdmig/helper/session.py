@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import os
 import re
-import select
 import socket
 import ssl
 import subprocess
@@ -26,12 +25,12 @@ from typing import TYPE_CHECKING, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import criu, proc, tls
+from lxdmig import proc, tls
 from lxdmig.backends import Backend
-from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError, LxdmigError
+from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
 from lxdmig.helper.migrations import Migration
+from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
 from lxdmig.helper.rsync_server import server_argv
-from lxdmig.netutil import free_port
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import ConnectionClosed, Frame, ProtocolError
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-_PAGE_SERVER_READY_TIMEOUT = 10.0
 RESTORE_TIMEOUT = 600.0
 _MAX_CERT = 16 * 1024
 
@@ -399,61 +397,6 @@ def remove_container(backend: Backend, container: str) -> None:
             backend.stop(container)
         finally:
             backend.delete(container)
-
-
-def _start_criu_daemon(migration: Migration, what: str, argv: list[str]) -> proc.Child:
-    """Start a CRIU daemon that reports readiness on --status-fd; wait for it."""
-    ready_r, ready_w = os.pipe()
-    log_path = migration.root / f"{what}.log"
-    try:
-        try:
-            child = proc.Child([*argv, "--status-fd", str(ready_w), "-o", str(log_path), "-v4"],
-                               log_file=migration.root / f"{what}.out", pass_fds=[ready_w])
-        except LxdmigError as e:
-            raise RemoteCommandFailed(f"cannot start criu {what}: {e}") from None
-        migration.children.append(child)
-        os.close(ready_w)
-        ready_w = -1
-        readable, _, _ = select.select([ready_r], [], [], _PAGE_SERVER_READY_TIMEOUT)
-        if not readable or os.read(ready_r, 1) != b"\0":
-            child.stop()
-            raise RemoteCommandFailed(f"criu {what} did not start: {_tail(log_path) or child.log_tail() or 'no output'}")
-        return child
-    finally:
-        os.close(ready_r)
-        if ready_w >= 0:
-            os.close(ready_w)
-
-
-def start_page_server(state: HelperState, migration: Migration, images: Path, address: str,
-                      parent: str | None = None) -> int:
-    """``criu page-server`` over TLS into ``images``; returns its port once it listens."""
-    low, high = state.config.page_server_ports
-    port = free_port(address, low, high)
-    if port is None:
-        raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
-    argv = ["criu", "page-server", "-D", str(images), "-W", str(migration.root), "--address", address,
-            "--port", str(port), *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
-    if parent is not None:
-        argv += ["--prev-images-dir", parent]
-    _start_criu_daemon(migration, f"page-server-{images.name}", argv)
-    log.info("migration %s: page server for %s on %s:%d", migration.id, images.name, address, port)
-    return port
-
-
-def start_lazy_pages(state: HelperState, migration: Migration, images: Path, address: str, port: int) -> None:
-    """``criu lazy-pages`` fetching from the source's page server (TLS), for a lazy restore from ``images``."""
-    argv = ["criu", "lazy-pages", "--page-server", "--address", address, "--port", str(port), "-D", str(images),
-            *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
-    _start_criu_daemon(migration, "lazy-pages", argv)
-    log.info("migration %s: lazy-pages fetching from %s:%d", migration.id, address, port)
-
-
-def _tail(path: Path) -> str:
-    try:
-        return proc.tail(path.read_text(errors="replace"), 5)
-    except OSError:
-        return ""
 
 
 class _Handed(Exception):

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from lxdmig import proc
 from lxdmig.testbed.containers import host_command
 from lxdmig.testbed.layout import UPLINK, Host

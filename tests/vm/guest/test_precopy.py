@@ -31,6 +31,16 @@ def rounds(report: dict[str, Any]) -> list[dict[str, Any]]:
     return list(report["rounds"])
 
 
+def moved(label: str, name: str, *args: str) -> dict[str, Any]:
+    """Move ``name`` a -> b with ``args``; check the workload came through; emit the report."""
+    before = fresh_gap(A, name)
+    rc, report, err = move(A, name, B, *args)
+    assert rc == 0 and report is not None, err
+    emit(label, report)
+    check_moved(before, A, B, name, report)
+    return report
+
+
 def test_this_kernel_tracks_dirty_memory() -> None:
     caps = capabilities.probe()
     assert caps.soft_dirty and caps.can_track_dirty_memory, caps.problems()
@@ -64,45 +74,29 @@ FAST = 64.0  # MiB/s: the whole buffer is rewritten within any round under emula
 
 def test_pre_copy_that_cannot_converge_stops_on_iterations(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=FAST)
-    before = fresh_gap(A, name)
-    rc, report, err = move(A, name, B, "--mode", "pre-copy", "--goal", "90", "--iterations", "3")
-    assert rc == 0 and report is not None, err
-    emit("pre-copy-iterations", report)
+    report = moved("pre-copy-iterations", name, "--mode", "pre-copy", "--goal", "90", "--iterations", "3")
     assert len(rounds(report)) == 3 and not report["switched_to_post_copy"]
-    check_moved(before, A, B, name, report)
 
 
 def test_hybrid_switches_to_post_copy_when_rounds_do_not_converge(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=FAST)
-    before = fresh_gap(A, name)
-    rc, report, err = move(A, name, B, "--mode", "hybrid", "--goal", "90", "--iterations", "6")
-    assert rc == 0 and report is not None, err
-    emit("hybrid-switch", report)
+    report = moved("hybrid-switch", name, "--mode", "hybrid", "--goal", "90", "--iterations", "6")
     assert "not converging" in report["switched_to_post_copy"] and len(rounds(report)) < 6
     assert report["final_pages_lazy"] > 0
-    check_moved(before, A, B, name, report)
 
 
 def test_post_copy_on_this_kernel_too(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=1.0)
-    before = fresh_gap(A, name)
-    rc, report, err = move(A, name, B, "--mode", "post-copy")
-    assert rc == 0 and report is not None, err
-    emit("post-copy", report)
+    report = moved("post-copy", name, "--mode", "post-copy")
     assert report["final_pages_lazy"] > MIB * 256 // 2
-    check_moved(before, A, B, name, report)
 
 
 def test_downtime_target_ends_pre_copy_early(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=0.25)
-    before = fresh_gap(A, name)
-    rc, report, err = move(A, name, B, "--mode", "pre-copy", "--goal", "100", "--iterations", "8",
-                           "--downtime-target", "3000")
-    assert rc == 0 and report is not None, err
-    emit("downtime-target", report)
+    report = moved("downtime-target", name, "--mode", "pre-copy", "--goal", "100", "--iterations", "8",
+                   "--downtime-target", "3000")
     last = rounds(report)[-1]
     assert last["estimated_downtime_ms"] <= 3000 and len(rounds(report)) < 8
-    check_moved(before, A, B, name, report)
 
 
 def test_broken_chain_would_be_caught(make_container: MakeContainer, tmp_path: Path) -> None:

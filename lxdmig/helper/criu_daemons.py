@@ -1,0 +1,82 @@
+"""The CRIU daemons the helper runs for a migration: page servers and lazy-pages.
+
+Both speak TLS with the migrating peer only (its certificate is the only CA
+they trust), report readiness through ``--status-fd``, log into the
+migration's directory and are stopped with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lxdmig import criu, proc
+from lxdmig.errors import LxdmigError
+from lxdmig.helper.migrations import Migration
+from lxdmig.netutil import free_port
+from lxdmig.protocol.messages import RemoteCommandFailed
+
+if TYPE_CHECKING:
+    from lxdmig.helper.server import HelperState
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 10.0
+
+
+def _start_criu_daemon(migration: Migration, what: str, argv: list[str]) -> proc.Child:
+    """Start a CRIU daemon that reports readiness on --status-fd; wait for it."""
+    ready_r, ready_w = os.pipe()
+    log_path = migration.root / f"{what}.log"
+    try:
+        try:
+            child = proc.Child([*argv, "--status-fd", str(ready_w), "-o", str(log_path), "-v4"],
+                               log_file=migration.root / f"{what}.out", pass_fds=[ready_w])
+        except LxdmigError as e:
+            raise RemoteCommandFailed(f"cannot start criu {what}: {e}") from None
+        migration.children.append(child)
+        os.close(ready_w)
+        ready_w = -1
+        readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+        if not readable or os.read(ready_r, 1) != b"\0":
+            child.stop()
+            raise RemoteCommandFailed(f"criu {what} did not start: {_tail(log_path) or child.log_tail() or 'no output'}")
+        return child
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+
+
+def start_page_server(state: HelperState, migration: Migration, images: Path, address: str,
+                      parent: str | None = None) -> int:
+    """``criu page-server`` over TLS into ``images``; returns its port once it listens."""
+    low, high = state.config.page_server_ports
+    port = free_port(address, low, high)
+    if port is None:
+        raise RemoteCommandFailed(f"no free port in {low}-{high} (page_server_ports) for a CRIU page server")
+    argv = ["criu", "page-server", "-D", str(images), "-W", str(migration.root), "--address", address,
+            "--port", str(port), *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+    if parent is not None:
+        argv += ["--prev-images-dir", parent]
+    _start_criu_daemon(migration, f"page-server-{images.name}", argv)
+    log.info("migration %s: page server for %s on %s:%d", migration.id, images.name, address, port)
+    return port
+
+
+def start_lazy_pages(state: HelperState, migration: Migration, images: Path, address: str, port: int) -> None:
+    """``criu lazy-pages`` fetching from the source's page server (TLS), for a lazy restore from ``images``."""
+    argv = ["criu", "lazy-pages", "--page-server", "--address", address, "--port", str(port), "-D", str(images),
+            *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
+    _start_criu_daemon(migration, "lazy-pages", argv)
+    log.info("migration %s: lazy-pages fetching from %s:%d", migration.id, address, port)
+
+
+def _tail(path: Path) -> str:
+    try:
+        return proc.tail(path.read_text(errors="replace"), 5)
+    except OSError:
+        return ""
