@@ -209,3 +209,26 @@ def test_established_tcp_connection_survives_the_move(make_container: MakeContai
     result = json.loads(out.strip().splitlines()[-1])
     assert result["first"] == "before the move"
     assert result["second"] == "after the move", (result, errors)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_move_while_frozen_rolls_back(make_container: MakeContainer, tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    name = make_container("a", memory_mib=16, dirty_rate=1.0)
+    before = fresh_gap(A, name)
+    log = tmp_path / "move.log"
+    with open(log, "wb") as out:
+        # testbed exec replaces itself with lxdmig (nsenter execs in place): the signal reaches lxdmig
+        mover = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--",
+                                  *helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")],
+                                 stdout=out, stderr=out)
+    try:
+        assert _wait_for((B.storage / "migrations", "*/images/dump"), time.monotonic() + 60), log.read_text()
+        mover.send_signal(sig)
+        assert mover.wait(120) == ExitCode.INTERRUPTED
+    finally:
+        if mover.poll() is None:
+            mover.kill()
+    text = log.read_text()
+    assert "rollback: thaw the container" in text and "interrupted" in text, text
+    assert_rolled_back(name, before)
