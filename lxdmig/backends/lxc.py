@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import select
@@ -10,13 +11,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from lxdmig import proc
+from lxdmig import cgroups, proc
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.lxc_rules import (
     freezer_files,
     config_problems, descendants, device_problems, process_stat, read_config, session_problems,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
+
+log = logging.getLogger(__name__)
 
 _TIMEOUT = 60.0
 _DUMP_TIMEOUT = 600.0
@@ -215,6 +218,10 @@ class LxcBackend(Backend):
     def delete(self, container: str) -> None:
         proc.run(["lxc-destroy", *self._args(container)], timeout=_TIMEOUT, check=False)
         shutil.rmtree(self.container_dir(container), ignore_errors=True)
+        # A failed restore leaves CRIU-made cgroups behind, and liblxc then
+        # names the next container's cgroups NAME-1: remove the empty ones.
+        for removed in cgroups.remove_leftovers(f"lxc.payload.{check_name(container)}"):
+            log.info("removed leftover cgroup %s", removed)
 
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)

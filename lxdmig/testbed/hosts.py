@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lxdmig import proc
+from lxdmig import cgroups, proc
 from lxdmig.testbed.layout import (
     BRIDGE,
     CONTAINER_NET,
@@ -174,46 +174,6 @@ def teardown_namespaces() -> None:
 # --- cgroups -----------------------------------------------------------------
 
 
-def _own_cgroup_dirs() -> list[Path]:
-    """The directories of this process's cgroup in every mounted hierarchy."""
-    own: dict[str, str] = {}
-    with open("/proc/self/cgroup") as fh:
-        for line in fh:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            own[controllers] = path
-    dirs = []
-    with open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            left, right = line.split(" - ", 1)
-            fields, rfields = left.split(), right.split()
-            fstype, mount_root, mountpoint = rfields[0], fields[3], fields[4]
-            if fstype == "cgroup2":
-                key = ""
-            elif fstype == "cgroup":
-                opts = rfields[2].split(",")
-                key = ",".join(o for o in opts if o not in ("rw", "ro") and not o.startswith(("clone_", "noprefix",
-                               "release_agent", "xattr", "nsdelegate", "cpuset_v2_mode")))
-            else:
-                continue
-            cgpath = _match_controllers(own, key)
-            if cgpath is None or not cgpath.startswith(mount_root):
-                continue
-            rel = os.path.relpath(cgpath, mount_root)
-            if not rel.startswith(".."):
-                dirs.append(Path(mountpoint) / rel if rel != "." else Path(mountpoint))
-    return dirs
-
-
-def _match_controllers(own: dict[str, str], key: str) -> str | None:
-    if key in own:
-        return own[key]
-    wanted = set(key.split(","))
-    for controllers, path in own.items():
-        if controllers and set(controllers.split(",")) == wanted:
-            return path
-    return None
-
-
 def _state_file() -> Path:
     return run_dir() / "state.json"
 
@@ -260,18 +220,18 @@ def setup_cgroups() -> None:
         # Left from an earlier session whose cgroups went away: start afresh.
         log.warning("test bed cgroups incomplete, recreating them")
         teardown_cgroups()
-    bases = [b for b in _own_cgroup_dirs() if _offer_controller(b)]
-    cgroups: dict[str, list[str]] = {}
+    bases = [b for b in cgroups.own_cgroup_dirs() if _offer_controller(b)]
+    by_host: dict[str, list[str]] = {}
     for h in all_hosts():
-        cgroups[h.name] = []
+        by_host[h.name] = []
         for base in bases:
             d = base / h.cgroup_leaf
             d.mkdir(exist_ok=True)
             for knob in ("cpuset.cpus", "cpuset.mems"):
                 if (d / knob).exists() and not (d / knob).read_text().strip():
                     (d / knob).write_text((base / knob).read_text())
-            cgroups[h.name].append(str(d))
-    _state_file().write_text(json.dumps({"cgroups": cgroups}, indent=1))
+            by_host[h.name].append(str(d))
+    _state_file().write_text(json.dumps({"cgroups": by_host}, indent=1))
 
 
 def join_host_cgroups(host: Host, pid: int) -> None:

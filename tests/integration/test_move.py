@@ -22,7 +22,7 @@ import pytest
 
 from lxdmig import capabilities, proc
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers
+from lxdmig.testbed import containers, helpers, hosts
 from lxdmig.testbed.containers import host_command
 from lxdmig.testbed.layout import Host
 
@@ -117,6 +117,8 @@ def assert_rolled_back(name: str, before: dict[str, object]) -> None:
     assert containers.lxc_state(A, name) == "RUNNING"
     assert name not in containers.list_containers(B)
     assert not (B.lxcpath / name).exists()
+    leftovers = [d for d in hosts.host_cgroups(B) if (Path(d) / f"lxc.payload.{name}").exists()]
+    assert not leftovers, f"cgroups of the failed restore are left on b: {leftovers}"
     ping = host_command(B, ["ping", "-c", "1", "-W", "2", str(containers.container_address(A, name))], check=False)
     assert ping.returncode == 0, "the source's network was not reconnected"
 

@@ -90,3 +90,16 @@ def test_lazy_pages_counts_only_lazy_entries(tmp_path: Path) -> None:
     # CRIU >= 4.2: nr_pages in field 5, compat_nr_pages (field 2) 0
     (tmp_path / "pagemap-3.img").write_bytes(b"\0" * 8 + head + _pb_entry({1: 0, 2: 0, 4: 2, 5: 70000}))
     assert lazy_pages(tmp_path) == 70305
+
+
+def test_remove_leftover_cgroups_only_removes_empty_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lxdmig import cgroups
+
+    base = tmp_path / "freezer" / "host-a"
+    (base / "lxc.payload.c1" / "sub").mkdir(parents=True)
+    (base / "lxc.payload.c2").mkdir()
+    (base / "lxc.payload.c2" / "cgroup.procs").write_text("123\n")  # stands for a busy cgroup (not empty)
+    monkeypatch.setattr(cgroups, "own_cgroup_dirs", lambda: [base])
+    removed = cgroups.remove_leftovers("lxc.payload.c1")
+    assert base / "lxc.payload.c1" in removed and not (base / "lxc.payload.c1").exists()
+    assert cgroups.remove_leftovers("lxc.payload.c2") == [] and (base / "lxc.payload.c2").exists()
