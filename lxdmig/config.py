@@ -57,6 +57,7 @@ OPTIONS: tuple[Option, ...] = (
            "TCP port range for the page server a post-copy source runs for the destination"),
     Option("client", "connect_timeout", "10", "seconds to wait for a helper to accept a connection"),
     Option("lxc", "lxcpath", "/var/lib/lxc", "LXC's container directory on this host"),
+    Option("lxd", "socket", "/var/lib/lxd/unix.socket", "LXD's unix socket on this host (for LXD instances)"),
 )
 
 
@@ -91,6 +92,7 @@ class Config:
     lazy_ports: tuple[int, int]
     connect_timeout: float
     lxcpath: Path
+    lxd_socket: Path
     # Per-container LXD migration keys from [container NAME] sections.
     containers: dict[str, dict[str, object]] = field(default_factory=dict)
 
@@ -209,6 +211,7 @@ def load(path: Path | None = None) -> Config:
         lazy_ports=_port_range(text("client", "lazy_ports"), f"{path}: [client] lazy_ports"),
         connect_timeout=number("client", "connect_timeout", 0.1),
         lxcpath=a_path("lxc", "lxcpath"),
+        lxd_socket=a_path("lxd", "socket"),
         containers=containers,
     )
 

@@ -121,7 +121,7 @@ def _mac_for(addr: ipaddress.IPv4Address) -> str:
     return "02:6c:78:" + ":".join(f"{b:02x}" for b in tail)
 
 
-def _make_rootfs(rootfs: Path, name: str, spec: WorkloadSpec) -> None:
+def make_rootfs(rootfs: Path, name: str, spec: WorkloadSpec) -> None:
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/local/bin", "etc", "proc", "sys", "dev", "tmp",
               "run", "root", "var/lib/workload"):
         (rootfs / d).mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "") ->
     try:
         cdir.mkdir(parents=True)
         cdir.chmod(0o700)
-        _make_rootfs(cdir / "rootfs", name, spec)
+        make_rootfs(cdir / "rootfs", name, spec)
         (cdir / "config").write_text(lxc_config(host, name, addr) + extra_config)
         log = host.storage / f"lxc-start-{name}.log"
         try:

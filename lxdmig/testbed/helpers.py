@@ -31,7 +31,8 @@ def config_text(host: Host) -> str:
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
             f"[client]\nwork_dir = {host.storage / 'outgoing'}\n"
-            f"[lxc]\nlxcpath = {host.lxcpath}\n")
+            f"[lxc]\nlxcpath = {host.lxcpath}\n"
+            f"[lxd]\nsocket = {host.root / 'lxd' / 'unix.socket'}\n")
 
 
 def pid_file(host: Host) -> Path:

@@ -1,0 +1,68 @@
+"""LXD's pre-copy keys on an LXD instance, read and written through pylxd.
+
+``migration.incremental.memory`` (bool), ``.iterations`` (rounds, a 32-bit
+unsigned integer) and ``.goal`` (percent of pages unchanged, 0-100), as LXD
+documents them. lxdmig's pre-copy policy honours them (flags override).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lxdmig.config import GOAL, INCREMENTAL, ITERATIONS
+from lxdmig.errors import BackendError, ConfigError
+
+KEYS = (INCREMENTAL, ITERATIONS, GOAL)
+DEFAULTS = {INCREMENTAL: "true", ITERATIONS: "10", GOAL: "70"}
+
+
+def validate(key: str, value: str) -> str:
+    """The value as LXD stores it; ConfigError naming the problem otherwise."""
+    text = value.strip().lower()
+    if key == INCREMENTAL:
+        if text not in ("true", "false"):
+            raise ConfigError(f"{key} must be true or false, not {value!r}")
+        return text
+    if key in (ITERATIONS, GOAL):
+        if not text.isdigit() or int(text) > 2**32 - 1:
+            raise ConfigError(f"{key} must be a whole number, not {value!r}")
+        if key == GOAL and int(text) > 100:
+            raise ConfigError(f"{key} is a percentage (0-100), not {value!r}")
+        return str(int(text))
+    raise ConfigError(f"unknown key {key!r} (known: {', '.join(KEYS)})")
+
+
+def connect(socket: Path) -> Any:
+    import pylxd  # only LXD users need it
+    from pylxd.exceptions import ClientConnectionFailed
+
+    if not socket.exists():
+        raise BackendError(f"no LXD at {socket} (is lxd running? set [lxd] socket in lxdmig.conf)")
+    try:
+        return pylxd.Client(endpoint=str(socket))
+    except ClientConnectionFailed as e:
+        raise BackendError(f"cannot talk to LXD at {socket}: {e}") from None
+
+
+def _instance(client: Any, name: str) -> Any:
+    from pylxd.exceptions import NotFound
+
+    try:
+        return client.instances.get(name)
+    except NotFound:
+        raise BackendError(f"no LXD instance named {name!r} here") from None
+
+
+def get_keys(client: Any, name: str) -> dict[str, str | None]:
+    """The three keys as set on the instance (None where LXD's default applies)."""
+    config = _instance(client, name).config
+    return {key: config.get(key) for key in KEYS}
+
+
+def set_keys(client: Any, name: str, values: dict[str, str]) -> dict[str, str | None]:
+    checked = {key: validate(key, value) for key, value in values.items()}
+    instance = _instance(client, name)
+    instance.config.update(checked)
+    instance.save(wait=True)
+    return get_keys(client, name)
