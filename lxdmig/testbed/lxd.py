@@ -10,7 +10,9 @@ the tests that need it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -96,6 +98,14 @@ def stop(host: Host) -> None:
     if running(host):
         host_command(host, ["env", f"LXD_DIR={lxd_dir(host)}", "lxd", "shutdown", "--timeout", "30"],
                      check=False, timeout=60)
+    # A daemon stuck behind a failed migration ignores shutdown: kill it.
+    mark = f"--logfile {lxd_dir(host) / 'lxd.log'}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            continue
 
 
 def remove(host: Host) -> None:
