@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -174,8 +176,13 @@ class HelperClient:
             lxcpath=fields.get_str(reply.header, "lxcpath"),
         )
 
-    def begin_migration(self, container: str, source_dir: str = "") -> str:
-        reply = self.channel.request({"type": "migration-begin", "container": container, "source_dir": source_dir})
+    def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
+                        definition: dict[str, Any] | None = None) -> str:
+        """Start a migration of ``container`` into the helper's ``backend``; returns its id."""
+        request: dict[str, object] = {"type": "migration-begin", "container": container, "source_dir": source_dir}
+        if backend != "lxc":
+            request.update(backend=backend, definition=json.dumps(definition or {}))
+        reply = self.channel.request(request)
         return fields.get_str(reply.header, "migration", max_len=64)
 
     def send_file(self, migration: str, name: str, path: Path) -> int:

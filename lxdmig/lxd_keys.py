@@ -7,11 +7,11 @@ documents them. lxdmig's pre-copy policy honours them (flags override).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lxdmig.config import GOAL, INCREMENTAL, ITERATIONS
-from lxdmig.errors import BackendError, ConfigError
+from lxdmig.errors import ConfigError
+from lxdmig.lxd_api import instance
 
 KEYS = (INCREMENTAL, ITERATIONS, GOAL)
 DEFAULTS = {INCREMENTAL: "true", ITERATIONS: "10", GOAL: "70"}
@@ -33,36 +33,15 @@ def validate(key: str, value: str) -> str:
     raise ConfigError(f"unknown key {key!r} (known: {', '.join(KEYS)})")
 
 
-def connect(socket: Path) -> Any:
-    import pylxd  # only LXD users need it
-    from pylxd.exceptions import ClientConnectionFailed
-
-    if not socket.exists():
-        raise BackendError(f"no LXD at {socket} (is lxd running? set [lxd] socket in lxdmig.conf)")
-    try:
-        return pylxd.Client(endpoint=str(socket))
-    except ClientConnectionFailed as e:
-        raise BackendError(f"cannot talk to LXD at {socket}: {e}") from None
-
-
-def _instance(client: Any, name: str) -> Any:
-    from pylxd.exceptions import NotFound
-
-    try:
-        return client.instances.get(name)
-    except NotFound:
-        raise BackendError(f"no LXD instance named {name!r} here") from None
-
-
 def get_keys(client: Any, name: str) -> dict[str, str | None]:
     """The three keys as set on the instance (None where LXD's default applies)."""
-    config = _instance(client, name).config
+    config = instance(client, name).config
     return {key: config.get(key) for key in KEYS}
 
 
 def set_keys(client: Any, name: str, values: dict[str, str]) -> dict[str, str | None]:
     checked = {key: validate(key, value) for key, value in values.items()}
-    instance = _instance(client, name)
+    instance = instance(client, name)
     instance.config.update(checked)
     instance.save(wait=True)
     return get_keys(client, name)

@@ -1,4 +1,9 @@
-"""Remotes: the helpers this host's ``lxdmig`` may talk to, each pinned by certificate."""
+"""Remotes: the hosts this host's ``lxdmig`` may move containers to.
+
+A remote has an lxdmig-helper (address and pinned certificate), an LXD
+server (HTTPS URL and pinned certificate, for ``--engine lxd`` and LXD
+instances), or both, under one name.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -69,13 +76,36 @@ class Remote:
         return fingerprint(self.certificate)
 
 
+@dataclass(frozen=True)
+class LxdRemote:
+    name: str
+    url: str  # https://HOST:PORT
+    certificate: bytes  # the LXD server's pinned certificate (PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.certificate)
+
+
+def parse_lxd_url(text: str) -> tuple[str, int]:
+    """``https://HOST[:PORT]`` (LXD's default port 8443) -> (host, port)."""
+    parts = urlsplit(text.strip())
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"invalid LXD address {text!r}: use https://HOST[:PORT]")
+    try:
+        port = parts.port or 8443
+    except ValueError:
+        raise ConfigError(f"invalid port in {text!r}: use 1-65535") from None
+    return parts.hostname, port
+
+
 class RemoteStore:
-    """remotes.json: name -> address and pinned certificate."""
+    """remotes.json: name -> helper address and certificate, LXD URL and certificate."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _read(self) -> dict[str, dict[str, str]]:
+    def _read(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -86,7 +116,7 @@ class RemoteStore:
             raise ConfigError(f"{self.path} is damaged: not a JSON object")
         return data
 
-    def _write(self, data: dict[str, dict[str, str]]) -> None:
+    def _write(self, data: dict[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
@@ -95,8 +125,11 @@ class RemoteStore:
         os.replace(tmp, self.path)
 
     def all(self) -> list[Remote]:
+        """The remotes that have an lxdmig-helper."""
         out = []
         for name, entry in sorted(self._read().items()):
+            if "address" not in entry:
+                continue
             try:
                 host, port = parse_address(entry["address"])
                 out.append(Remote(name, host, port, entry["certificate"].encode()))
@@ -104,20 +137,63 @@ class RemoteStore:
                 raise ConfigError(f"{self.path}: remote {name!r} is damaged ({e}); remove and add it again") from None
         return out
 
+    def all_lxd(self) -> list[LxdRemote]:
+        """The remotes that have an LXD server."""
+        out = []
+        for name, entry in sorted(self._read().items()):
+            if "lxd" not in entry:
+                continue
+            try:
+                lxd = entry["lxd"]
+                parse_lxd_url(lxd["url"])
+                out.append(LxdRemote(name, lxd["url"], lxd["certificate"].encode()))
+            except (KeyError, AttributeError, TypeError, ConfigError) as e:
+                raise ConfigError(f"{self.path}: remote {name!r} is damaged ({e}); remove and add it again") from None
+        return out
+
+    def names(self) -> list[str]:
+        return sorted(self._read())
+
     def get(self, name: str) -> Remote:
         for remote in self.all():
             if remote.name == name:
                 return remote
-        known = ", ".join(r.name for r in self.all()) or "none"
-        raise ConfigError(f"no remote named {name!r} (known: {known}); add it with: lxdmig remote add {name} ADDRESS")
+        if name in self.names():
+            raise ConfigError(f"remote {name!r} has no lxdmig-helper, only an LXD server: use --engine lxd, or "
+                              f"add its helper with: lxdmig remote add {name} ADDRESS")
+        raise ConfigError(f"no remote named {name!r} (known: {', '.join(self.names()) or 'none'}); add it with: "
+                          f"lxdmig remote add {name} ADDRESS")
+
+    def get_lxd(self, name: str) -> LxdRemote:
+        for remote in self.all_lxd():
+            if remote.name == name:
+                return remote
+        if name in self.names():
+            raise ConfigError(f"remote {name!r} has no LXD server; add it with: lxdmig remote add {name} "
+                              "https://HOST:8443 --lxd")
+        raise ConfigError(f"no remote named {name!r} (known: {', '.join(self.names()) or 'none'}); add it with: "
+                          f"lxdmig remote add {name} https://HOST:8443 --lxd")
 
     def add(self, remote: Remote, *, replace: bool = False) -> None:
         check_name(remote.name)
         x509.load_pem_x509_certificate(remote.certificate)
         data = self._read()
-        if remote.name in data and not replace:
+        entry = data.setdefault(remote.name, {})
+        if "address" in entry and not replace:
             raise ConfigError(f"remote {remote.name!r} exists already; remove it first or pass --replace")
-        data[remote.name] = {"address": remote.address, "certificate": remote.certificate.decode()}
+        entry.update({"address": remote.address, "certificate": remote.certificate.decode()})
+        self._write(data)
+
+    def add_lxd(self, remote: LxdRemote, *, replace: bool = False) -> None:
+        """Add (or, with ``replace``, change) the LXD server of a remote, keeping its helper."""
+        check_name(remote.name)
+        parse_lxd_url(remote.url)
+        x509.load_pem_x509_certificate(remote.certificate)
+        data = self._read()
+        entry = data.setdefault(remote.name, {})
+        if "lxd" in entry and not replace:
+            raise ConfigError(f"remote {remote.name!r} has an LXD server already; pass --replace to change it")
+        entry["lxd"] = {"url": remote.url, "certificate": remote.certificate.decode()}
         self._write(data)
 
     def remove(self, name: str) -> None:

@@ -10,6 +10,7 @@ import abc
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lxdmig import proc
 
@@ -40,6 +41,17 @@ class ContainerFacts:
 
 class Backend(abc.ABC):
     name: str
+    # rsync --exclude patterns for the container directory (the manager's own files).
+    sync_excludes: tuple[str, ...] = ()
+
+    def describe(self, container: str) -> dict[str, Any]:
+        """What the destination's backend needs, besides the files, to take the
+        container over (JSON-able; sent when the migration begins)."""
+        return {}
+
+    def prepare(self, container: str, definition: dict[str, Any]) -> None:
+        """Destination: make the container known to the manager before its files arrive.
+        Raises BackendError."""
 
     @abc.abstractmethod
     def exists(self, container: str) -> bool:
@@ -112,8 +124,9 @@ class Backend(abc.ABC):
         """Where the container's config and root filesystem are synced to."""
 
     @abc.abstractmethod
-    def adopt_config(self, container: str, source_dir: str) -> None:
-        """Rewrite a config synced from ``source_dir`` for this host's paths."""
+    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
+        """Rewrite a config synced from ``source_dir`` (with ``definition``
+        from describe() on the source) for this host's paths."""
 
     @abc.abstractmethod
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:

@@ -35,6 +35,7 @@ struct migrate_opts {
     uint64_t features_to_check;
 };
 struct lxc_container {
+    bool (*load_config)(struct lxc_container *c, const char *alt_file);
     int (*migrate)(struct lxc_container *c, unsigned int cmd, struct migrate_opts *opts, unsigned int size);
     ...;
 };
@@ -76,7 +77,7 @@ def load() -> ModuleType:
 
 def migrate(action: str, lxcpath: str, name: str, directory: str, *, predump_dir: str | None = None,
             address: str | None = None, port: int | None = None, stop: bool = False,
-            features: int = 0) -> int:
+            features: int = 0, config: str | None = None) -> int:
     binding = load()
     ffi: Any = binding.ffi
     lib: Any = binding.lib
@@ -93,6 +94,9 @@ def migrate(action: str, lxcpath: str, name: str, directory: str, *, predump_dir
         print(f"liblxc: cannot load container {name} in {lxcpath}", file=sys.stderr)
         return 2
     try:
+        if config is not None and not container.load_config(container, cstr(config)):
+            print(f"liblxc: cannot load the config {config} for {name}", file=sys.stderr)
+            return 2
         opts = ffi.new("struct migrate_opts *")
         opts.directory = cstr(directory)
         opts.stop = stop
@@ -118,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int)
     p.add_argument("--stop", action="store_true")
     p.add_argument("--features", type=int, default=0, help="feature-check: FEATURE_* bits")
+    p.add_argument("--config", help="the container's LXC config, if not LXCPATH/NAME/config (e.g. LXD's lxc.conf)")
     args = p.parse_args(argv)
     code = migrate(args.action, args.lxcpath, args.name, args.dir, predump_dir=args.predump_dir,
-                   address=args.address, port=args.port, stop=args.stop, features=args.features)
+                   address=args.address, port=args.port, stop=args.stop, features=args.features,
+                   config=args.config)
     if code:
         print(f"liblxc migrate({args.action}) of {args.name} returned {code}", file=sys.stderr)
     return 1 if code else 0

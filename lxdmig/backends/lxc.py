@@ -10,6 +10,7 @@ import select
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from lxdmig import cgroups, proc
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
@@ -104,11 +105,9 @@ class LxcBackend(Backend):
         self.init_pid(container)
         log = Path(directory) / "lxc-checkpoint.out"
         try:
-            proc.run(["lxc-checkpoint", *self._args(container), "-D", directory], timeout=_DUMP_TIMEOUT,
-                     output_file=log)
+            proc.run(self._checkpoint_argv(container, Path(directory)), timeout=_DUMP_TIMEOUT, output_file=log)
         except CommandError as e:
             raise CriuError(f"CRIU could not dump {container!r}: {_criu_reason(Path(directory)) or e}") from None
-
 
     def _lxc(self, tool: str, container: str, *extra: str, timeout: float = _TIMEOUT) -> None:
         try:
@@ -162,10 +161,18 @@ class LxcBackend(Backend):
         except CommandError as e:
             raise BackendError(str(e)) from None
 
+    def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
+        """argv of lxdmig's liblxc migrate() binding for this container."""
+        return [sys.executable, "-m", "lxdmig.backends.liblxc_migrate", action, "--lxcpath", str(self.lxcpath),
+                "--name", check_name(container), "--dir", str(directory)]
+
+    def _checkpoint_argv(self, container: str, directory: Path, *, restore: bool = False) -> list[str]:
+        """argv that dumps (leaving the tasks in place) or restores the container."""
+        return ["lxc-checkpoint", *self._args(container), *(["-r"] if restore else []), "-D", str(directory)]
+
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
                  config_file: Path, timeout: float) -> None:
-        argv = [sys.executable, "-m", "lxdmig.backends.liblxc_migrate", "pre-dump", "--lxcpath", str(self.lxcpath),
-                "--name", check_name(container), "--dir", str(directory), "--address", address, "--port", str(port)]
+        argv = [*self._liblxc_argv("pre-dump", container, directory), "--address", address, "--port", str(port)]
         if parent is not None:
             argv += ["--predump-dir", parent]
         self._criu_step(argv, directory, config_file, timeout, "pre-dump")
@@ -173,8 +180,7 @@ class LxcBackend(Backend):
     def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
         # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
         # so they stay frozen, ready to thaw if the move fails.
-        self._criu_step(["lxc-checkpoint", *self._args(container), "-D", str(directory)], directory, config_file,
-                        timeout, "dump")
+        self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump")
 
     def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str) -> None:
         try:
@@ -188,7 +194,7 @@ class LxcBackend(Backend):
         lazy_conf = directory / "criu-lazy.conf"
         lazy_conf.write_text(config_file.read_text() + f"status-fd {ready_w}\n")
         try:
-            child = proc.Child(["lxc-checkpoint", *self._args(container), "-D", str(directory)],
+            child = proc.Child(self._checkpoint_argv(container, directory),
                                log_file=directory / "dump.out", env={"CRIU_CONFIG_FILE": str(lazy_conf)},
                                pass_fds=[ready_w])
             os.close(ready_w)
@@ -226,14 +232,14 @@ class LxcBackend(Backend):
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)
 
-    def adopt_config(self, container: str, source_dir: str) -> None:
+    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
         path = self.container_dir(container) / "config"
         text = path.read_text()
         path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
 
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
-        self._criu_step(["lxc-checkpoint", *self._args(container), "-r", "-D", str(directory)], directory,
-                        config_file, timeout, "restore")
+        self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, config_file, timeout,
+                        "restore")
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: thaw the restored copy.
         self.unfreeze(container)

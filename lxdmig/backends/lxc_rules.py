@@ -43,7 +43,8 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
                                           "kernel has no AppArmor: restore would fail"))
     for key, value in items:
         words = value.split()
-        if key == "lxc.mount.entry" and len(words) > 3 and "bind" in words[3].split(","):
+        options = words[3].split(",") if len(words) > 3 else []
+        if key == "lxc.mount.entry" and "bind" in options and "optional" not in options:
             out.append(Problem(Severity.WARN, f"bind mount of {words[0]}: that path must exist on the "
                                               "destination too"))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lxdmig import config, lxd_keys
+from lxdmig import config, lxd_api, lxd_keys
 from lxdmig.errors import ExitCode
 
 HELP = "show or set an LXD instance's migration.incremental.memory keys (pre-copy on, rounds, goal)"
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> ExitCode:
               if value is not None}
     for key, value in wanted.items():
         lxd_keys.validate(key, value)  # refuse bad input before talking to LXD
-    client = lxd_keys.connect(conf.lxd_socket)
+    client = lxd_api.connect_local(conf.lxd_socket)
     keys = lxd_keys.set_keys(client, args.name, wanted) if wanted else lxd_keys.get_keys(client, args.name)
     if args.json:
         print(json.dumps(keys, sort_keys=True))

@@ -7,10 +7,14 @@ import signal
 import sys
 from types import FrameType
 
-from lxdmig import config
+from lxdmig import backends, config, lxd_keys
+from lxdmig.backends import Backend
+from lxdmig.backends.lxd import LxdBackend
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.migrate import policy
-from lxdmig.migrate.move import MoveReport, MoveRequest, Mover, PreflightFailed
+from lxdmig.migrate.lxd_move import LxdEngineMove
+from lxdmig.migrate.move import MoveFailed, MoveReport, MoveRequest, Mover, PreflightFailed
+from lxdmig.remotes import RemoteStore
 
 HELP = "live-migrate a running container to a remote host (same shape as 'lxc move')"
 MODES_HELP = ("auto (default): pre-copy where this host tracks dirty memory (falling back to post-copy if rounds "
@@ -36,6 +40,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--downtime-target", type=float, metavar="MS",
                    help="pre-copy: stop as soon as the estimated downtime is within MS; with auto/hybrid, "
                         "switch to post-copy when rounds stop converging")
+    p.add_argument("--engine", choices=policy.ENGINES, default="auto",
+                   help="LXD instances: lxdmig (lxdmig's own engine, every mode; needs lxdmig-helper on the "
+                        "destination), lxd (LXD's own live migration, wrapped with lxdmig's preflight, timeout "
+                        "and rollback; needs the remote's LXD server: 'lxdmig remote add NAME https://HOST:8443 "
+                        "--lxd'), or auto (default: lxdmig where the remote has a helper, else lxd)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="--engine lxd: roll back if LXD has not finished within this (default 600)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
@@ -54,9 +65,24 @@ def parse_target(source: str, target: str) -> tuple[str, str]:
     return remote, source
 
 
-def _limits(args: argparse.Namespace, conf: config.Config) -> policy.PrecopyLimits:
-    iterations = args.iterations if args.iterations is not None else conf.container_int(args.source, config.ITERATIONS)
-    goal = args.goal if args.goal is not None else conf.container_int(args.source, config.GOAL)
+def _keys(conf: config.Config, name: str, backend: Backend) -> tuple[bool | None, int | None, int | None]:
+    """migration.incremental.memory, .iterations and .goal for the container, None where unset.
+
+    An LXD instance carries them in its own config; an LXC container in a
+    [container NAME] section of lxdmig.conf.
+    """
+    if isinstance(backend, LxdBackend):
+        values = lxd_keys.get_keys(backend.client, name)
+        raw_inc, raw_it, raw_goal = values[config.INCREMENTAL], values[config.ITERATIONS], values[config.GOAL]
+        return (None if raw_inc is None else raw_inc.lower() == "true",
+                None if raw_it is None else int(raw_it), None if raw_goal is None else int(raw_goal))
+    return (conf.incremental(name), conf.container_int(name, config.ITERATIONS),
+            conf.container_int(name, config.GOAL))
+
+
+def _limits(args: argparse.Namespace, keys: tuple[bool | None, int | None, int | None]) -> policy.PrecopyLimits:
+    iterations = args.iterations if args.iterations is not None else keys[1]
+    goal = args.goal if args.goal is not None else keys[2]
     try:
         return policy.PrecopyLimits(
             iterations=policy.DEFAULT_ITERATIONS if iterations is None else iterations,
@@ -73,11 +99,28 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     remote, name = parse_target(args.source, args.target)
-    request = MoveRequest(name, remote, args.mode, _limits(args, conf))
+    backend = backends.find(name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+    if backend is None:
+        raise MoveFailed(f"no container {name!r} on this host (not in {conf.lxcpath}, not in LXD at "
+                         f"{conf.lxd_socket})")
+    keys = _keys(conf, name, backend)
+    request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0])
+    store = RemoteStore(conf.remotes)
+    engine, why = policy.choose_engine(args.engine, lxd_instance=isinstance(backend, LxdBackend),
+                                       remote_helper=remote in [r.name for r in store.all()],
+                                       remote_lxd=remote in [r.name for r in store.all_lxd()], mode=args.mode)
     progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = Mover(conf, request, progress).run()
+        if engine == "lxd":
+            assert isinstance(backend, LxdBackend)
+            flags = {config.ITERATIONS: args.iterations, config.GOAL: args.goal}
+            report = LxdEngineMove(conf, request, progress, backend, timeout=args.timeout, engine_reason=why,
+                                   keys={k: str(v) for k, v in flags.items() if v is not None}).run()
+        else:
+            mover = Mover(conf, request, progress, backend)
+            mover.report.engine_reason = why
+            report = mover.run()
     except PreflightFailed as e:
         for check in e.checks:
             if check.status.value != "ok":
@@ -91,7 +134,14 @@ def run(args: argparse.Namespace) -> ExitCode:
 
 def format_report(r: MoveReport) -> str:
     lines = [f"moved {r.container} to {r.remote}",
+             f"  engine:       {r.engine} ({r.engine_reason})",
              f"  mode:         {r.mode} ({r.mode_reason})"]
+    if r.engine == "lxd":
+        lines += [f"  downtime:     {r.downtime_ms:.0f} ms (from freezing here to running on {r.remote}, "
+                  "observed by lxdmig)",
+                  f"  total:        {r.total_ms / 1000:.2f} s"]
+        lines += [f"  warning:      {w}" for w in r.warnings]
+        return "\n".join(lines)
     if r.switched_to_post_copy:
         lines.append(f"  switched:     to post-copy ({r.switched_to_post_copy})")
     lines += [f"  downtime:     {r.downtime_ms:.0f} ms (frozen here until running on {r.remote})",

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 
-from lxdmig import client, config, tls
+from lxdmig import client, config, lxd_api, tls
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.protocol.messages import RemoteUntrusted
-from lxdmig.remotes import Remote, RemoteStore, check_name, parse_address
+from lxdmig.remotes import LxdRemote, Remote, RemoteStore, check_name, parse_address, parse_lxd_url
 from lxdmig.tokens import Token
 
-HELP = "manage remotes: the lxdmig-helper daemons this host can migrate containers to"
+HELP = "manage remotes: the hosts (lxdmig-helper daemons, LXD servers) this host can migrate containers to"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add.add_argument("--accept-certificate", action="store_true",
                      help="pin whatever certificate the helper shows, without asking (first contact)")
     add.add_argument("--replace", action="store_true", help="replace a remote of the same name")
+    add.add_argument("--lxd", action="store_true",
+                     help="ADDRESS is the remote's LXD server (https://HOST[:PORT], default port 8443), for "
+                          "LXD instances; --token is then a token from 'lxc config trust add' there. A remote "
+                          "may have both a helper and an LXD server: add each under the same NAME")
+    add.add_argument("--password", help="with --lxd: the LXD server's core.trust_password instead of a token")
     add.set_defaults(run=_add)
     lst = rsub.add_parser("list", help="list remotes")
     lst.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -50,9 +55,46 @@ def _confirm(fingerprint: str, address: str) -> bool:
     return input("Pin this certificate? [y/N] ").strip().lower() in ("y", "yes")
 
 
+def _pin(args: argparse.Namespace, cert: bytes, address: str) -> bool:
+    """Whether the user accepts the certificate ``address`` showed (raises if it is not the one expected)."""
+    fp = tls.fingerprint(cert)
+    if args.fingerprint:
+        if args.fingerprint.lower().replace(":", "") != fp:
+            raise client.PeerCertificateMismatch(f"{address} has certificate {fp}, not {args.fingerprint}: not added")
+        return True
+    return bool(args.accept_certificate) or _confirm(fp, address)
+
+
+def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str) -> ExitCode:
+    host, port = parse_lxd_url(args.target)
+    identity = tls.ensure_identity(conf.cert, conf.key)
+    cert = client.fetch_certificate(host, port, conf.connect_timeout)
+    if not _pin(args, cert, args.target):
+        print("not added")
+        return ExitCode.FAILURE
+    remote = LxdRemote(name, args.target.rstrip("/"), cert)
+    lxd = lxd_api.connect_remote(remote, conf.cert, conf.key, timeout=conf.connect_timeout, require_trust=False)
+    secret = args.token or args.password
+    if not lxd.trusted and secret:
+        lxd_api.trust(lxd, remote, secret)
+    RemoteStore(conf.remotes).add_lxd(remote, replace=args.replace)
+    print(f"remote {name} LXD server added: {remote.url}, certificate {remote.fingerprint} (pinned)")
+    if lxd.trusted:
+        print(f"{name}'s LXD {lxd.host_info['environment'].get('server_version', '?')} trusts this host")
+    else:
+        print(f"note: {name}'s LXD does not trust this host yet. There run 'lxc config trust add' and here "
+              f"'lxdmig remote add {name} {remote.url} --lxd --replace --token TOKEN' (this host's certificate "
+              f"fingerprint is {identity.fingerprint}).")
+    return ExitCode.OK
+
+
 def _add(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     name = check_name(args.name)
+    if args.lxd:
+        return _add_lxd(args, conf, name)
+    if args.password:
+        raise ConfigError("--password is for LXD servers (with --lxd)")
     store = RemoteStore(conf.remotes)
     if not args.replace and any(r.name == name for r in store.all()):
         raise ConfigError(f"remote {name!r} exists already; remove it first or pass --replace")
@@ -70,12 +112,7 @@ def _add(args: argparse.Namespace) -> ExitCode:
     else:
         host, port = parse_address(args.target)
         cert = client.fetch_certificate(host, port, conf.connect_timeout)
-        fp = tls.fingerprint(cert)
-        if args.fingerprint:
-            if args.fingerprint.lower().replace(":", "") != fp:
-                raise client.PeerCertificateMismatch(
-                    f"the helper at {host}:{port} has certificate {fp}, not {args.fingerprint}: not added")
-        elif not args.accept_certificate and not _confirm(fp, f"{host}:{port}"):
+        if not _pin(args, cert, f"the helper at {host}:{port}"):
             print("not added")
             return ExitCode.FAILURE
         how = "certificate pinned"
@@ -95,13 +132,17 @@ def _add(args: argparse.Namespace) -> ExitCode:
 
 
 def _list(args: argparse.Namespace) -> ExitCode:
-    remotes = RemoteStore(config.load(args.config).remotes).all()
+    store = RemoteStore(config.load(args.config).remotes)
+    rows = [{"name": r.name, "kind": "helper", "address": r.address, "fingerprint": r.fingerprint}
+            for r in store.all()]
+    rows += [{"name": r.name, "kind": "lxd", "address": r.url, "fingerprint": r.fingerprint} for r in store.all_lxd()]
+    rows.sort(key=lambda row: (row["name"], row["kind"]))
     if args.json:
-        print(json.dumps([{"name": r.name, "address": r.address, "fingerprint": r.fingerprint} for r in remotes]))
+        print(json.dumps(rows))
         return ExitCode.OK
-    for r in remotes:
-        print(f"{r.name:<16} {r.address:<24} {r.fingerprint}")
-    if not remotes:
+    for row in rows:
+        print(f"{row['name']:<16} {row['kind']:<7} {row['address']:<28} {row['fingerprint']}")
+    if not rows:
         print("no remotes (add one with: lxdmig remote add NAME ADDRESS|TOKEN)")
     return ExitCode.OK
 

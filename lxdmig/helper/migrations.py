@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lxdmig import proc
 from lxdmig.protocol.messages import RemoteBusy, RemoteNotFound, RemoteShuttingDown
@@ -36,6 +37,8 @@ class Migration:
     owner: str  # fingerprint of the client that began it
     root: Path
     source_dir: str = ""
+    backend: str = "lxc"  # which of the helper's backends receives the container
+    definition: dict[str, Any] = field(default_factory=dict)  # from the source backend's describe()
     started: float = field(default_factory=time.monotonic)
     children: list[proc.Child] = field(default_factory=list)
     undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
@@ -68,7 +71,8 @@ class Migration:
     def save_state(self) -> None:
         """What a restarted helper needs to roll this migration back."""
         tmp = self.root / f".{STATE_FILE}"
-        tmp.write_text(json.dumps({"container": self.container, "committed": self.committed}))
+        tmp.write_text(json.dumps({"container": self.container, "committed": self.committed,
+                                   "backend": self.backend}))
         os.replace(tmp, self.root / STATE_FILE)
 
     def roll_back(self) -> None:
@@ -96,7 +100,7 @@ class Registry:
         self._outcomes: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (owner, outcome)
         self._closed = False
 
-    def clean_leftovers(self, remove_container: Callable[[str], None]) -> list[str]:
+    def clean_leftovers(self, remove_container: Callable[[str, str], None]) -> list[str]:
         """Roll back what a helper that died (crash, SIGKILL) left behind.
 
         Each migration directory records its container and whether it was
@@ -112,11 +116,12 @@ class Registry:
             try:
                 state = json.loads((entry / STATE_FILE).read_text())
                 container, committed = str(state["container"]), bool(state["committed"])
+                backend = str(state.get("backend", "lxc"))
             except (OSError, ValueError, KeyError, TypeError):
-                container, committed = "", True  # unknown: do not touch any container
+                container, committed, backend = "", True, ""  # unknown: do not touch any container
             if container and not committed:
                 try:
-                    remove_container(container)
+                    remove_container(container, backend)
                     done.append(f"{entry.name} (removed the uncommitted {container})")
                 except Exception as e:
                     log.error("leftover migration %s: cannot remove %s: %s", entry.name, container, e)
@@ -126,7 +131,8 @@ class Registry:
             shutil.rmtree(entry, ignore_errors=True)
         return done
 
-    def begin(self, container: str, owner: str, peer_cert_pem: bytes, source_dir: str = "") -> Migration:
+    def begin(self, container: str, owner: str, peer_cert_pem: bytes, source_dir: str = "", backend: str = "lxc",
+              definition: dict[str, Any] | None = None) -> Migration:
         with self._lock:
             if self._closed:
                 raise RemoteShuttingDown("the helper is shutting down and takes no new migrations")
@@ -135,7 +141,7 @@ class Registry:
                     raise RemoteBusy(f"a migration of {container!r} is already in progress here ({m.id})")
             self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             mid = secrets.token_hex(8)
-            migration = Migration(mid, container, owner, self.work_dir / mid, source_dir)
+            migration = Migration(mid, container, owner, self.work_dir / mid, source_dir, backend, definition or {})
             migration.root.mkdir(mode=0o700)
             migration.images.mkdir(mode=0o700)
             fd = os.open(migration.peer_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -19,11 +19,13 @@ import time
 from types import FrameType
 
 from lxdmig import backends, capabilities, tls
+from lxdmig.backends import Backend
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.config import Config
 from lxdmig.errors import ConfigError
 from lxdmig.helper.migrations import Registry
 from lxdmig.helper.session import Session, remove_container
+from lxdmig.protocol.messages import RemoteBadRequest, RemoteUnsupported
 from lxdmig.sdnotify import Notifier
 from lxdmig.tokens import TokenStore
 
@@ -43,11 +45,30 @@ class HelperState:
         self.trust = tls.TrustStore(config.trust_dir)
         self.tokens = TokenStore(config.tokens)
         self.registry = Registry(config.work_dir, config.keep_failed)
-        self.backend = backends.get("lxc", lxcpath=config.lxcpath)
+        self.backend = backends.get("lxc", lxcpath=config.lxcpath, lxd_socket=config.lxd_socket)
+        self._lxd: Backend | None = None
         self._lock = threading.Lock()
         self._context: ssl.SSLContext = tls.server_context(self.identity, self.trust)
         self._fingerprints = set(self.trust.fingerprints())
         self._host = capabilities.probe()
+
+    def backend_named(self, name: str) -> Backend:
+        """The helper's backend ``name`` (lxc, or lxd when LXD runs on this host)."""
+        if name == "lxc":
+            return self.backend
+        if name == "lxd":
+            if not self.config.lxd_socket.exists():
+                raise RemoteUnsupported(f"no LXD on this host (no socket at {self.config.lxd_socket}; see [lxd] "
+                                        "socket in lxdmig.conf)")
+            if self._lxd is None:
+                self._lxd = backends.get("lxd", lxcpath=self.config.lxcpath, lxd_socket=self.config.lxd_socket)
+            return self._lxd
+        raise RemoteBadRequest(f"unknown backend {name!r}")
+
+    def container_exists(self, container: str) -> bool:
+        """Whether any of this host's container managers has ``container``."""
+        return self.backend.exists(container) or (
+            self.config.lxd_socket.exists() and self.backend_named("lxd").exists(container))
 
     def reload(self) -> None:
         context = tls.server_context(self.identity, self.trust)
@@ -123,8 +144,8 @@ class HelperServer:
     def serve(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        backend = self.state.backend
-        leftovers = self.state.registry.clean_leftovers(lambda name: remove_container(backend, name))
+        leftovers = self.state.registry.clean_leftovers(
+            lambda name, backend: remove_container(self.state.backend_named(backend), name))
         if leftovers:
             log.warning("cleaned up %d unfinished migration(s) left by an earlier run: %s", len(leftovers),
                         ", ".join(leftovers))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -20,7 +21,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -205,7 +207,7 @@ class Session:
         return {
             "type": "probe-result",
             "free_bytes": self.state.free_bytes(),
-            "container_exists": bool(container) and self.state.backend.exists(container),
+            "container_exists": bool(container) and self.state.container_exists(container),
             "networks": {n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}") for n in networks},
             "lxcpath": str(self.state.config.lxcpath),
         }
@@ -219,14 +221,21 @@ class Session:
     def _migration_begin(self, frame: Frame) -> dict[str, object]:
         container = fields.get_str(frame.header, "container", max_len=64)
         source_dir = fields.get_str(frame.header, "source_dir", max_len=1024)
-        backend = self.state.backend
-        if backend.exists(container):
+        backend_name = fields.get_str(frame.header, "backend", max_len=16) if "backend" in frame.header else "lxc"
+        definition = _definition(frame.header)
+        backend = self.state.backend_named(backend_name)
+        if self.state.container_exists(container):
             raise RemoteExists(f"a container named {container!r} already exists on this host")
         der = self.sock.getpeercert(binary_form=True) or b""
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-        migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir)
+        migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir, backend_name,
+                                              definition)
         migration.undo.append(("remove the partly moved container", lambda: remove_container(backend, container)))
         self.migrations.add(migration.id)
+        try:
+            backend.prepare(container, definition)
+        except BackendError as e:
+            raise RemoteCommandFailed(f"cannot take {container!r} over here: {e}") from None
         self.state.status(f"receiving {container} from {self.peer}")
         return {"type": "migration", "migration": migration.id}
 
@@ -309,9 +318,9 @@ class Session:
         migration = self.state.registry.get(mid, self.fingerprint or "")
         if migration.committed:
             raise RemoteBadRequest("the migration is committed: its files can no longer change")
-        argv = server_argv(fields.get_str_list(frame.header, "argv", max_items=32),
-                           str(self.state.backend.container_dir(migration.container)))
-        self.state.backend.container_dir(migration.container).parent.mkdir(parents=True, exist_ok=True)
+        target = self.state.backend_named(migration.backend).container_dir(migration.container)
+        argv = server_argv(fields.get_str_list(frame.header, "argv", max_items=32), str(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
         with open(migration.root / "rsync.log", "ab") as errors:
             server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                       env=proc.clean_env(), start_new_session=True)
@@ -334,12 +343,12 @@ class Session:
         migration = self._migration(frame)
         images = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=False)
         lazy = fields.get_bool(frame.header, "lazy")
-        backend = self.state.backend
+        backend = self.state.backend_named(migration.backend)
         config = migration.root / "restore.conf"
         config.write_text("lazy-pages\n" if lazy else "")
         self.state.status(f"restoring {migration.container} ({'post-copy' if lazy else 'all pages here'})")
         try:
-            backend.adopt_config(migration.container, migration.source_dir)
+            backend.adopt_config(migration.container, migration.source_dir, migration.definition)
             if lazy:
                 address = fields.get_str(frame.header, "source_address", max_len=64)
                 try:
@@ -389,6 +398,20 @@ def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
     elif not path.is_dir() or path.is_symlink():
         raise messages.RemoteNotFound(f"no image directory {name!r} in this migration")
     return path
+
+
+def _definition(header: Mapping[str, object]) -> dict[str, Any]:
+    """The source backend's description of the container (a JSON object, as a string)."""
+    if "definition" not in header:
+        return {}
+    text = fields.get_str(header, "definition", max_len=48 * 1024)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise RemoteBadRequest("definition is not JSON") from None
+    if not isinstance(value, dict):
+        raise RemoteBadRequest("definition is not a JSON object")
+    return value
 
 
 def remove_container(backend: Backend, container: str) -> None:

@@ -87,6 +87,7 @@ class MoveRequest:
     remote: str
     mode: str = "auto"
     limits: PrecopyLimits = PrecopyLimits()
+    incremental: bool | None = None  # migration.incremental.memory, None when unset
 
 
 @dataclass
@@ -105,6 +106,8 @@ class RoundReport:
 class MoveReport:
     container: str
     remote: str
+    engine: str = "lxdmig"
+    engine_reason: str = ""
     mode: str = ""
     mode_reason: str = ""
     switched_to_post_copy: str = ""  # why, if it did
@@ -134,11 +137,12 @@ def _quiet(message: str) -> None:
 
 
 class Mover:
-    def __init__(self, conf: Config, request: MoveRequest, progress: Progress = _quiet) -> None:
+    def __init__(self, conf: Config, request: MoveRequest, progress: Progress = _quiet,
+                 backend: Backend | None = None) -> None:
         self.conf = conf
         self.request = request
         self.progress = progress
-        self.backend: Backend = backends.get("lxc", lxcpath=conf.lxcpath)
+        self.backend: Backend = backend or backends.get("lxc", lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
         self.report = MoveReport(request.container, request.remote)
         self.undo = UndoStack()
         self.start = time.monotonic()
@@ -173,7 +177,7 @@ class Mover:
     def _preflight(self, local: HostCapabilities, client: HelperClient) -> ModeChoice:
         name = self.request.container
         if not self.backend.exists(name):
-            raise MoveFailed(f"no container {name!r} in {self.conf.lxcpath}")
+            raise MoveFailed(f"no {self.backend.name.upper()} container {name!r} on this host")
         facts = self.backend.facts(name)
         checks = preflight.host_checks(local, client.peer.host, self.request.remote)
         checks += preflight.container_checks(facts, self.backend.dump_problems(name) if facts.running else [])
@@ -183,7 +187,7 @@ class Mover:
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
         choice = policy.choose_mode(self.request.mode, local, client.peer.host,
-                                    incremental=self.conf.incremental(name))
+                                    incremental=self.request.incremental)
         self.report.mode, self.report.mode_reason = choice.mode, choice.reason
         self.say(f"preflight passed; mode {choice.mode}: {choice.reason}")
         return choice
@@ -193,7 +197,7 @@ class Mover:
         name = self.request.container
         source_dir = str(self.backend.container_dir(name))
         (self.work / "hello.json").write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
-        self.mid = client.begin_migration(name, source_dir)
+        self.mid = client.begin_migration(name, source_dir, self.backend.name, self.backend.describe(name))
         try:
             self._sync_filesystem("initial")
             lazy = choice.mode in ("post-copy", "hybrid")
@@ -229,7 +233,8 @@ class Mover:
         tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(self.conf.path),
                   "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
         source = str(self.backend.container_dir(self.request.container)) + "/"
-        proc.run(["rsync", *RSYNC_OPTIONS, "--stats", "-e", " ".join(tunnel), source,
+        excludes = [f"--exclude={pattern}" for pattern in self.backend.sync_excludes]
+        proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
                   f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT,
                  output_file=self.work / f"rsync-{which}.log")
         seconds = time.monotonic() - start

@@ -133,6 +133,42 @@ def choose_mode(requested: str, source: HostCapabilities, destination: HostCapab
     return ModeChoice("stop-copy", f"no pre-copy ({why_not_pre}) and no post-copy ({lazy})")
 
 
+ENGINES = ("auto", "lxdmig", "lxd")
+
+
+def choose_engine(requested: str, *, lxd_instance: bool, remote_helper: bool, remote_lxd: bool,
+                  mode: str) -> tuple[str, str]:
+    """Which engine moves the container, and why; ModeUnavailable when none can.
+
+    ``lxdmig`` is lxdmig's own engine (every mode, any container with a
+    helper at the destination); ``lxd`` is LXD's own live migration, for
+    LXD instances only, which has no post-copy and no hybrid.
+    """
+    if requested not in ENGINES:
+        raise ModeUnavailable(f"unknown engine {requested!r} (engines: {', '.join(ENGINES)})")
+    if not lxd_instance:
+        if requested == "lxd":
+            raise ModeUnavailable("--engine lxd moves LXD instances; this is an LXC container")
+        return "lxdmig", "an LXC container"
+    if requested == "lxd":
+        if mode in ("post-copy", "hybrid"):
+            raise ModeUnavailable(f"LXD's own live migration has no {mode}: use --engine lxdmig")
+        if not remote_lxd:
+            raise ModeUnavailable("the remote has no LXD server registered: lxdmig remote add NAME "
+                                  "https://HOST:8443 --lxd")
+        return "lxd", "requested"
+    if requested == "lxdmig":
+        if not remote_helper:
+            raise ModeUnavailable("the remote has no lxdmig-helper registered: lxdmig remote add NAME ADDRESS")
+        return "lxdmig", "requested"
+    if remote_helper:
+        return "lxdmig", ("the destination runs lxdmig-helper: lxdmig's engine (all modes, downtime measured "
+                          "by lxdmig, rollback that never leaves a copy frozen)")
+    if remote_lxd and mode not in ("post-copy", "hybrid"):
+        return "lxd", "the destination has LXD but no lxdmig-helper: LXD's own live migration"
+    raise ModeUnavailable("the remote has neither an lxdmig-helper nor (for this mode) an LXD server registered")
+
+
 class Step(enum.Enum):
     ANOTHER_ROUND = "another round"
     FINAL_DUMP = "final dump"

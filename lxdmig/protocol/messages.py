@@ -96,11 +96,17 @@ class RemoteCommandFailed(RemoteError):
     code = "command-failed"
 
 
+class RemoteUnsupported(RemoteError):
+    """The helper's host lacks what the request needs (e.g. LXD)."""
+
+    code = "unsupported"
+
+
 ERROR_CODES: dict[str, type[RemoteError]] = {
     cls.code: cls
     for cls in (RemoteError, RemoteUntrusted, RemoteBadRequest, RemoteVersionMismatch, RemoteNotFound,
                 RemoteExists, RemoteUnsafePath, RemoteTooLarge, RemoteBusy, RemoteShuttingDown,
-                RemoteCommandFailed)
+                RemoteCommandFailed, RemoteUnsupported)
 }
 
 

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from lxdmig.capabilities import LAZY_PIPE_BYTES
-from lxdmig.testbed import containers, helpers, hosts
+from lxdmig.testbed import containers, helpers, hosts, lxd
+from lxdmig.testbed.layout import all_hosts
 
 log = logging.getLogger(__name__)
 
@@ -34,4 +35,7 @@ def up() -> None:
 
 def down() -> None:
     helpers.down()
+    for host in all_hosts():
+        lxd.stop(host)
     hosts.down()
+    lxd.CONSOLE_DROP_IN.unlink(missing_ok=True)

@@ -59,6 +59,10 @@ def start(host: Host) -> None:
                                      env=proc.clean_env(host.env()))
         hosts.join_host_cgroups(host, child.pid)
         host_command(host, ["env", f"LXD_DIR={d}", "lxd", "waitready", "--timeout", "60"], timeout=90)
+        _share_shmounts(host)
+    if not CONSOLE_DROP_IN.exists():
+        CONSOLE_DROP_IN.write_text("# lxdmig test bed: CRIU cannot dump a container's console\n"
+                                   "lxc.console.path = none\n")
     if not (d / ".lxdmig-initialised").exists():
         preseed = (f"config:\n  core.https_address: {host.address}:{HTTPS_PORT}\n"
                    "storage_pools:\n- name: default\n  driver: dir\n"
@@ -68,6 +72,24 @@ def start(host: Host) -> None:
         host_command(host, ["env", f"LXD_DIR={d}", "lxd", "init", "--preseed"], input_text=preseed)
         _import_image(host)
         (d / ".lxdmig-initialised").touch()
+
+
+def _share_shmounts(host: Host) -> None:
+    """Make the peers' LXD_DIR/shmounts paths lead to this host's own.
+
+    CRIU restores the container's ``/dev/.lxd-mounts`` as a bind mount of
+    the path it had on the source, LXD_DIR/shmounts/NAME. Real hosts share
+    one LXD_DIR path (/var/lib/lxd); test hosts do not, so in this host's
+    mount namespace each peer's path (under its hidden root) is bound to
+    this host's shmounts.
+    """
+    own = lxd_dir(host) / "shmounts"
+    for other in host.others():
+        peer = lxd_dir(other) / "shmounts"
+        script = (f"mountpoint -q {peer} && exit 0; mount -o remount,rw {other.root} && "
+                  f"mkdir -p {peer} && mount --rbind {own} {peer}; rc=$?; "
+                  f"mount -o remount,ro {other.root}; exit $rc")
+        host_command(host, ["sh", "-c", script])
 
 
 def _import_image(host: Host) -> None:
@@ -85,9 +107,46 @@ def _import_image(host: Host) -> None:
              IMAGE_ALIAS)
 
 
-def create(host: Host, name: str) -> None:
-    """An instance from the test image (not started)."""
-    _lxc(host, "init", IMAGE_ALIAS, name)
+# CRIU needs no console in the container. LXD 5.0 ignores raw.lxc when it
+# dumps, so for its own live migration the setting must come from an LXC
+# drop-in (machine-wide; removed with the test bed's LXD daemons).
+CONSOLE_DROP_IN = Path("/usr/share/lxc/config/common.conf.d/90-lxdmig-testbed.conf")
+# What CRIU needs of an LXD container here: privileged (CRIU could not
+# restore an id-mapped one), no console, no AppArmor profile (the kernel
+# has none).
+INSTANCE_CONFIG = {"security.privileged": "true", "raw.lxc": "lxc.console.path = none\nlxc.apparmor.profile ="}
+
+
+def create(host: Host, name: str, *, start: bool = False) -> None:
+    """An instance from the test image, CRIU-able (see INSTANCE_CONFIG)."""
+    options = [arg for key, value in INSTANCE_CONFIG.items() for arg in ("-c", f"{key}={value}")]
+    _lxc(host, "init", IMAGE_ALIAS, name, *options)
+    if start:
+        _lxc(host, "start", name)
+
+
+def state(host: Host, name: str) -> str:
+    """RUNNING, FROZEN, STOPPED (as LXD says), or ABSENT."""
+    result = _lxc(host, "list", "--format", "csv", "-c", "ns", check=False)
+    for line in result.stdout.splitlines():
+        got, _, status = line.partition(",")
+        if got == name:
+            return status.strip()
+    return "ABSENT"
+
+
+def rootfs(host: Host, name: str) -> Path:
+    return lxd_dir(host) / "storage-pools" / "default" / "containers" / name / "rootfs"
+
+
+def https_url(host: Host) -> str:
+    return f"https://{host.address}:{HTTPS_PORT}"
+
+
+def trust_token(host: Host, client_name: str) -> str:
+    """A one-time trust token from host's LXD (``lxc config trust add``)."""
+    out = _lxc(host, "config", "trust", "add", "--name", client_name, "--quiet").stdout.strip()
+    return out.splitlines()[-1].strip()
 
 
 def delete(host: Host, name: str) -> None:
@@ -111,3 +170,4 @@ def stop(host: Host) -> None:
 def remove(host: Host) -> None:
     stop(host)
     shutil.rmtree(lxd_dir(host), ignore_errors=True)
+    CONSOLE_DROP_IN.unlink(missing_ok=True)

@@ -62,7 +62,7 @@ def test_remote_add_by_address_pins_the_fingerprint_then_check_passes(extra_remo
     assert r.returncode == 0, r.stderr
     assert "certificate pinned" in r.stdout and "it trusts this host" in r.stdout
     listed = json.loads(lxdmig(A, "remote", "list", "--json").stdout)
-    assert {"name": "b2", "address": f"{B.address}:8445", "fingerprint": b_fingerprint()} in listed
+    assert {"name": "b2", "kind": "helper", "address": f"{B.address}:8445", "fingerprint": b_fingerprint()} in listed
     check = lxdmig(A, "check", extra_remote)
     assert check.returncode == 0, check.stdout + check.stderr
     found = lines(check)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lxdmig.capabilities import LAZY_PIPE_BYTES, HostCapabilities
+from lxdmig.migrate import policy
 from lxdmig.migrate.policy import (
     ModeUnavailable, PrecopyLimits, Round, Step, choose_mode, estimate_downtime_ms, next_step,
 )
@@ -161,3 +162,36 @@ def test_never_more_rounds_than_allowed(rounds: list[Round], iterations: int, go
     if decision.step is Step.SWITCH_TO_POST_COPY:
         assert switch
     assert decision.reason
+
+
+# -- engine choice for LXD instances -------------------------------------------------
+
+@pytest.mark.parametrize("requested, lxd, helper, remote_lxd, mode, engine", [
+    ("auto", False, True, False, "auto", "lxdmig"),
+    ("lxdmig", False, True, True, "auto", "lxdmig"),
+    ("auto", True, True, True, "auto", "lxdmig"),
+    ("auto", True, False, True, "auto", "lxd"),
+    ("auto", True, False, True, "stop-copy", "lxd"),
+    ("lxd", True, True, True, "auto", "lxd"),
+    ("lxdmig", True, True, False, "post-copy", "lxdmig"),
+    ("auto", True, True, False, "hybrid", "lxdmig"),
+])
+def test_choose_engine(requested: str, lxd: bool, helper: bool, remote_lxd: bool, mode: str, engine: str) -> None:
+    chosen, reason = policy.choose_engine(requested, lxd_instance=lxd, remote_helper=helper, remote_lxd=remote_lxd,
+                                          mode=mode)
+    assert chosen == engine and reason
+
+
+@pytest.mark.parametrize("requested, lxd, helper, remote_lxd, mode, words", [
+    ("lxd", False, True, True, "auto", "this is an LXC container"),
+    ("lxd", True, True, True, "post-copy", "no post-copy"),
+    ("lxd", True, True, False, "auto", "no LXD server"),
+    ("lxdmig", True, False, True, "auto", "no lxdmig-helper"),
+    ("auto", True, False, True, "hybrid", "neither"),
+    ("auto", True, False, False, "auto", "neither"),
+    ("qemu", True, True, True, "auto", "unknown engine"),
+])
+def test_choose_engine_refuses_with_a_reason(requested: str, lxd: bool, helper: bool, remote_lxd: bool, mode: str,
+                                             words: str) -> None:
+    with pytest.raises(policy.ModeUnavailable, match=words):
+        policy.choose_engine(requested, lxd_instance=lxd, remote_helper=helper, remote_lxd=remote_lxd, mode=mode)

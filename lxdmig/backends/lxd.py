@@ -1,0 +1,215 @@
+"""LXD containers, moved by lxdmig's own engine (``--engine lxdmig``).
+
+An LXD container is an LXC container that LXD's daemon runs through
+liblxc: its liblxc name is the instance name, its LXC path is
+LXD_DIR/containers and its config is what LXD generated at start
+(LXD_DIR/logs/NAME/lxc.conf). So lxdmig checkpoints it with liblxc and
+CRIU like any LXC container, loading that config, while everything LXD
+owns (the instance record, freezing, stopping, deleting) goes through
+LXD's API. On the destination the instance is created empty through the
+API, its files synced, and it is restored under the destination LXD's LXC
+path with the config rewritten for that LXD (see lxd_rules): LXD then
+sees it running as its own, and can exec into, stop and start it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from lxdmig import cgroups, lxd_api
+from lxdmig.backends.base import ContainerFacts, Problem
+from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
+from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
+from lxdmig.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+_WAIT = 120
+
+
+class LxdBackend(LxcBackend):
+    name = "lxd"
+    # LXD's own record of the instance, and its stateful-stop images: not ours to copy.
+    sync_excludes = ("/backup.yaml", "/state")
+
+    def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self.lxd_dir = socket.parent
+        super().__init__(self.lxd_dir / "containers")
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = lxd_api.connect_local(self.socket)
+        return self._client
+
+    def _instance(self, container: str) -> Any:
+        return lxd_api.instance(self.client, check_name(container))
+
+    def _config_path(self, container: str) -> Path:
+        return self.lxd_dir / "logs" / check_name(container) / "lxc.conf"
+
+    def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
+        return [*super()._liblxc_argv(action, container, directory), "--config", str(self._config_path(container))]
+
+    def _checkpoint_argv(self, container: str, directory: Path, *, restore: bool = False) -> list[str]:
+        return self._liblxc_argv("restore" if restore else "dump", container, directory)
+
+    def exists(self, container: str) -> bool:
+        return self.socket.exists() and lxd_api.exists(self.client, check_name(container))
+
+    def _require(self, container: str) -> list[tuple[str, str]]:
+        self._instance(container)
+        if not self._config_path(container).is_file():
+            raise BackendError(f"LXD instance {container!r} has no generated LXC config (was it ever started?)")
+        return super()._require(container)
+
+    def _pool_driver(self, devices: dict[str, dict[str, str]]) -> str:
+        root = next((d for d in devices.values() if d.get("type") == "disk" and d.get("path") == "/"), {})
+        if not root.get("pool"):
+            return "none"
+        return str(self.client.storage_pools.get(root["pool"]).driver)
+
+    def facts(self, container: str) -> ContainerFacts:
+        inst = self._instance(container)
+        state = inst.state()
+        return ContainerFacts(
+            name=container,
+            running=inst.status == "Running",
+            networks=tuple(n.bridge for n in nics(inst.expanded_devices, inst.config) if n.bridge),
+            memory_bytes=int((state.memory or {}).get("usage", 0)),
+            rootfs_bytes=_disk_usage(self.container_dir(container) / "rootfs"),
+        )
+
+    def dump_problems(self, container: str) -> list[Problem]:
+        inst = self._instance(container)
+        # LXD gives every container ptys (lxc.pty.max = 1024); CRIU only
+        # minds ptys that are open, which device_problems reports.
+        # Bind mounts from LXD_DIR are rewritten for the destination LXD.
+        found = [p for p in super().dump_problems(container)
+                 if "lxc.pty.max" not in p.message and f"bind mount of {self.lxd_dir}/" not in p.message]
+        return found + instance_problems(inst.expanded_devices, inst.config, self._pool_driver(inst.expanded_devices))
+
+    def freeze(self, container: str) -> None:
+        from pylxd.exceptions import LXDAPIException
+
+        try:
+            self._instance(container).freeze(wait=True, timeout=_WAIT)
+        except LXDAPIException as e:
+            raise BackendError(f"LXD could not freeze {container!r}: {e}") from None
+
+    def unfreeze(self, container: str) -> None:
+        from pylxd.exceptions import LXDAPIException
+
+        # Thaw the cgroups first: that works even while LXD is stuck in a
+        # migration. Then tell LXD, which otherwise goes on saying Frozen.
+        super().unfreeze(container)
+        inst = self._instance(container)
+        if inst.status == "Frozen":
+            try:
+                inst.unfreeze(wait=True, timeout=_WAIT)
+            except LXDAPIException as e:
+                raise BackendError(f"LXD could not unfreeze {container!r}: {e}") from None
+
+    def links(self, container: str) -> list[str]:
+        network = self._instance(container).state().network or {}
+        return [str(v["host_name"]) for v in network.values() if v.get("host_name")]
+
+    def stop(self, container: str) -> None:
+        from pylxd.exceptions import LXDAPIException
+
+        inst = self._instance(container)
+        if inst.status in ("Running", "Frozen"):
+            self.unfreeze(container)  # a frozen task does not die
+            try:
+                inst.stop(force=True, wait=True, timeout=_WAIT)
+            except LXDAPIException as e:
+                raise BackendError(f"LXD could not stop {container!r}: {e}") from None
+
+    def delete(self, container: str) -> None:
+        from pylxd.exceptions import LXDAPIException, NotFound
+
+        try:
+            self.client.instances.get(check_name(container)).delete(wait=True)
+        except NotFound:
+            pass
+        except LXDAPIException as e:
+            raise BackendError(f"LXD could not delete {container!r}: {e}") from None
+        for removed in cgroups.remove_leftovers(f"lxc.payload.{container}"):
+            log.info("removed leftover cgroup %s", removed)
+
+    def container_dir(self, container: str) -> Path:
+        # LXD_DIR/containers/NAME is a link to the instance's volume.
+        return (self.lxd_dir / "containers" / check_name(container)).resolve()
+
+    # -- source: what the destination needs --------------------------------
+
+    def describe(self, container: str) -> dict[str, Any]:
+        inst = self._instance(container)
+        seccomp = self.lxd_dir / "security" / "seccomp" / container
+        return {
+            "lxd_dir": str(self.lxd_dir),
+            "architecture": inst.architecture,
+            # volatile keys are the source LXD's bookkeeping, except the MAC addresses.
+            "config": {k: v for k, v in inst.config.items()
+                       if not k.startswith("volatile.") or k.endswith(".hwaddr")},
+            "devices": inst.devices,
+            "profiles": inst.profiles,
+            "nics": [n.__dict__ for n in nics(inst.expanded_devices, inst.config)],
+            "lxc_conf": self._config_path(container).read_text(),
+            "seccomp": seccomp.read_text() if seccomp.exists() else "",
+        }
+
+    # -- destination ------------------------------------------------------------
+
+    def prepare(self, container: str, definition: dict[str, Any]) -> None:
+        from pylxd.exceptions import LXDAPIException
+
+        config, devices, profiles = definition_fields(definition)
+        body = {"name": check_name(container), "architecture": str(definition.get("architecture", "x86_64")),
+                "config": config, "devices": devices, "profiles": profiles, "source": {"type": "none"}}
+        try:
+            self.client.instances.create(body, wait=True)
+        except LXDAPIException as e:
+            raise BackendError(f"LXD here could not create {container!r}: {e}") from None
+        driver = self._pool_driver(self._instance(container).expanded_devices)
+        if driver != "dir":
+            raise BackendError(f"{container!r} would live on a {driver!r} storage pool here: lxdmig's engine "
+                               "supports 'dir' pools only")
+
+    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
+        from pylxd.exceptions import LXDAPIException
+
+        try:
+            nic_list = [Nic(**n) for n in definition.get("nics", [])]
+            conf_text, seccomp = str(definition["lxc_conf"]), str(definition.get("seccomp", ""))
+            source_lxd_dir = str(definition["lxd_dir"])
+        except (KeyError, TypeError) as e:
+            raise BackendError(f"the instance definition from the source is incomplete: {e}") from None
+        pid = int(self.client.host_info["environment"].get("server_pid", 0))
+        if pid <= 0:
+            raise BackendError("LXD here does not say its process id (server_pid)")
+        text = rewrite_lxc_conf(conf_text, source_lxd_dir=source_lxd_dir, lxd_dir=str(self.lxd_dir),
+                                server_pid=pid, rootfs=str(self.container_dir(container) / "rootfs"),
+                                nic_list=nic_list)
+        logs = self._config_path(container).parent
+        logs.mkdir(parents=True, exist_ok=True)
+        self._config_path(container).write_text(text)
+        if seccomp:
+            profile = self.lxd_dir / "security" / "seccomp" / container
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            profile.write_text(seccomp)
+        (self.lxd_dir / "shmounts" / container).mkdir(parents=True, exist_ok=True)
+        # LXD removes the host side of each NIC when the container stops.
+        inst = self._instance(container)
+        inst.config.update({f"volatile.{n.device}.host_name": n.host_name for n in nic_list if n.host_name})
+        try:
+            inst.save(wait=True)
+        except LXDAPIException as e:
+            raise BackendError(f"LXD here could not record the NICs of {container!r}: {e}") from None
+        log.info("wrote %s for %s; NICs %s", self._config_path(container), container,
+                 json.dumps([n.__dict__ for n in nic_list]))

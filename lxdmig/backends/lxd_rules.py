@@ -1,0 +1,111 @@
+"""Pure rules for moving LXD containers with lxdmig's own engine.
+
+LXD runs each container through liblxc with a config it generates at start
+(LXD_DIR/logs/NAME/lxc.conf). lxdmig dumps with that config, and restores
+on the destination with the same config rewritten for the destination
+LXD: its LXD_DIR, its daemon (the start hook runs ``/proc/PID/exe``), the
+instance's root filesystem there, and its NICs as veth pairs on their
+bridges (LXD hands a container a ready-made veth as ``phys``; on restore
+CRIU must make the pair itself).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lxdmig.backends.base import Problem, Severity
+from lxdmig.errors import BackendError
+
+_NET_KEY = re.compile(r"^lxc\.net\.(\d+)\.(\w[\w.]*)$")
+_EXE = re.compile(r"/proc/\d+/exe(?= callhook )")
+
+
+@dataclass(frozen=True)
+class Nic:
+    device: str  # LXD device name (config key volatile.DEVICE.*)
+    interface: str  # name inside the container
+    bridge: str
+    host_name: str  # host side of the veth pair
+
+
+def nics(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str, str]) -> list[Nic]:
+    """The container's bridged NICs, as lxdmig moves them."""
+    out = []
+    for device, d in sorted(expanded_devices.items()):
+        if d.get("type") != "nic":
+            continue
+        bridge = d.get("parent") or d.get("network") or ""
+        out.append(Nic(device, d.get("name", device), bridge, config.get(f"volatile.{device}.host_name", "")))
+    return out
+
+
+def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str, str],
+                      pool_driver: str) -> list[Problem]:
+    """What about an LXD instance lxdmig's engine cannot move (a pure function)."""
+    out = []
+    for device, d in sorted(expanded_devices.items()):
+        if d.get("type") != "nic":
+            continue
+        kind = d.get("nictype") or ("bridged" if d.get("network") else "")
+        if kind != "bridged":
+            out.append(Problem(Severity.FAIL, f"NIC {device} is nictype {kind or 'unknown'}: lxdmig's engine moves "
+                                              "bridged NICs only (use --engine lxd)"))
+    if pool_driver != "dir":
+        out.append(Problem(Severity.FAIL, f"its root disk is on a {pool_driver!r} storage pool: lxdmig's engine "
+                                          "supports 'dir' pools only (use --engine lxd)"))
+    if config.get("security.privileged", "false").lower() != "true":
+        out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): CRIU could not "
+                                          "restore an id-mapped LXD container here (timens-0.img: permission "
+                                          "denied); set security.privileged=true or move it stopped"))
+    return out
+
+
+def rewrite_lxc_conf(text: str, *, source_lxd_dir: str, lxd_dir: str, server_pid: int, rootfs: str,
+                     nic_list: list[Nic]) -> str:
+    """The source's generated lxc.conf, for restoring on the destination LXD."""
+    by_interface = {n.interface: n for n in nic_list}
+    lines = text.splitlines()
+    names: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        m = _NET_KEY.match(key.strip())
+        if m and m.group(2) == "name":
+            names[m.group(1)] = value.strip()
+    out = []
+    for line in lines:
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        m = _NET_KEY.match(key)
+        if key == "lxc.rootfs.path":
+            out.append(f"lxc.rootfs.path = dir:{rootfs}")
+            continue
+        if m and names.get(m.group(1)) in by_interface and m.group(2) in ("type", "link", "veth.pair"):
+            nic = by_interface[names[m.group(1)]]
+            if m.group(2) == "type":
+                out += [f"lxc.net.{m.group(1)}.type = veth", f"lxc.net.{m.group(1)}.link = {nic.bridge}",
+                        f"lxc.net.{m.group(1)}.veth.pair = {nic.host_name}"]
+            continue
+        if m and m.group(2) == "type" and value.strip() == "phys":
+            raise BackendError(f"NIC {names.get(m.group(1), m.group(1))} of the container is not one of its "
+                               "bridged LXD NICs: cannot restore it")
+        line = re.sub(re.escape(source_lxd_dir.rstrip("/")) + r'(?=[/\s"]|$)', lxd_dir.rstrip("/"), line)
+        out.append(_EXE.sub(f"/proc/{server_pid}/exe", line) if sep else line)
+    return "\n".join(out) + "\n"
+
+
+def definition_fields(definition: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, dict[str, str]], list[str]]:
+    """config, devices and profiles of a definition from the source, type-checked."""
+    config, devices, profiles = definition.get("config"), definition.get("devices"), definition.get("profiles")
+    if not isinstance(config, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
+        raise BackendError("the instance definition's config is not a map of strings")
+    if not isinstance(devices, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(x, str) and isinstance(y, str)
+                                                               for x, y in v.items())
+            for k, v in devices.items()):
+        raise BackendError("the instance definition's devices are not maps of strings")
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        raise BackendError("the instance definition's profiles are not a list of names")
+    return config, devices, profiles

@@ -1,0 +1,126 @@
+"""Talking to LXD servers through pylxd: the local one over its unix socket,
+remote ones over HTTPS with lxdmig's client certificate and the server's
+pinned certificate.
+
+pylxd (and requests under it) is imported only here, and only when an LXD
+server is used, so LXC-only hosts do not need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lxdmig.errors import BackendError, ConfigError
+from lxdmig.remotes import LxdRemote
+
+# requests prefers these over the certificate we pass (then pylxd reports
+# "Fingerprints did not match"): they must not apply to LXD connections.
+_CA_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+class LxdUntrusted(BackendError):
+    """The LXD server does not trust lxdmig's certificate."""
+
+
+@contextlib.contextmanager
+def _no_ca_bundle_env() -> Iterator[None]:
+    saved = {k: os.environ.pop(k) for k in _CA_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def connect_local(socket: Path) -> Any:
+    """The LXD on this host, over its unix socket (as root)."""
+    import pylxd
+    from pylxd.exceptions import ClientConnectionFailed
+
+    if not socket.exists():
+        raise BackendError(f"no LXD at {socket} (is lxd running? set [lxd] socket in lxdmig.conf)")
+    try:
+        return pylxd.Client(endpoint=str(socket))
+    except ClientConnectionFailed as e:
+        raise BackendError(f"cannot talk to LXD at {socket}: {e}") from None
+
+
+def connect_remote(remote: LxdRemote, cert: Path, key: Path, *, timeout: float = 30.0,
+                   require_trust: bool = True) -> Any:
+    """A remote LXD over HTTPS: its certificate must be the pinned one; it must trust ours."""
+    import pylxd
+    from pylxd.exceptions import ClientConnectionFailed
+
+    pinned = _pinned_file(remote)
+    try:
+        with _no_ca_bundle_env():
+            client = pylxd.Client(endpoint=remote.url, cert=(str(cert), str(key)), verify=str(pinned),
+                                  timeout=timeout)
+    except ClientConnectionFailed as e:
+        raise BackendError(f"cannot reach LXD of remote {remote.name} at {remote.url} with its pinned certificate "
+                           f"{remote.fingerprint}: {e}") from None
+    client.api.session.trust_env = False
+    if require_trust and not client.trusted:
+        raise LxdUntrusted(f"LXD of remote {remote.name} ({remote.url}) does not trust this host's certificate; "
+                           f"add it again with a trust token: lxdmig remote add {remote.name} {remote.url} --lxd "
+                           "--replace --token TOKEN (from 'lxc config trust add' there)")
+    return client
+
+
+def _pinned_file(remote: LxdRemote) -> Path:
+    """The pinned certificate as a file for requests (kept for the process's life)."""
+    directory = Path(tempfile.gettempdir()) / f"lxdmig-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / f"lxd-{remote.fingerprint[:16]}.crt"
+    path.write_bytes(remote.certificate)
+    return path
+
+
+def trust(client: Any, remote: LxdRemote, secret: str) -> None:
+    """Have the remote LXD trust our certificate, with a trust token or its trust password."""
+    from pylxd.exceptions import LXDAPIException
+
+    try:
+        client.authenticate(secret)
+    except LXDAPIException as e:
+        raise LxdUntrusted(f"LXD of remote {remote.name} refused the trust token or password: {e}") from None
+    if not client.trusted:
+        raise LxdUntrusted(f"LXD of remote {remote.name} still does not trust this host after the token")
+
+
+def server_certificate(client: Any) -> bytes:
+    """The PEM certificate an LXD server presents (from its /1.0)."""
+    pem = client.host_info.get("environment", {}).get("certificate", "")
+    if not pem:
+        raise BackendError("the LXD server did not show its certificate")
+    return str(pem).encode()
+
+
+def https_address(client: Any) -> str:
+    """Where other LXD servers reach this one (its core.https_address)."""
+    address = str(client.host_info.get("config", {}).get("core.https_address", ""))
+    if not address or address.startswith((":", "0.0.0.0", "[::]")):
+        addresses = client.host_info.get("environment", {}).get("addresses", [])
+        if not addresses:
+            raise ConfigError("this host's LXD does not listen on the network (core.https_address is unset); "
+                              "the destination LXD pulls the container from it: "
+                              "lxc config set core.https_address ADDRESS:8443")
+        address = str(addresses[0])
+    return address
+
+
+def instance(client: Any, name: str) -> Any:
+    from pylxd.exceptions import NotFound
+
+    try:
+        return client.instances.get(name)
+    except NotFound:
+        raise BackendError(f"no LXD instance named {name!r}") from None
+
+
+def exists(client: Any, name: str) -> bool:
+    return bool(client.instances.exists(name))
