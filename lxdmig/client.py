@@ -53,20 +53,21 @@ class ProbeResult:
     lxcpath: str
 
 
-def _tcp_connect(host: str, port: int, timeout: float) -> socket.socket:
+def _tcp_connect(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as e:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise PeerUnreachable(f"cannot reach lxdmig-helper at {format_address(host, port)}: {reason} "
-                              "(is lxdmig-helper running there, and the port open?)") from None
+        raise PeerUnreachable(f"cannot reach {server} at {format_address(host, port)}: {reason} "
+                              f"(is {server} running there, and the port open?)") from None
     # Requests and replies are small and wait on each other: no Nagle delay.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-def _tls_connect(host: str, port: int, ctx: ssl.SSLContext, timeout: float, what: str) -> ssl.SSLSocket:
-    raw = _tcp_connect(host, port, timeout)
+def _tls_connect(host: str, port: int, ctx: ssl.SSLContext, timeout: float, what: str,
+                 server: str = "lxdmig-helper") -> ssl.SSLSocket:
+    raw = _tcp_connect(host, port, timeout, server)
     try:
         return ctx.wrap_socket(raw)
     except ssl.SSLCertVerificationError:
@@ -79,12 +80,12 @@ def _tls_connect(host: str, port: int, ctx: ssl.SSLContext, timeout: float, what
         raise PeerUnreachable(f"TLS handshake with {format_address(host, port)} failed: {e}") from None
 
 
-def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
-    """The helper's certificate (PEM), on first contact, before trusting it."""
-    with _tls_connect(host, port, tls.client_context(None, None), timeout, "the helper") as sock:
+def fetch_certificate(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> bytes:
+    """The certificate (PEM) of the helper (or LXD ``server``), on first contact, before trusting it."""
+    with _tls_connect(host, port, tls.client_context(None, None), timeout, server, server) as sock:
         der = sock.getpeercert(binary_form=True)
     if not der:
-        raise PeerCertificateMismatch(f"the helper at {format_address(host, port)} sent no certificate")
+        raise PeerCertificateMismatch(f"{server} at {format_address(host, port)} sent no certificate")
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 

@@ -41,7 +41,7 @@ def get_keys(client: Any, name: str) -> dict[str, str | None]:
 
 def set_keys(client: Any, name: str, values: dict[str, str]) -> dict[str, str | None]:
     checked = {key: validate(key, value) for key, value in values.items()}
-    instance = instance(client, name)
-    instance.config.update(checked)
-    instance.save(wait=True)
+    inst = instance(client, name)
+    inst.config.update(checked)
+    inst.save(wait=True)
     return get_keys(client, name)

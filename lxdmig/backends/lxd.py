@@ -23,7 +23,7 @@ from lxdmig import cgroups, lxd_api
 from lxdmig.backends.base import ContainerFacts, Problem
 from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
 from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
-from lxdmig.errors import BackendError
+from lxdmig.errors import BackendError, CriuError
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,16 @@ class LxdBackend(LxcBackend):
             rootfs_bytes=_disk_usage(self.container_dir(container) / "rootfs"),
         )
 
-    def dump_problems(self, container: str) -> list[Problem]:
+    def dump_problems(self, container: str, engine: str = "lxdmig") -> list[Problem]:
+        """As Backend.dump_problems, for lxdmig's engine or (``engine="lxd"``) LXD's own."""
         inst = self._instance(container)
         # LXD gives every container ptys (lxc.pty.max = 1024); CRIU only
         # minds ptys that are open, which device_problems reports.
         # Bind mounts from LXD_DIR are rewritten for the destination LXD.
         found = [p for p in super().dump_problems(container)
                  if "lxc.pty.max" not in p.message and f"bind mount of {self.lxd_dir}/" not in p.message]
-        return found + instance_problems(inst.expanded_devices, inst.config, self._pool_driver(inst.expanded_devices))
+        return found + instance_problems(inst.expanded_devices, inst.config, self._pool_driver(inst.expanded_devices),
+                                         engine=engine)
 
     def freeze(self, container: str) -> None:
         from pylxd.exceptions import LXDAPIException
@@ -114,6 +116,19 @@ class LxdBackend(LxcBackend):
                 inst.unfreeze(wait=True, timeout=_WAIT)
             except LXDAPIException as e:
                 raise BackendError(f"LXD could not unfreeze {container!r}: {e}") from None
+
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        try:
+            super().restore(container, directory, config_file=config_file, timeout=timeout)
+        except CriuError as e:
+            # liblxc logs why (a hook, a mount, CRIU's exit) to LXD's log for the instance.
+            log_file = self._config_path(container).parent / "lxc.log"
+            try:
+                lines = log_file.read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            errors = [line.split(" - ", 1)[-1] for line in lines if " ERROR " in line][-4:]
+            raise CriuError(f"{e}; liblxc says: {' | '.join(errors)}" if errors else str(e)) from None
 
     def links(self, container: str) -> list[str]:
         network = self._instance(container).state().network or {}
@@ -190,7 +205,8 @@ class LxdBackend(LxcBackend):
             source_lxd_dir = str(definition["lxd_dir"])
         except (KeyError, TypeError) as e:
             raise BackendError(f"the instance definition from the source is incomplete: {e}") from None
-        pid = int(self.client.host_info["environment"].get("server_pid", 0))
+        # Asked afresh: pylxd's host_info is from when it connected, and LXD may have restarted since.
+        pid = int(self.client.api.get().json()["metadata"]["environment"].get("server_pid", 0))
         if pid <= 0:
             raise BackendError("LXD here does not say its process id (server_pid)")
         text = rewrite_lxc_conf(conf_text, source_lxd_dir=source_lxd_dir, lxd_dir=str(self.lxd_dir),

@@ -43,9 +43,16 @@ def nics(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str,
 
 
 def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str, str],
-                      pool_driver: str) -> list[Problem]:
-    """What about an LXD instance lxdmig's engine cannot move (a pure function)."""
+                      pool_driver: str, *, engine: str = "lxdmig") -> list[Problem]:
+    """What about an LXD instance the engine (lxdmig or lxd) cannot move (a pure function)."""
     out = []
+    if config.get("security.privileged", "false").lower() != "true":
+        out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): LXD's own live "
+                                          "move of an id-mapped container failed here (timens-0.img: permission "
+                                          "denied) and lxdmig does not move them yet; set security.privileged="
+                                          "true, or stop it and use 'lxc move'"))
+    if engine == "lxd":
+        return out
     for device, d in sorted(expanded_devices.items()):
         if d.get("type") != "nic":
             continue
@@ -56,10 +63,6 @@ def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config:
     if pool_driver != "dir":
         out.append(Problem(Severity.FAIL, f"its root disk is on a {pool_driver!r} storage pool: lxdmig's engine "
                                           "supports 'dir' pools only (use --engine lxd)"))
-    if config.get("security.privileged", "false").lower() != "true":
-        out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): CRIU could not "
-                                          "restore an id-mapped LXD container here (timens-0.img: permission "
-                                          "denied); set security.privileged=true or move it stopped"))
     return out
 
 

@@ -68,7 +68,7 @@ def _pin(args: argparse.Namespace, cert: bytes, address: str) -> bool:
 def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str) -> ExitCode:
     host, port = parse_lxd_url(args.target)
     identity = tls.ensure_identity(conf.cert, conf.key)
-    cert = client.fetch_certificate(host, port, conf.connect_timeout)
+    cert = client.fetch_certificate(host, port, conf.connect_timeout, "LXD")
     if not _pin(args, cert, args.target):
         print("not added")
         return ExitCode.FAILURE

@@ -36,6 +36,7 @@ from lxdmig.preflight import Check, Status
 from lxdmig.remotes import RemoteStore
 
 DEFAULT_TIMEOUT = 600.0
+SOURCE_REMOVAL_WAIT = 60.0
 _RUNNING = 103
 
 
@@ -93,6 +94,7 @@ class LxdEngineMove:
         self.report = MoveReport(request.container, request.remote, engine="lxd", engine_reason=engine_reason)
         self.start = time.monotonic()
         self.source_op = ""
+        self.init_pid = 0
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -115,16 +117,19 @@ class LxdEngineMove:
                                    f"true and CRIU can track dirty memory, else one dump (keys: {values})")
         self.say(f"preflight passed; engine lxd: {self.report.engine_reason}")
         inst = lxd_api.instance(source, name)
-        watch = _DowntimeWatch(int(inst.state().pid), target, name)
+        self.init_pid = int(inst.state().pid)
+        watch = _DowntimeWatch(self.init_pid, target, name)
         watch.start()
         try:
             self._migrate(source, target, inst)
         except BaseException as e:
             watch.stop_event.set()
             self.say(f"failed: {e}; rolling back")
-            self._roll_back(source, target)
-            if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
-                raise MoveFailed(f"{e} (rolled back: {name} runs on this host as before)") from e
+            running = self._roll_back(source, target)
+            if isinstance(e, LxdmigError):
+                where = (f"rolled back: {name} runs on this host as before" if running else
+                         f"{name} could not be brought back here; see 'lxc info {name}'")
+                raise MoveFailed(f"{e} ({where})") from e
             raise
         watch.join(timeout=10)
         watch.stop_event.set()
@@ -143,8 +148,7 @@ class LxdEngineMove:
         checks = [Check("lxd", Status.OK, f"{self.request.remote}'s LXD "
                                           f"{target.host_info['environment'].get('server_version', '?')} trusts "
                                           "this host")]
-        problems = [p for p in self.backend.dump_problems(name) if "lxdmig's engine" not in p.message] \
-            if facts.running else []
+        problems = self.backend.dump_problems(name, engine="lxd") if facts.running else []
         checks += preflight.container_checks(facts, problems)
         if lxd_api.exists(target, name):
             checks.append(Check("name", Status.FAIL, f"{self.request.remote} already has an instance named {name}"))
@@ -188,12 +192,16 @@ class LxdEngineMove:
             if state["status"] in ("Failure", "Cancelled"):
                 raise MoveFailed(f"LXD's migration failed: {state.get('err') or state['status']}")
 
-    def _roll_back(self, source: Any, target: Any) -> None:
+    def _roll_back(self, source: Any, target: Any) -> bool:
+        """Bring the source back and remove the destination's copy; whether the source runs."""
         name = self.request.container
         # LXD's source waits for ever in 'lxd migratedumpsuccess' with the container frozen.
-        for pid in _processes_with(["migratedumpsuccess", self.source_op] if self.source_op else []):
-            os.kill(pid, signal.SIGKILL)
-            self.say(f"rollback: ended LXD's stuck 'lxd migratedumpsuccess' (pid {pid})")
+        for pid in _stuck_dump_waiters(self.init_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                self.say(f"rollback: ended LXD's stuck 'lxd migratedumpsuccess' (pid {pid})")
+            except ProcessLookupError:
+                pass
         try:
             if lxd_api.exists(source, name) and lxd_api.instance(source, name).status in ("Running", "Frozen"):
                 self.backend.unfreeze(name)
@@ -209,19 +217,26 @@ class LxdEngineMove:
                 self.say(f"rollback: removed the copy LXD left on {self.request.remote}")
         except Exception as e:  # the source runs: a leftover copy is reported, not fatal
             self.say(f"rollback: could not remove the copy on {self.request.remote}: {e}")
+        return lxd_api.exists(source, name) and lxd_api.instance(source, name).status == "Running"
 
     def _remove_source(self, source: Any) -> None:
+        """Delete the source copy LXD leaves behind (LXD is busy stopping it for a while)."""
         name = self.request.container
-        if not lxd_api.exists(source, name):
-            return
-        try:
-            inst = lxd_api.instance(source, name)
-            if inst.status != "Stopped":
-                inst.stop(force=True, wait=True)
-            inst.delete(wait=True)
-            self.say(f"removed {name} from this host")
-        except Exception as e:
-            self.report.warnings.append(f"could not remove the stopped source copy of {name}: {e}")
+        deadline = time.monotonic() + SOURCE_REMOVAL_WAIT
+        while lxd_api.exists(source, name):
+            try:
+                inst = lxd_api.instance(source, name)
+                if inst.status != "Stopped":
+                    inst.stop(force=True, wait=True)
+                inst.delete(wait=True)
+                self.say(f"removed the stopped copy of {name} from this host")
+                return
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    self.report.warnings.append(f"could not remove the stopped source copy of {name}: {e}; remove "
+                                                f"it with 'lxc delete {name}'")
+                    return
+                time.sleep(0.5)
 
 
 def _console_disabled() -> bool:
@@ -234,18 +249,35 @@ def _console_disabled() -> bool:
     return False
 
 
-def _processes_with(words: list[str]) -> list[int]:
-    """Processes whose command line contains every one of ``words`` (none if no words)."""
-    if not words:
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
         return []
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _stuck_dump_waiters(init_pid: int) -> list[int]:
+    """LXD's ``lxd migratedumpsuccess`` processes (CRIU's action script) of the dump of ``init_pid``.
+
+    They run under the ``criu dump -t INIT_PID`` that dumped the container.
+    """
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or "migratedumpsuccess" not in _argv(int(entry.name))[1:2]:
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if all(word in cmdline for word in words):
-            found.append(int(entry.name))
+        ancestor = int(entry.name)
+        for _ in range(4):
+            ancestor = _parent(ancestor)
+            argv = _argv(ancestor)
+            if "dump" in argv and "-t" in argv and argv.index("-t") + 1 < len(argv) \
+                    and argv[argv.index("-t") + 1] == str(init_pid):
+                found.append(int(entry.name))
+                break
     return found

@@ -224,11 +224,19 @@ def list_containers(host: Host) -> list[str]:
 # --- the workload's own report ---------------------------------------------------
 
 
+def _rootfs(host: Host, name: str) -> Path:
+    """The root filesystem of an LXC container, or of an LXD instance (see testbed.lxd), on ``host``."""
+    if (host.lxcpath / name / "config").exists():
+        return host.lxcpath / name / "rootfs"
+    lxd = host.root / "lxd" / "containers" / name / "rootfs"
+    if lxd.exists():
+        return lxd
+    raise TestbedError(f"no container {name} on host {host.name}")
+
+
 def read_workload(host: Host, name: str) -> dict[str, object]:
     """The workload's latest state line, plus where and how fresh it is."""
-    if not (host.lxcpath / name / "config").exists():
-        raise TestbedError(f"no container {name} on host {host.name}")
-    path = host.lxcpath / name / "rootfs" / STATE_IN_CONTAINER.lstrip("/")
+    path = _rootfs(host, name) / STATE_IN_CONTAINER.lstrip("/")
     last_error = ""
     for _ in range(20):
         try:

@@ -86,7 +86,8 @@ def _share_shmounts(host: Host) -> None:
     own = lxd_dir(host) / "shmounts"
     for other in host.others():
         peer = lxd_dir(other) / "shmounts"
-        script = (f"mountpoint -q {peer} && exit 0; mount -o remount,rw {other.root} && "
+        # Bind again on every start: a restarted LXD mounts a new tmpfs.
+        script = (f"mountpoint -q {peer} && umount -l {peer}; mount -o remount,rw {other.root} && "
                   f"mkdir -p {peer} && mount --rbind {own} {peer}; rc=$?; "
                   f"mount -o remount,ro {other.root}; exit $rc")
         host_command(host, ["sh", "-c", script])
@@ -117,9 +118,16 @@ CONSOLE_DROP_IN = Path("/usr/share/lxc/config/common.conf.d/90-lxdmig-testbed.co
 INSTANCE_CONFIG = {"security.privileged": "true", "raw.lxc": "lxc.console.path = none\nlxc.apparmor.profile ="}
 
 
-def create(host: Host, name: str, *, start: bool = False) -> None:
-    """An instance from the test image, CRIU-able (see INSTANCE_CONFIG)."""
-    options = [arg for key, value in INSTANCE_CONFIG.items() for arg in ("-c", f"{key}={value}")]
+def create(host: Host, name: str, *, start: bool = False, raw_lxc: str = "", profiles: tuple[str, ...] = ()) -> None:
+    """An instance from the test image, CRIU-able (see INSTANCE_CONFIG).
+
+    ``raw_lxc``: more LXC config lines; ``profiles``: more profiles than default.
+    """
+    config = dict(INSTANCE_CONFIG)
+    config["raw.lxc"] += f"\n{raw_lxc}" if raw_lxc else ""
+    options = [arg for profile in profiles for arg in ("-p", profile)]
+    options += ["-p", "default"] if profiles else []
+    options += [arg for key, value in config.items() for arg in ("-c", f"{key}={value}")]
     _lxc(host, "init", IMAGE_ALIAS, name, *options)
     if start:
         _lxc(host, "start", name)

@@ -1,0 +1,105 @@
+"""Rules for moving LXD containers with lxdmig's engine: pure functions over LXD's config."""
+
+from __future__ import annotations
+
+import pytest
+
+from lxdmig.backends.base import Severity
+from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
+from lxdmig.errors import BackendError
+
+SRC = "/var/lib/lxd-a"
+DST = "/var/lib/lxd-b"
+# Shaped like what LXD 5.0.2 generated for a test container.
+CONF = f"""lxc.log.file = {SRC}/logs/c1/lxc.log
+lxc.hook.pre-start = /proc/4242/exe callhook {SRC} "default" "c1" start
+lxc.hook.stop = /usr/bin/lxd callhook {SRC} "default" "c1" stopns
+lxc.mount.entry = {SRC}/devlxd dev/lxd none bind,create=dir 0 0
+lxc.seccomp.profile = {SRC}/security/seccomp/c1
+lxc.mount.auto = shmounts:{SRC}/shmounts/c1:/dev/.lxd-mounts
+lxc.net.0.type = phys
+lxc.net.0.name = eth0
+lxc.net.0.flags = up
+lxc.net.0.link = veth63b193c9
+lxc.net.0.hwaddr = 00:16:3e:d1:3d:17
+lxc.rootfs.path = dir:{SRC}/storage-pools/default/containers/c1/rootfs
+lxc.console.path=none
+"""
+DEVICES = {"eth0": {"type": "nic", "nictype": "bridged", "parent": "lxdbr0", "name": "eth0"},
+           "root": {"type": "disk", "path": "/", "pool": "default"}}
+
+
+def rewrite(text: str = CONF, nic_list: list[Nic] | None = None) -> str:
+    return rewrite_lxc_conf(text, source_lxd_dir=SRC, lxd_dir=DST, server_pid=777,
+                            rootfs=f"{DST}/storage-pools/default/containers/c1/rootfs",
+                            nic_list=nic_list if nic_list is not None else [Nic("eth0", "eth0", "lxdbr0", "vethhost0")])
+
+
+def test_paths_hooks_and_rootfs_point_at_the_destination_lxd() -> None:
+    out = rewrite()
+    assert SRC not in out
+    assert f'lxc.hook.pre-start = /proc/777/exe callhook {DST} "default" "c1" start' in out
+    assert f'/usr/bin/lxd callhook {DST} "default" "c1" stopns' in out
+    assert f"lxc.mount.auto = shmounts:{DST}/shmounts/c1:/dev/.lxd-mounts" in out
+    assert f"lxc.rootfs.path = dir:{DST}/storage-pools/default/containers/c1/rootfs" in out
+    assert "lxc.console.path=none" in out
+
+
+def test_a_phys_nic_becomes_a_veth_pair_on_its_bridge_with_the_same_mac() -> None:
+    out = rewrite().splitlines()
+    assert "lxc.net.0.type = veth" in out and "lxc.net.0.link = lxdbr0" in out
+    assert "lxc.net.0.veth.pair = vethhost0" in out and "lxc.net.0.hwaddr = 00:16:3e:d1:3d:17" in out
+    assert not any("veth63b193c9" in line or "phys" in line for line in out)
+
+
+def test_a_nic_it_does_not_know_is_refused() -> None:
+    with pytest.raises(BackendError, match="eth0"):
+        rewrite(nic_list=[])
+
+
+def test_a_path_that_only_starts_like_lxd_dir_is_left_alone() -> None:
+    out = rewrite(CONF + f"lxc.mount.entry = {SRC}-other/x mnt none bind 0 0\n")
+    assert f"{SRC}-other/x" in out
+
+
+def test_nics_from_expanded_devices() -> None:
+    found = nics(DEVICES, {"volatile.eth0.host_name": "vethA"})
+    assert found == [Nic("eth0", "eth0", "lxdbr0", "vethA")]
+    managed = nics({"net1": {"type": "nic", "network": "lxdbr1"}}, {})
+    assert managed == [Nic("net1", "net1", "lxdbr1", "")]
+
+
+@pytest.mark.parametrize("devices, config, driver, words", [
+    (DEVICES, {"security.privileged": "true"}, "dir", None),
+    ({"eth0": {"type": "nic", "nictype": "macvlan", "parent": "eth0"}}, {"security.privileged": "true"}, "dir",
+     "macvlan"),
+    (DEVICES, {"security.privileged": "true"}, "zfs", "'zfs' storage pool"),
+    (DEVICES, {}, "dir", "unprivileged"),
+    (DEVICES, {"security.privileged": "false"}, "dir", "unprivileged"),
+])
+def test_instance_problems(devices: dict[str, dict[str, str]], config: dict[str, str], driver: str,
+                           words: str | None) -> None:
+    problems = instance_problems(devices, config, driver)
+    if words is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].severity is Severity.FAIL and words in problems[0].message
+    # LXD's own engine minds only the privilege.
+    lxd_engine = instance_problems(devices, config, driver, engine="lxd")
+    assert [p.message for p in lxd_engine] == [p.message for p in problems if "unprivileged" in p.message]
+
+
+@pytest.mark.parametrize("definition", [
+    {"config": {"a": 1}, "devices": {}, "profiles": []},
+    {"config": {}, "devices": {"eth0": "nic"}, "profiles": []},
+    {"config": {}, "devices": {}, "profiles": "default"},
+    {},
+])
+def test_a_malformed_definition_is_refused(definition: dict[str, object]) -> None:
+    with pytest.raises(BackendError):
+        definition_fields(definition)
+
+
+def test_a_good_definition_passes() -> None:
+    assert definition_fields({"config": {"k": "v"}, "devices": DEVICES, "profiles": ["default"]}) == (
+        {"k": "v"}, DEVICES, ["default"])
