@@ -59,8 +59,21 @@ class LxdBackend(LxcBackend):
     def _checkpoint_argv(self, container: str, directory: Path, *, restore: bool = False) -> list[str]:
         return self._liblxc_argv("restore" if restore else "dump", container, directory)
 
+    def reachable(self) -> bool:
+        """Whether LXD answers on its socket (it may be configured but stopped)."""
+        if not self.socket.exists():
+            return False
+        import requests
+
+        try:
+            self.client.api.get(timeout=10)
+            return True
+        except (BackendError, requests.RequestException):
+            return False
+
     def exists(self, container: str) -> bool:
-        return self.socket.exists() and lxd_api.exists(self.client, check_name(container))
+        # An LXD that is not running has no instance running either.
+        return self.reachable() and lxd_api.exists(self.client, check_name(container))
 
     def _require(self, container: str) -> list[tuple[str, str]]:
         self._instance(container)

@@ -99,13 +99,15 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     remote, name = parse_target(args.source, args.target)
+    store = RemoteStore(conf.remotes)
+    if remote not in store.names():
+        store.get(remote)  # raises, naming the remotes there are
     backend = backends.find(name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
     if backend is None:
         raise MoveFailed(f"no container {name!r} on this host (not in {conf.lxcpath}, not in LXD at "
                          f"{conf.lxd_socket})")
     keys = _keys(conf, name, backend)
     request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0])
-    store = RemoteStore(conf.remotes)
     engine, why = policy.choose_engine(args.engine, lxd_instance=isinstance(backend, LxdBackend),
                                        remote_helper=remote in [r.name for r in store.all()],
                                        remote_lxd=remote in [r.name for r in store.all_lxd()], mode=args.mode)

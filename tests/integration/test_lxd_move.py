@@ -12,6 +12,7 @@ frozen, and nothing on the destination.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -168,7 +169,8 @@ def test_a_profile_missing_on_the_destination_stops_the_move_before_any_freeze(l
 def test_lxd_remote_needs_the_pinned_certificate_and_trust(lxd_pair: None) -> None:
     # A host b's LXD has never seen: its own identity and remotes.
     other = A.config_dir / "other"
-    other.mkdir(exist_ok=True)
+    shutil.rmtree(other, ignore_errors=True)
+    other.mkdir()
     conf = other / "lxdmig.conf"
     conf.write_text(f"[tls]\ncert = {other / 'client.crt'}\nkey = {other / 'client.key'}\n"
                     f"[client]\nremotes = {other / 'remotes.json'}\n")
