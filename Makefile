@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down clean
+.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man clean
 
 all: test
 
@@ -36,6 +36,14 @@ vm-image: install
 
 demo: install
 	scripts/demo
+
+# Source and binary RPMs from contrib/lxdmig.spec, into build/rpm/.
+rpm: install
+	scripts/build-rpm
+
+# Regenerate man/ from the argparse definitions and the config schema.
+man: install
+	$(PY) -m lxdmig.manpages
 
 testbed-up: install
 	scripts/testbed up

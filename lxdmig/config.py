@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,21 +113,49 @@ ITERATIONS = "migration.incremental.memory.iterations"
 GOAL = "migration.incremental.memory.goal"
 
 
-def _container_keys(path: Path, section: str, items: dict[str, str]) -> dict[str, object]:
+def _option_lines(path: Path) -> dict[tuple[str, str], int]:
+    """(section, option) -> the line it is set on, so errors can point at it."""
+    lines: dict[tuple[str, str], int] = {}
+    section = ""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return lines
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+        elif stripped and not stripped.startswith(("#", ";")) and ("=" in stripped or ":" in stripped):
+            name = re.split(r"[=:]", stripped, maxsplit=1)[0].strip().lower()
+            lines.setdefault((section, name), number)
+    return lines
+
+
+def _where(path: Path, lines: dict[tuple[str, str], int], section: str, name: str) -> str:
+    """``FILE:LINE`` of an option (just ``FILE`` for a default)."""
+    line = lines.get((section, name))
+    return f"{path}:{line}" if line else str(path)
+
+
+def _container_keys(path: Path, section: str, items: dict[str, str],
+                    lines: dict[tuple[str, str], int]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in items.items():
         value = value.strip()
         if key == INCREMENTAL:
             if value.lower() not in ("true", "false"):
-                raise ConfigError(f"{path}: [{section}] {key} = {value!r} must be true or false")
+                raise ConfigError(f"{_where(path, lines, section, key)}: [{section}] {key} = {value!r} must be true "
+                                  "or false")
             out[key] = value.lower() == "true"
         elif key in (ITERATIONS, GOAL):
             if not value.isdigit() or (key == GOAL and int(value) > 100) or int(value) > 999:
-                raise ConfigError(f"{path}: [{section}] {key} = {value!r} must be a whole number "
+                raise ConfigError(f"{_where(path, lines, section, key)}: [{section}] {key} = {value!r} must be a "
+                                  "whole number "
                                   f"({'0-100' if key == GOAL else '0-999'})")
             out[key] = int(value)
         else:
-            raise ConfigError(f"{path}: unknown option {key!r} in section [{section}] (known: {INCREMENTAL}, "
+            raise ConfigError(f"{_where(path, lines, section, key)}: unknown option {key!r} in section [{section}] "
+                              f"(known: {INCREMENTAL}, "
                               f"{ITERATIONS}, {GOAL})")
     return out
 
@@ -143,6 +172,7 @@ def load(path: Path | None = None) -> Config:
     known = {(o.section, o.name): o for o in OPTIONS}
     parser.read_dict({o.section: {} for o in OPTIONS})
     containers: dict[str, dict[str, object]] = {}
+    lines = _option_lines(path)
     for o in OPTIONS:
         parser.set(o.section, o.name, o.default)
     if path.exists():
@@ -154,11 +184,12 @@ def load(path: Path | None = None) -> Config:
         for section in overrides.sections():
             if section.startswith("container "):
                 containers[section[len("container "):].strip()] = _container_keys(
-                    path, section, dict(overrides.items(section, raw=True)))
+                    path, section, dict(overrides.items(section, raw=True)), lines)
                 continue
             for name, value in overrides.items(section, raw=True):
                 if (section, name) not in known:
-                    raise ConfigError(f"{path}: unknown option {name!r} in section [{section}]")
+                    raise ConfigError(f"{_where(path, lines, section, name)}: unknown option {name!r} in section "
+                                      f"[{section}]")
                 parser.set(section, name, value)
     base = path.parent
 
@@ -170,15 +201,18 @@ def load(path: Path | None = None) -> Config:
         try:
             result = float(value)
         except ValueError:
-            raise ConfigError(f"{path}: [{section}] {name} = {value!r} is not a number") from None
+            raise ConfigError(f"{_where(path, lines, section, name)}: [{section}] {name} = {value!r} is not a "
+                              "number") from None
         if result < minimum:
-            raise ConfigError(f"{path}: [{section}] {name} = {value} is below {minimum:g}")
+            raise ConfigError(f"{_where(path, lines, section, name)}: [{section}] {name} = {value} is below "
+                              f"{minimum:g}")
         return result
 
     def boolean(section: str, name: str) -> bool:
         value = text(section, name).lower()
         if value not in ("true", "false", "yes", "no", "1", "0"):
-            raise ConfigError(f"{path}: [{section}] {name} = {value!r} must be true or false")
+            raise ConfigError(f"{_where(path, lines, section, name)}: [{section}] {name} = {value!r} must be true "
+                              "or false")
         return value in ("true", "yes", "1")
 
     def a_path(section: str, name: str) -> Path:
@@ -188,10 +222,11 @@ def load(path: Path | None = None) -> Config:
     try:
         ipaddress.ip_address(listen)
     except ValueError:
-        raise ConfigError(f"{path}: [helper] listen = {listen!r} is not an IP address") from None
+        raise ConfigError(f"{_where(path, lines, 'helper', 'listen')}: [helper] listen = {listen!r} is not an IP "
+                          "address") from None
     port = int(number("helper", "port", 1))
     if port > 65535:
-        raise ConfigError(f"{path}: [helper] port = {port} is above 65535")
+        raise ConfigError(f"{_where(path, lines, 'helper', 'port')}: [helper] port = {port} is above 65535")
     return Config(
         path=path,
         listen=listen,
@@ -200,7 +235,8 @@ def load(path: Path | None = None) -> Config:
         max_file_bytes=int(number("helper", "max_file_bytes", 1)),
         io_timeout=number("helper", "io_timeout", 1),
         shutdown_grace=number("helper", "shutdown_grace", 0),
-        page_server_ports=_port_range(text("helper", "page_server_ports"), f"{path}: [helper] page_server_ports"),
+        page_server_ports=_port_range(text("helper", "page_server_ports"),
+                                      f"{_where(path, lines, 'helper', 'page_server_ports')}: [helper] page_server_ports"),
         keep_failed=boolean("helper", "keep_failed"),
         cert=a_path("tls", "cert"),
         key=a_path("tls", "key"),
@@ -208,7 +244,8 @@ def load(path: Path | None = None) -> Config:
         tokens=a_path("tls", "tokens"),
         remotes=a_path("client", "remotes"),
         outgoing_dir=a_path("client", "work_dir"),
-        lazy_ports=_port_range(text("client", "lazy_ports"), f"{path}: [client] lazy_ports"),
+        lazy_ports=_port_range(text("client", "lazy_ports"),
+                                f"{_where(path, lines, 'client', 'lazy_ports')}: [client] lazy_ports"),
         connect_timeout=number("client", "connect_timeout", 0.1),
         lxcpath=a_path("lxc", "lxcpath"),
         lxd_socket=a_path("lxd", "socket"),

@@ -25,6 +25,23 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+# What each exit status means, for --help, the man pages and scripts.
+EXIT_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.FAILURE: "the operation failed (for move: nothing moved, the container runs on the source as before)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.COMMAND: "an external program failed, could not start or timed out",
+    ExitCode.CRIU: "CRIU is missing, too old, or refused to checkpoint or restore",
+    ExitCode.BACKEND: "LXC or LXD refused or failed an operation",
+    ExitCode.PEER: "the remote helper refused, failed, or could not be reached or trusted (for move: if the "
+                   "outcome is unknown the source stays frozen and offline; the message says what to check)",
+    ExitCode.PROTOCOL: "the remote broke the protocol or sent something unsafe",
+    ExitCode.CONFIG: "invalid configuration or remote",
+    ExitCode.PREFLIGHT: "a preflight check failed; nothing was frozen",
+    ExitCode.INTERRUPTED: "interrupted (SIGINT or SIGTERM); a move in progress was rolled back",
+}
+
+
 class LxdmigError(Exception):
     """Root of every error lxdmig reports to the user."""
 

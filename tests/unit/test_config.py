@@ -52,6 +52,20 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, message: str) -
         config.load(path)
 
 
+@pytest.mark.parametrize("text, where", [
+    ("# comment\n[helper]\nlisten = 1.2.3.4\n\nport = 70000\n", ":5: [helper] port"),
+    ("[client]\nconnect_timeout = 1\n[helper]\nio_timeout = 0\n", ":4: [helper] io_timeout"),
+    ("[tls]\ncert = a.crt\ncolour = red\n", ":3: unknown option 'colour'"),
+    ("[container c1]\n\nmigration.incremental.memory.goal = 101\n", ":3: [container c1]"),
+])
+def test_errors_name_the_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "lxdmig.conf"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(caught.value).startswith(f"{path}{where}"), str(caught.value)
+
+
 def test_describe_documents_every_option() -> None:
     text = config.describe()
     for option in config.OPTIONS:
