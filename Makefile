@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man clean
+.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
 
 all: test
 
@@ -36,6 +36,11 @@ vm-image: install
 
 demo: install
 	scripts/demo
+
+# Benchmarks (minutes to an hour, see docs/performance.md); BENCH_ARGS=--help lists the knobs.
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	benchmarks/run $(BENCH_ARGS)
 
 # Source and binary RPMs from contrib/lxdmig.spec, into build/rpm/.
 rpm: install

@@ -118,6 +118,7 @@ class MoveReport:
     final_pages_written: int = 0
     final_pages_lazy: int = 0
     frozen_dump_ms: float = 0.0
+    final_dump_s: float = 0.0  # wall time of the final dump (with its pages' transfer, unless post-copy)
     restore_ms: float = 0.0
     fs_initial_s: float = 0.0
     fs_final_s: float = 0.0
@@ -330,6 +331,7 @@ class Mover:
                                                    "--port", str(port), *chain])
             self.backend.dump(name, directory, config_file=config, timeout=DUMP_TIMEOUT)
         dump_s = time.monotonic() - start
+        self.report.final_dump_s = round(dump_s, 3)
         uploaded = client.send_tree(self.mid, directory, prefix="dump/")
         self.report.bytes_sent += uploaded
         try:

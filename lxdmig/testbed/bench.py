@@ -1,0 +1,355 @@
+"""``benchmarks/run`` (``make bench``): lxdmig's downtime, time and bytes, beside the baselines.
+
+In the test bed, for each memory size, dirty rate and mode this kernel can
+do, a fresh container running the workload is moved a -> b, and the same
+container setup is moved by each baseline in the same run: a hand-made
+stop-and-copy (what LXD used to do: ``lxc-checkpoint -s``, copy, ``-r``),
+raw CRIU post-copy by hand (the floor for post-copy), and, on LXD
+instances, LXD 5.0's own ``lxc move`` beside lxdmig's move of the same
+kind of instance. Downtime is the longest pause the workload itself saw
+(it ticks every 10 ms and records its longest gap), never lxdmig's own
+figure, which is kept beside it. ``--vm`` adds pre-copy and hybrid rows
+from the soft-dirty VM (software emulation: compare ratios within it).
+
+Results: ``benchmarks/results/bench-TIME.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from lxdmig import capabilities
+from lxdmig.testbed import bed, containers, helpers, lxd
+from lxdmig.testbed.bench_report import (
+    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, Sample, markdown, plot, summarise, targets, write_json,
+)
+from lxdmig.testbed.containers import WorkloadSpec, host_command
+from lxdmig.testbed.layout import Host
+
+A, B = Host("a"), Host("b")
+MOVE_TIMEOUT = 1800.0
+VERIFY_TIMEOUT = 180.0
+HAND_PORT = 27400
+LAZY_PORT = 27410
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+_names = iter(range(10**6))
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _gap(before: dict[str, object], after: dict[str, object]) -> float | None:
+    """The pause the move caused, as the workload saw it (None: no longer than its longest before)."""
+    gap = float(str(after["max_gap_ms"]))
+    return round(gap, 1) if gap > float(str(before["max_gap_ms"])) else None
+
+
+def _same_process(before: dict[str, object], after: dict[str, object]) -> bool:
+    return (after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
+            and int(str(after["counter"])) > int(str(before["counter"])))
+
+
+def _exec(host: Host, *argv: str) -> list[str]:
+    return [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv]
+
+
+def _hand(host: Host, *args: str, timeout: float = MOVE_TIMEOUT) -> str:
+    return host_command(host, [sys.executable, "-m", "lxdmig.testbed.handmove", *args], timeout=timeout).stdout
+
+
+def _copy(src: Path, dst_host: Host, dst: Path, port: int = HAND_PORT) -> int:
+    """Stream a directory from host a to ``dst`` on ``dst_host`` (tar over one TCP connection)."""
+    receiver = subprocess.Popen(_exec(dst_host, sys.executable, "-m", "lxdmig.testbed.handmove", "receive", str(dst),
+                                      str(dst_host.address), str(port)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None
+        if receiver.stdout.readline().strip() != "LISTENING":
+            raise RuntimeError("the receiver did not start")
+        sent = int(_hand(A, "send", str(src), str(dst_host.address), str(port)).split()[-1])
+        if receiver.wait(MOVE_TIMEOUT) != 0:
+            raise RuntimeError("the receiver failed")
+        return sent
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+
+
+@contextmanager
+def _lxc_container(spec: WorkloadSpec) -> Iterator[str]:
+    name = f"bench{next(_names)}"
+    containers.create(A, name, spec)
+    try:
+        yield name
+    finally:
+        for host in (A, B):
+            containers.destroy(host, name)
+
+
+def _verified(host: Host, name: str) -> dict[str, object]:
+    return containers.wait_for_full_verification(host, name, timeout=VERIFY_TIMEOUT)
+
+
+def run_lxdmig(spec: WorkloadSpec, mode: str) -> Sample:
+    with _lxc_container(spec) as name:
+        return _lxdmig_move(name, spec, mode, "lxdmig", [])
+
+
+def _lxdmig_move(name: str, spec: WorkloadSpec, mode: str, subject: str, extra: list[str]) -> Sample:
+    before = _verified(A, name)
+    cpu, start = _cpu_of_children(), time.monotonic()
+    result = host_command(A, helpers.lxdmig_argv("move", name, f"b:{name}", "--json", "--mode", mode, *extra),
+                          check=False, timeout=MOVE_TIMEOUT)
+    total, cpu = time.monotonic() - start, _cpu_of_children() - cpu
+    if result.returncode != 0:
+        return Sample("host", subject, mode, spec.memory_mib, spec.dirty_rate_mib_s, False, None, total,
+                      note=result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed")
+    report = json.loads(result.stdout)
+    after = _verified(B, name)
+    dump_s = float(report.get("final_dump_s") or 0)
+    transfer = (int(report["final_pages_written"]) * 4096 / dump_s / 1e6
+                if report["mode"] == "stop-copy" and dump_s > 0 else None)
+    return Sample("host", subject, report["mode"], spec.memory_mib, spec.dirty_rate_mib_s,
+                  _same_process(before, after), _gap(before, after), round(total, 3), int(report["bytes_sent"]),
+                  len(report["rounds"]), round(cpu, 3), float(report["downtime_ms"]), transfer)
+
+
+def _adopt(name: str) -> None:
+    config = B.lxcpath / name / "config"
+    config.write_text(config.read_text().replace(str(A.lxcpath / name), str(B.lxcpath / name)))
+
+
+def run_hand_stop_copy(spec: WorkloadSpec) -> Sample:
+    """What LXD used to do: copy while running, checkpoint and stop, copy the images and again the files, restore."""
+    with _lxc_container(spec) as name:
+        before = _verified(A, name)
+        images_a, images_b = A.storage / f"hand-{name}", B.storage / f"hand-{name}"
+        start = time.monotonic()
+        sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
+        host_command(A, ["lxc-checkpoint", "-P", str(A.lxcpath), "-n", name, "-s", "-D", str(images_a)],
+                     timeout=MOVE_TIMEOUT, output_file=A.storage / f"hand-{name}.out")
+        sent += _copy(images_a, B, images_b) + _copy(A.lxcpath / name, B, B.lxcpath / name)
+        _adopt(name)
+        host_command(B, ["lxc-checkpoint", "-P", str(B.lxcpath), "-n", name, "-r", "-D", str(images_b)],
+                     timeout=MOVE_TIMEOUT, output_file=B.storage / f"hand-{name}.out")
+        total = time.monotonic() - start
+        after = _verified(B, name)
+        _remove_images(images_a, images_b)
+        return Sample("host", HAND_STOP_COPY, "stop-copy", spec.memory_mib, spec.dirty_rate_mib_s,
+                      _same_process(before, after), _gap(before, after), round(total, 3), sent)
+
+
+def run_criu_post_copy(spec: WorkloadSpec) -> Sample:
+    """Raw CRIU post-copy by hand: files first, lazy dump, images over, lazy-pages + restore on b."""
+    with _lxc_container(spec) as name:
+        before = _verified(A, name)
+        images_a, images_b = A.storage / f"lazy-{name}", B.storage / f"lazy-{name}"
+        start = time.monotonic()
+        sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
+        dump = subprocess.Popen(_exec(A, sys.executable, "-m", "lxdmig.testbed.handmove", "lazy-dump",
+                                      str(A.lxcpath), name, str(images_a), str(A.address), str(LAZY_PORT)),
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert dump.stdout is not None
+            if dump.stdout.readline().strip() != "READY":
+                raise RuntimeError("the lazy dump did not start serving pages")
+            sent += _copy(images_a, B, images_b)
+            _adopt(name)
+            _hand(B, "lazy-restore", str(B.lxcpath), name, str(images_b), str(A.address), str(LAZY_PORT))
+            dump.wait(MOVE_TIMEOUT)
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+        total = time.monotonic() - start
+        after = _verified(B, name)
+        _remove_images(images_a, images_b)
+        return Sample("host", CRIU_POST_COPY, "post-copy", spec.memory_mib, spec.dirty_rate_mib_s,
+                      _same_process(before, after), _gap(before, after), round(total, 3),
+                      sent + spec.memory_mib * 2**20)
+
+
+def _remove_images(*dirs: Path) -> None:
+    import shutil
+
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- LXD instances -------------------------------------------------------------
+
+
+def _lxd_client_env(host: Host) -> list[str]:
+    return ["env", f"LXD_DIR={lxd.lxd_dir(host)}", f"LXD_CONF={host.root / 'lxc-client'}"]
+
+
+def setup_lxd() -> None:
+    """Both LXD daemons, with host a's lxc client and lxdmig trusted by b's LXD."""
+    for host in (A, B):
+        lxd.start(host)
+    token = lxd.trust_token(B, f"bench-lxc-{int(time.time())}")
+    host_command(A, [*_lxd_client_env(A), "lxc", "remote", "remove", "b"], check=False)
+    host_command(A, [*_lxd_client_env(A), "lxc", "remote", "add", "b", lxd.https_url(B), "--accept-certificate",
+                     "--token", token])
+    token = lxd.trust_token(B, f"bench-lxdmig-{int(time.time())}")
+    host_command(A, helpers.lxdmig_argv("remote", "add", "b", lxd.https_url(B), "--lxd", "--replace",
+                                        "--accept-certificate", "--token", token))
+
+
+@contextmanager
+def _lxd_instance(spec: WorkloadSpec) -> Iterator[str]:
+    name = f"benchlxd{next(_names)}"
+    lxd.create(A, name)
+    containers.make_rootfs(lxd.rootfs(A, name), name, spec)  # the workload with this size and rate
+    host_command(A, [*_lxd_client_env(A), "lxc", "start", name])
+    try:
+        containers.wait_for_workload(A, name)
+        yield name
+    finally:
+        for host in (A, B):
+            lxd.delete(host, name)
+
+
+def run_lxd_move(spec: WorkloadSpec) -> Sample:
+    with _lxd_instance(spec) as name:
+        before = _verified(A, name)
+        start = time.monotonic()
+        result = host_command(A, [*_lxd_client_env(A), "lxc", "move", name, f"b:{name}"], check=False,
+                              timeout=MOVE_TIMEOUT)
+        total = time.monotonic() - start
+        if result.returncode != 0:
+            return Sample("host", LXD_MOVE, "lxd-live", spec.memory_mib, spec.dirty_rate_mib_s, False, None, total,
+                          note=result.stderr.strip()[-200:])
+        after = _verified(B, name)
+        return Sample("host", LXD_MOVE, "lxd-live", spec.memory_mib, spec.dirty_rate_mib_s,
+                      _same_process(before, after), _gap(before, after), round(total, 3))
+
+
+def run_lxdmig_on_lxd(spec: WorkloadSpec, mode: str) -> Sample:
+    with _lxd_instance(spec) as name:
+        return _lxdmig_move(name, spec, mode, "lxdmig (LXD container)", ["--engine", "lxdmig"])
+
+
+def tcp_mb_s(mib: int = 1024) -> float:
+    """A plain TCP stream a -> b, the reference for lxdmig's bulk transfer rate."""
+    sink = subprocess.Popen(_exec(B, sys.executable, "-m", "lxdmig.testbed.handmove", "sink", str(B.address),
+                                  str(HAND_PORT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        sink.stdout.readline()
+        return float(_hand(A, "source", str(B.address), str(HAND_PORT), str(mib)).split()[-1])
+    finally:
+        sink.wait(60)
+
+
+# --- the VM rows -----------------------------------------------------------------
+
+
+def vm_samples() -> list[Sample]:
+    """Pre-copy and hybrid (and stop-copy, post-copy to compare with) in the soft-dirty VM."""
+    from tests.vm import image
+
+    result = image.run(["tests/vm/guest/bench_in_vm.py", "-s"], timeout=3600)
+    out = []
+    for match in re.finditer(r"LXDMIG-BENCH-SAMPLE (\{.*\})\s*$", result.console, re.M):
+        out.append(Sample(**json.loads(match.group(1))))
+    if not out:
+        tail = "\n".join(result.console.splitlines()[-30:])
+        raise RuntimeError(f"the VM printed no benchmark samples (exit {result.exit_code}):\n{tail}")
+    return out
+
+
+# --- the whole run -----------------------------------------------------------------
+
+
+def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: list[str], with_lxd: bool,
+           reps: int) -> Iterator[tuple[str, Callable[[], Sample]]]:
+    for mib in sizes:
+        for rate in rates:
+            spec = WorkloadSpec(memory_mib=mib, dirty_rate_mib_s=rate)
+            for rep in range(reps):
+                label = f"{mib} MiB, {rate:g} MiB/s, #{rep + 1}"
+                for mode in modes:
+                    yield f"lxdmig {mode}, {label}", lambda s=spec, m=mode: run_lxdmig(s, m)  # type: ignore[misc]
+                if "stop-copy" in baselines:
+                    yield f"{HAND_STOP_COPY}, {label}", lambda s=spec: run_hand_stop_copy(s)  # type: ignore[misc]
+                if "criu-post-copy" in baselines:
+                    yield f"{CRIU_POST_COPY}, {label}", lambda s=spec: run_criu_post_copy(s)  # type: ignore[misc]
+                if with_lxd:
+                    yield f"{LXD_MOVE}, {label}", lambda s=spec: run_lxd_move(s)  # type: ignore[misc]
+                    for mode in ("post-copy", "stop-copy"):
+                        yield (f"lxdmig {mode} of an LXD container, {label}",
+                               lambda s=spec, m=mode: run_lxdmig_on_lxd(s, m))  # type: ignore[misc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--sizes", default="64,256,1024", help="container memory sizes, MiB (default 64,256,1024)")
+    p.add_argument("--rates", default="0,4,64", help="workload dirty rates, MiB/s (default 0,4,64)")
+    p.add_argument("--modes", default="", help="lxdmig modes (default: those this kernel can do)")
+    p.add_argument("--baselines", default="stop-copy,criu-post-copy",
+                   help="hand-made baselines: stop-copy, criu-post-copy (default both)")
+    p.add_argument("--lxd", action="store_true", help="add LXD's own lxc move and lxdmig on LXD instances")
+    p.add_argument("--lxd-sizes", default="64", help="memory sizes for the LXD rows (default 64: LXD is slow)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each cell (default 3)")
+    p.add_argument("--vm", action="store_true", help="add pre-copy and hybrid rows from the soft-dirty VM")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    rates = [float(x) for x in args.rates.split(",") if x]
+    caps = capabilities.probe()
+    possible = caps.source_modes()  # both test hosts run this kernel
+    modes = [m for m in (args.modes.split(",") if args.modes else ["stop-copy", "pre-copy", "post-copy", "hybrid"])
+             if m in possible]
+    baselines = [b for b in args.baselines.split(",") if b]
+    bed.up()
+    samples: list[Sample] = []
+    tcp = tcp_mb_s()
+    _say(f"plain TCP a -> b: {tcp:.0f} MB/s; modes here: {', '.join(modes)}")
+    cells = list(matrix(sizes, rates, modes, baselines, False, args.reps))
+    if args.lxd:
+        setup_lxd()
+        cells += list(matrix([int(x) for x in args.lxd_sizes.split(",")], rates[:1], [], [], True, args.reps))
+    for number, (label, run) in enumerate(cells, 1):
+        _say(f"[{number}/{len(cells)}] {label}")
+        try:
+            sample = run()
+        except Exception as e:  # one broken cell must not lose the others
+            _say(f"    failed: {e}")
+            continue
+        samples.append(sample)
+        _say(f"    downtime {sample.downtime_ms} ms (tool said {sample.reported_downtime_ms}), total "
+             f"{sample.total_s:.2f} s, ok={sample.ok}")
+    if args.vm:
+        _say("the VM rows (pre-copy, hybrid; software emulation, several minutes)")
+        samples += vm_samples()
+    rows = summarise(samples)
+    found = targets(rows, tcp)
+    machine = f"{platform.node()}, {platform.machine()}, kernel {platform.release()}, {capabilities.probe().cpu_model}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / time.strftime("bench-%Y%m%d-%H%M%S")
+    table = markdown(rows, found, machine=machine, tcp_mb_s=tcp)
+    Path(f"{stem}.md").write_text(table)
+    write_json(Path(f"{stem}.json"), samples, rows, found, {"machine": machine, "tcp_mb_s": tcp, "argv": sys.argv})
+    plotted = plot(Path(f"{stem}.png"), rows)
+    print(table)
+    print(f"written: {stem}.md, {stem}.json" + (f", {stem}.png" if plotted else " (no plot: matplotlib missing)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Benchmark statistics and tables: pure functions over samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lxdmig.testbed.bench_report import (
+    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, Sample, markdown, summarise, targets, write_json,
+)
+
+
+def s(subject: str, mode: str, mib: int, downtime: float | None, *, ok: bool = True, where: str = "host",
+      transfer: float | None = None) -> Sample:
+    return Sample(where, subject, mode, mib, 0.0, ok, downtime, 1.0, 10, 0, 0.5, None, transfer)
+
+
+def test_medians_spread_and_failures() -> None:
+    rows = summarise([s("lxdmig", "post-copy", 64, 100), s("lxdmig", "post-copy", 64, 300),
+                      s("lxdmig", "post-copy", 64, 200), s("lxdmig", "post-copy", 64, 9999, ok=False)])
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r.n, r.failed, r.downtime_ms, r.downtime_min, r.downtime_max) == (4, 1, 200, 100, 300)
+
+
+def test_ratios_against_each_baseline_of_the_same_cell() -> None:
+    rows = summarise([s("lxdmig", "post-copy", 64, 110), s(CRIU_POST_COPY, "post-copy", 64, 100),
+                      s(HAND_STOP_COPY, "stop-copy", 64, 2000), s(HAND_STOP_COPY, "stop-copy", 256, 8000)])
+    ours = next(r for r in rows if r.subject == "lxdmig")
+    assert ours.ratios[CRIU_POST_COPY] == pytest.approx(1.1)
+    assert ours.ratios[HAND_STOP_COPY] == pytest.approx(0.055)
+    assert LXD_MOVE not in ours.ratios
+    baseline = next(r for r in rows if r.subject == CRIU_POST_COPY)
+    assert CRIU_POST_COPY not in baseline.ratios  # not against itself
+
+
+def test_a_downtime_not_longer_than_before_is_not_averaged_as_zero() -> None:
+    rows = summarise([s("lxdmig", "post-copy", 64, None), s("lxdmig", "post-copy", 64, 120)])
+    assert rows[0].downtime_ms == 120
+
+
+def test_targets() -> None:
+    samples = [s("lxdmig", "post-copy", 64, 100), s("lxdmig", "post-copy", 1024, 130),
+               s(CRIU_POST_COPY, "post-copy", 1024, 120), s(HAND_STOP_COPY, "stop-copy", 1024, 5000),
+               s("lxdmig", "stop-copy", 1024, 4000, transfer=900.0)]
+    found = {t.name: t for t in targets(summarise(samples), tcp_mb_s=1000.0)}
+    assert found["post-copy downtime / raw CRIU floor, 1024 MiB"].met is True  # 1.083
+    assert found["post-copy downtime / hand stop-and-copy, 1024 MiB"].met is True  # 0.026
+    assert found["post-copy downtime 1024 MiB / 64 MiB"].value == pytest.approx(1.3)
+    assert found["stop-copy page transfer / plain TCP stream, 1024 MiB"].met is True  # 0.9 >= 0.8
+    slow = targets(summarise([*samples[:2], s(CRIU_POST_COPY, "post-copy", 1024, 50)]), None)
+    assert next(t for t in slow if "floor" in t.name).met is False
+
+
+def test_vm_rows_are_labelled_and_not_used_for_targets(tmp_path: Path) -> None:
+    samples = [s("lxdmig", "pre-copy", 16, 900, where="vm"), s("lxdmig", "post-copy", 64, 100)]
+    rows = summarise(samples)
+    table = markdown(rows, targets(rows, None), machine="test", tcp_mb_s=None)
+    assert "| vm | lxdmig | pre-copy | 16 |" in table and "software emulation" in table
+    assert all("16 MiB" not in t.name for t in targets(rows, None))
+    out = tmp_path / "r.json"
+    write_json(out, samples, rows, targets(rows, None), {"machine": "test"})
+    data = json.loads(out.read_text())
+    assert len(data["samples"]) == 2 and data["rows"][0]["where"] in ("host", "vm")
