@@ -72,7 +72,7 @@ class Migration:
         """What a restarted helper needs to roll this migration back."""
         tmp = self.root / f".{STATE_FILE}"
         tmp.write_text(json.dumps({"container": self.container, "committed": self.committed,
-                                   "backend": self.backend}))
+                                   "backend": self.backend, "owner": self.owner}))
         os.replace(tmp, self.root / STATE_FILE)
 
     def roll_back(self) -> None:
@@ -116,9 +116,13 @@ class Registry:
             try:
                 state = json.loads((entry / STATE_FILE).read_text())
                 container, committed = str(state["container"]), bool(state["committed"])
-                backend = str(state.get("backend", "lxc"))
+                backend, owner = str(state.get("backend", "lxc")), str(state.get("owner", ""))
             except (OSError, ValueError, KeyError, TypeError):
-                container, committed, backend = "", True, ""  # unknown: do not touch any container
+                container, committed, backend, owner = "", True, "", ""  # unknown: do not touch any container
+            if owner:
+                # A source that lost its connection asks what became of its migration: it must get
+                # the answer even from a restarted helper.
+                self._outcomes[entry.name] = (owner, "committed" if committed else "rolled-back")
             if container and not committed:
                 try:
                     remove_container(container, backend)

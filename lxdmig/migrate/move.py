@@ -43,6 +43,7 @@ from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
 from lxdmig.errors import ExitCode, LxdmigError
 from lxdmig.migrate import policy
+from lxdmig.migrate.guard import Guard
 from lxdmig.migrate.policy import ModeChoice, PrecopyLimits, Round, Step
 from lxdmig.migrate.undo import UndoStack
 from lxdmig.netutil import free_port
@@ -153,6 +154,7 @@ class Mover:
         self.freeze_time = 0.0
         self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
+        self.guard: Guard | None = None
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -211,17 +213,36 @@ class Mover:
             self._sync_filesystem("final")
             self._restore(lazy)
         except OutcomeUnknown:
-            raise  # no rollback: the destination may run it, the source stays frozen and offline
+            # No rollback: the destination may run it, the source stays frozen and offline. The
+            # guard, left behind, keeps asking the destination and thaws only if it rolled back.
+            raise
         except BaseException as e:
             self.say(f"failed: {e}; rolling back")
             # The destination's copy goes first: the source must never run while it might.
             self._abort_destination()
             self.undo.run(self.say)
+            self._guard_done()
             if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
+                if not self._still_running(name):
+                    raise MoveFailed(f"{e} ({name} stopped by itself during the move; nothing was moved, and "
+                                     f"nothing is left on {self.request.remote})") from e
                 raise MoveFailed(f"{e} (the move was rolled back: {name} runs on this host as before)") from e
             raise
         self.undo.clear()
+        self._guard_done()
         self._after_commit(lazy_child)
+
+    def _still_running(self, name: str) -> bool:
+        try:
+            return self.backend.exists(name) and self.backend.facts(name).running
+        except LxdmigError:
+            return False
+
+    def _guard_done(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
+            (self.conf.outgoing_dir / f"{self.work.name}.guard.log").unlink(missing_ok=True)
 
     def _client(self) -> HelperClient:
         assert self.client is not None
@@ -296,12 +317,17 @@ class Mover:
 
     def _freeze(self) -> None:
         name = self.request.container
+        # If this process is killed (SIGKILL) from here on, the guard rolls back.
+        self.guard = Guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
+                           remote=self.request.remote, migration=self.mid, work_dir=self.work,
+                           log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
         # Downtime counts from the moment freezing starts: the tasks may stop
         # at any point while lxc-freeze runs.
         self.freeze_time = time.monotonic()
         self.backend.freeze(name)
         self.undo.push("thaw the container", lambda: self.backend.unfreeze(name))
         detached = self.backend.isolate(name)
+        self.guard.tell("links", detached)
         self.undo.push("reconnect its network", lambda: self.backend.reconnect(name, detached))
         links = ", ".join(f"{link} off {bridge}" for link, bridge in detached.items()) or "no bridged NICs"
         self.say(f"froze {name} and cut it off the network ({links})")
@@ -352,6 +378,8 @@ class Mover:
     def _restore(self, lazy: bool) -> None:
         client = self._client()
         address, port = self.lazy_endpoint
+        if self.guard is not None:
+            self.guard.tell("restoring")
         try:
             restore_ms, announced = client.restore(self.mid, "dump", lazy=lazy, source_address=address,
                                                    source_port=port)
@@ -397,7 +425,9 @@ class Mover:
                         self.report.warnings.append(f"lost the connection after the restore ({error}); "
                                                     "the destination confirmed the commit")
                         return
-                    raise error  # rolled back or unknown: the destination has nothing; roll back here
+                    if state == "rolled-back":
+                        raise error  # the destination has nothing: roll back here
+                    break  # it does not know: nothing proves the destination does not run it
             except (messages.RemoteError, OSError, LxdmigError) as e:
                 if e is error:
                     raise

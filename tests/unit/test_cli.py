@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lxdmig import __version__
+from lxdmig import __version__, tls
 from lxdmig.cli import main
 from lxdmig.errors import ExitCode
+from lxdmig.remotes import Remote, RemoteStore
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,3 +47,41 @@ def test_info_json_reports_real_probe(capsys: pytest.CaptureFixture[str]) -> Non
     assert int(data["criu_version"].split(".")[0]) >= 4
     assert set(data["criu_features"]) == {"mem_dirty_track", "uffd", "uffd-noncoop"}
     assert data["source_modes"][0] == "stop-copy"
+
+
+# -- hostile names on the command line (F8): a clear error, nothing touched ---------------------------------
+
+
+@pytest.fixture
+def conf_with_remote(tmp_path: Path) -> Path:
+    ident = tls.ensure_identity(tmp_path / "r.crt", tmp_path / "r.key", "r")
+    conf = tmp_path / "lxdmig.conf"
+    conf.write_text(f"[client]\nremotes = {tmp_path / 'remotes.json'}\nwork_dir = {tmp_path / 'out'}\n"
+                    f"[lxc]\nlxcpath = {tmp_path / 'lxc'}\n[lxd]\nsocket = {tmp_path / 'no-lxd.socket'}\n"
+                    f"[tls]\ncert = {tmp_path / 'c.crt'}\nkey = {tmp_path / 'c.key'}\n")
+    RemoteStore(tmp_path / "remotes.json").add(Remote("b", "192.0.2.2", 8445, ident.cert.read_bytes()))
+    return conf
+
+
+@pytest.mark.parametrize("name, words", [
+    ("../etc", "invalid container name"), ("a b", "invalid container name"), ("x" * 100, "invalid container name"),
+    ("-rf", "invalid container name"), ("c1;reboot", "invalid container name"), ("nosuch", "no container 'nosuch'"),
+])
+def test_bad_container_names_are_refused(conf_with_remote: Path, capsys: pytest.CaptureFixture[str], name: str,
+                                         words: str) -> None:
+    code = main(["--config", str(conf_with_remote), "move", "--", name, f"b:{name}"])
+    assert code != 0 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, words", [("nowhere:c1", "no remote named 'nowhere'"), (":c1", "names no remote"),
+                                           ("b:other", "renaming")])
+def test_bad_targets_are_refused(conf_with_remote: Path, capsys: pytest.CaptureFixture[str], target: str,
+                                 words: str) -> None:
+    code = main(["--config", str(conf_with_remote), "move", "c1", target])
+    assert code != 0 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../b", "b c", "-x", "a" * 70, ""])
+def test_bad_remote_names_are_refused(conf_with_remote: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    code = main(["--config", str(conf_with_remote), "remote", "add", "--", name, "192.0.2.9"])
+    assert code == ExitCode.CONFIG and "invalid remote name" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""Twenty round trips a -> b -> a of a container under load, and nothing leaks (F8).
+
+Alternating stop-copy and post-copy, each move checked against the workload
+(the same process, its memory verified). At the end the helpers hold no
+more file descriptors than before, no migration program or directory is
+left, and the hosts' storage has not grown.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lxdmig.testbed import containers, helpers
+from lxdmig.testbed.layout import Host
+
+from .conftest import MakeContainer
+from .test_faults import _leftovers
+from .test_move import move
+
+A, B = Host("a"), Host("b")
+ROUND_TRIPS = 20
+
+
+def _fds(host: Host) -> int:
+    pid = helpers.running_pid(host)
+    assert pid is not None
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _used(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def test_twenty_round_trips_under_load_leak_nothing(make_container: MakeContainer) -> None:
+    name = make_container("a", memory_mib=32, dirty_rate=4.0)
+    first = containers.wait_for_full_verification(A, name)
+    fds = {h.name: _fds(h) for h in (A, B)}
+    storage = {h.name: _used(h.storage) for h in (A, B)}
+    for trip in range(ROUND_TRIPS):
+        mode = "post-copy" if trip % 2 else "stop-copy"
+        for src, dst in ((A, B), (B, A)):
+            rc, report, err = move(src, name, dst, "--mode", mode)
+            assert rc == 0 and report is not None, f"trip {trip + 1}, {src.name} -> {dst.name}: {err}"
+        state = containers.wait_for_full_verification(A, name)
+        assert state["incarnation"] == first["incarnation"] and state["checksum_ok"] is True, trip
+    assert int(str(state["counter"])) > int(str(first["counter"]))
+    assert _leftovers() == []
+    for h in (A, B):
+        assert _fds(h) <= fds[h.name] + 2, f"helper on {h.name}: {fds[h.name]} fds before, {_fds(h)} after"
+        grown = _used(h.storage) - storage[h.name]
+        assert grown < 64 * 2**20, f"{h.name}'s storage grew by {grown / 2**20:.0f} MiB"
