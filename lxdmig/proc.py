@@ -148,6 +148,38 @@ def run(
     return result
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (e.g. a migration's directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def kill_group(proc: "subprocess.Popen[Any]", grace: float = 2.0) -> None:
     """TERM the child's process group, KILL whatever is left, and reap it."""
     _signal_group(proc.pid, signal.SIGTERM)
@@ -219,8 +251,16 @@ class Child:
             return ""
 
     def stop(self) -> None:
+        """Stop it and everything it started, even what left its process group (liblxc starts
+        CRIU in a process group of its own)."""
         if self.proc.poll() is None:
+            stray = descendants(self.proc.pid)
             kill_group(self.proc)
+            for pid in stray:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def __enter__(self) -> Child:
         return self

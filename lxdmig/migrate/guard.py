@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lxdmig import backends, config
+from lxdmig import backends, config, proc
 from lxdmig.errors import LxdmigError
 
 log = logging.getLogger("lxdmig.guard")
@@ -84,6 +86,13 @@ def _status(conf: config.Config, remote: str, migration: str) -> str:
     return "no answer"
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return [str(pid)]
+
+
 def watch(args: argparse.Namespace) -> int:
     conf = config.load(args.config)
     backend = backends.get(args.backend, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
@@ -109,6 +118,13 @@ def watch(args: argparse.Namespace) -> int:
                       args.remote, outcome, name, args.remote)
             return 1
         log.warning("%s says the migration %s: bringing %s back here", args.remote, outcome, name)
+    # A CRIU that lxdmig left behind (a post-copy dump serving pages) still holds the tasks.
+    for pid in proc.processes_mentioning(str(args.work_dir)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            log.warning("stopped %s (pid %d), left by lxdmig", proc.format_argv(_cmdline(pid))[:80], pid)
+        except ProcessLookupError:
+            pass
     try:
         backend.reconnect(name, links)
         backend.unfreeze(name)

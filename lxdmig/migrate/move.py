@@ -52,7 +52,11 @@ from lxdmig.protocol.messages import Hello
 
 log = logging.getLogger(__name__)
 
-DUMP_TIMEOUT = 600.0
+# A dump (or pre-dump) that takes longer than DUMP_BASE_S plus its memory at
+# DUMP_MIN_RATE is stuck (e.g. its page server's peer is gone): it is killed
+# and the move rolled back, rather than leaving the container frozen.
+DUMP_BASE_S = 60.0
+DUMP_MIN_RATE = 10e6  # bytes/s
 RSYNC_TIMEOUT = 3600.0
 # A post-copy source waits this long per MiB of memory (and at least
 # LAZY_MIN_WAIT) for the destination to fetch every page.
@@ -155,6 +159,7 @@ class Mover:
         self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
         self.guard: Guard | None = None
+        self.dump_timeout = DUMP_BASE_S
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -182,6 +187,7 @@ class Mover:
         if not self.backend.exists(name):
             raise MoveFailed(f"no {self.backend.name.upper()} container {name!r} on this host")
         facts = self.backend.facts(name)
+        self.dump_timeout = DUMP_BASE_S + facts.memory_bytes / DUMP_MIN_RATE
         checks = preflight.host_checks(local, client.peer.host, self.request.remote)
         checks += preflight.container_checks(facts, self.backend.dump_problems(name) if facts.running else [])
         checks += preflight.destination_checks(client.probe(name, list(facts.networks)), facts, self.request.remote)
@@ -297,7 +303,7 @@ class Mover:
             port = client.start_page_server(self.mid, str(number), parent)
             start = time.monotonic()
             self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
-                                  port=port, config_file=self._criu_config(directory, []), timeout=DUMP_TIMEOUT)
+                                  port=port, config_file=self._criu_config(directory, []), timeout=self.dump_timeout)
             self.report.bytes_sent += client.send_tree(self.mid, directory, prefix=f"{number}/")
             stats = read_dump_stats(directory)
             seconds = time.monotonic() - start
@@ -348,14 +354,14 @@ class Mover:
                                  "post-copy page server")
             config = self._criu_config(directory, ["--lazy-pages", "--address", address, "--port", str(port),
                                                    *chain])
-            child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=DUMP_TIMEOUT)
+            child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout)
             self.undo.push("stop the lazy page server", child.stop)
             self.lazy_endpoint = (address, port)
         else:
             port = client.start_page_server(self.mid, "dump", parent)
             config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
                                                    "--port", str(port), *chain])
-            self.backend.dump(name, directory, config_file=config, timeout=DUMP_TIMEOUT)
+            self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         dump_s = time.monotonic() - start
         self.report.final_dump_s = round(dump_s, 3)
         uploaded = client.send_tree(self.mid, directory, prefix="dump/")

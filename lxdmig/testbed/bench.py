@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +45,7 @@ HAND_PORT = 27400
 LAZY_PORT = 27410
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 _names = iter(range(10**6))
+_RUN = os.getpid() % 100000  # names unique to this run, whatever an interrupted run left
 
 
 def _say(text: str) -> None:
@@ -92,7 +95,7 @@ def _copy(src: Path, dst_host: Host, dst: Path, port: int = HAND_PORT) -> int:
 
 @contextmanager
 def _lxc_container(spec: WorkloadSpec) -> Iterator[str]:
-    name = f"bench{next(_names)}"
+    name = f"bench{_RUN}-{next(_names)}"
     containers.create(A, name, spec)
     try:
         yield name
@@ -139,6 +142,7 @@ def run_hand_stop_copy(spec: WorkloadSpec) -> Sample:
     with _lxc_container(spec) as name:
         before = _verified(A, name)
         images_a, images_b = A.storage / f"hand-{name}", B.storage / f"hand-{name}"
+        _remove_images(images_a, images_b)
         start = time.monotonic()
         sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
         host_command(A, ["lxc-checkpoint", "-P", str(A.lxcpath), "-n", name, "-s", "-D", str(images_a)],
@@ -159,6 +163,7 @@ def run_criu_post_copy(spec: WorkloadSpec) -> Sample:
     with _lxc_container(spec) as name:
         before = _verified(A, name)
         images_a, images_b = A.storage / f"lazy-{name}", B.storage / f"lazy-{name}"
+        _remove_images(images_a, images_b)
         start = time.monotonic()
         sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
         dump = subprocess.Popen(_exec(A, sys.executable, "-m", "lxdmig.testbed.handmove", "lazy-dump",
@@ -184,8 +189,6 @@ def run_criu_post_copy(spec: WorkloadSpec) -> Sample:
 
 
 def _remove_images(*dirs: Path) -> None:
-    import shutil
-
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -201,8 +204,9 @@ def setup_lxd() -> None:
     """Both LXD daemons, with host a's lxc client and lxdmig trusted by b's LXD."""
     for host in (A, B):
         lxd.start(host)
+    # A fresh client identity each run: LXD refuses a token for a certificate it already trusts.
+    shutil.rmtree(A.root / "lxc-client", ignore_errors=True)
     token = lxd.trust_token(B, f"bench-lxc-{int(time.time())}")
-    host_command(A, [*_lxd_client_env(A), "lxc", "remote", "remove", "b"], check=False)
     # LXD 5.0's client takes the token in place of the address (it names the address and fingerprint).
     host_command(A, [*_lxd_client_env(A), "lxc", "remote", "add", "b", token])
     token = lxd.trust_token(B, f"bench-lxdmig-{int(time.time())}")
@@ -212,7 +216,7 @@ def setup_lxd() -> None:
 
 @contextmanager
 def _lxd_instance(spec: WorkloadSpec) -> Iterator[str]:
-    name = f"benchlxd{next(_names)}"
+    name = f"benchlxd{_RUN}-{next(_names)}"
     lxd.create(A, name)
     containers.make_rootfs(lxd.rootfs(A, name), name, spec)  # the workload with this size and rate
     host_command(A, [*_lxd_client_env(A), "lxc", "start", name])

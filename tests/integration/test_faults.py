@@ -31,6 +31,7 @@ from lxdmig.testbed.layout import UPLINK, Host
 A, B = Host("a"), Host("b")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 SOURCE, DESTINATION, STOPPED = "runs on a as before", "runs on b, gone from a", "stopped (by itself), on neither"
+EITHER = "runs on b (the move waited the cut out) or on a (rolled back), never both"
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,10 @@ MATRIX = (
     Cell("stop-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
     Cell("stop-copy", "final dump (frozen)", "lxdmig interrupted (SIGTERM)", SOURCE, "interrupted",
          ExitCode.INTERRUPTED),
-    Cell("stop-copy", "final dump (frozen)", "network cut for 3 s", DESTINATION, "", 0),
+    Cell("stop-copy", "final dump (frozen)", "network cut for 3 s", EITHER, "", -1),
     Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back"),
-    Cell("stop-copy", "final dump (frozen)", "destination disk full", SOURCE, "rolled back"),
+    Cell("stop-copy", "preflight", "destination disk full", SOURCE, "nothing was frozen", ExitCode.PREFLIGHT),
+    Cell("stop-copy", "final dump (frozen)", "destination disk fills up", SOURCE, "rolled back"),
     Cell("stop-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of"),
     Cell("stop-copy", "restore", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
     Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back"),
@@ -85,8 +87,10 @@ def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def _dump_started() -> bool:
-    root = B.storage / "migrations"
-    return root.exists() and any(root.glob("*/images/dump"))
+    # Seen the way b's helper sees it (its mount namespace may have a disk of its own there).
+    pid = helpers.running_pid(B)
+    root = Path(f"/proc/{pid}/root") / (B.storage / "migrations").relative_to("/")
+    return pid is not None and root.exists() and any(root.glob("*/images/dump"))
 
 
 def _restore_started() -> bool:
@@ -98,6 +102,13 @@ TRIGGERS: dict[str, Callable[[str], bool]] = {
     "final dump (frozen)": lambda name: _dump_started(),
     "restore": lambda name: _restore_started(),
 }
+
+
+def _echo(name: str) -> bool:
+    """Whether the container answers on its echo service (its network works), from host a."""
+    echo = host_command(A, ["sh", "-c", f"echo lxdmig | busybox nc -w 2 {containers.container_address(A, name)} "
+                                        f"{containers.ECHO_PORT}"], check=False)
+    return echo.stdout.strip() == "lxdmig"
 
 
 def _uplink(host: Host, state: str) -> None:
@@ -138,6 +149,10 @@ def _inject(cell: Cell, name: str, run: Run) -> None:
         _uplink(B, "up")
     elif fault == "network cut for good":
         _uplink(B, "down")
+    elif fault == "destination disk fills up":
+        # Fill whatever is left (the page server is writing into it too).
+        host_command(B, ["sh", "-c", f"dd if=/dev/zero of={B.storage / 'migrations' / 'filler'} bs=1M 2>/dev/null; "
+                                     "true"])
 
 
 def _leftovers() -> list[str]:
@@ -165,7 +180,7 @@ def _settle() -> None:
 def restore_hosts(testbed: None) -> Iterator[None]:
     yield
     _uplink(B, "up")
-    host_command(B, ["sh", "-c", f"mountpoint -q {B.storage / 'migrations'} && umount {B.storage / 'migrations'} "
+    host_command(B, ["sh", "-c", f"mountpoint -q {B.storage / 'migrations'} && umount -l {B.storage / 'migrations'} "
                                  "|| true"])
     if helpers.running_pid(B) is None:
         helpers.start(B)
@@ -179,43 +194,56 @@ def _faults_config() -> Path:
 
 
 @pytest.mark.parametrize("cell", MATRIX, ids=[f"{c.mode}/{c.phase}/{c.fault}" for c in MATRIX])
-def test_fault(cell: Cell, make_container: Callable[..., str], restore_hosts: None, tmp_path: Path) -> None:
+def test_fault(cell: Cell, make_container: Callable[..., str], restore_hosts: None, tmp_path: Path,
+               request: pytest.FixtureRequest) -> None:
     extra = FAIL_ON_B if cell.fault.startswith("CRIU restore fails") else ""
     name = make_container("a", memory_mib=32, dirty_rate=2.0, extra_config=extra)
     if cell.phase == "initial sync":  # a bigger root filesystem keeps the sync busy long enough
         with open(A.lxcpath / name / "rootfs" / "ballast", "wb") as fh:
             fh.write(os.urandom(192 * 2**20))
-    if cell.fault == "destination disk full":
-        host_command(B, ["mount", "-t", "tmpfs", "-o", "size=4m", "lxdmig-full", str(B.storage / "migrations")])
+    if cell.fault.startswith("destination disk"):
+        size = "4m" if cell.fault == "destination disk full" else "400m"  # enough for the preflight
+        host_command(B, ["mount", "-t", "tmpfs", "-o", f"size={size}", "lxdmig-full", str(B.storage / "migrations")])
     before = containers.wait_for_full_verification(A, name)
     run = _start_move(name, cell.mode, tmp_path / "move.log",
                       _faults_config() if cell.fault == "network cut for good" else None)
     try:
-        if cell.fault not in ("destination disk full", "CRIU restore fails on the destination"):
-            _wait(lambda: TRIGGERS[cell.phase](name), 120, cell.phase)
+        if cell.phase != "preflight" and cell.fault != "CRIU restore fails on the destination":
+            try:
+                _wait(lambda: TRIGGERS[cell.phase](name), 120, cell.phase)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the move said: {run.log.read_text(errors='replace')}") from None
             _inject(cell, name, run)
-        code = run.mover.wait(300)
+        code = run.mover.wait(400)
     finally:
         if run.mover.poll() is None:
             run.mover.kill()
+        request.addfinalizer(lambda: containers.destroy(B, name))  # a completed move leaves it on b
     _uplink(B, "up")
     said = run.log.read_text(errors="replace")
     if cell.exit_code is None:
         assert code not in (0, -9), said
+    else:  # -1: either a completed move (0) or a rollback
+        assert code == cell.exit_code or (cell.exit_code == -1 and code in (0, ExitCode.FAILURE)), said
+    if cell.outcome == EITHER:
+        outcome = DESTINATION if code == 0 else SOURCE
+        assert code == 0 or "rolled back" in said, said
     else:
-        assert code == cell.exit_code, said
+        outcome = cell.outcome
     error_lines = [line for line in said.splitlines() if line.startswith("lxdmig: ")]
     assert len(error_lines) <= 1 and cell.says in said, said
     if helpers.running_pid(B) is None:
         helpers.start(B)  # a restarted helper removes what its killed predecessor left
     _settle()
-    if cell.outcome == SOURCE:
+    if outcome == SOURCE:
         after = containers.wait_for_full_verification(A, name)
         assert after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
         assert int(str(after["counter"])) > int(str(before["counter"]))
         assert containers.lxc_state(A, name) == "RUNNING"
         assert not (B.lxcpath / name).exists(), "a copy is left on b"
-    elif cell.outcome == DESTINATION:
+        if cell.fault != "network cut for good":  # see docs/reliability.md: not always, after a cut for good
+            _wait(lambda: _echo(name), 15, "an answer from the container's echo service after the rollback")
+    elif outcome == DESTINATION:
         after = containers.wait_for_full_verification(B, name)
         assert after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
         assert name not in containers.list_containers(A)
@@ -230,7 +258,8 @@ def render() -> str:
     lines = ["| mode | phase | fault | the user sees | end state |", "|---|---|---|---|---|"]
     for c in MATRIX:
         status = {None: "non-zero exit", 0: "exit 0 (the move completed)", -9: "nothing (lxdmig is gone; its "
-                  "guard rolls back)"}.get(c.exit_code, f"exit {c.exit_code}")
+                  "guard rolls back)", -1: "exit 0, or non-zero with \"rolled back\""}.get(c.exit_code,
+                                                                                         f"exit {c.exit_code}")
         says = f"{status}, message: \"...{c.says}...\"" if c.says else status
         lines.append(f"| {c.mode} | {c.phase} | {c.fault} | {says} | {c.outcome} |")
     return "\n".join(lines) + "\n"
