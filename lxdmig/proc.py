@@ -148,17 +148,28 @@ def run(
     return result
 
 
+def cmdline(pid: int) -> list[str]:
+    """A process's argv from /proc ([] if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def parent(pid: int) -> int:
+    """A process's parent pid from /proc (0 if it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children, their children, ...), from /proc."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit() and (ppid := parent(int(entry.name))):
+            parents.setdefault(ppid, []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -171,12 +182,8 @@ def processes_mentioning(text: str) -> list[int]:
     """Processes whose command line contains ``text`` (e.g. a migration's directory)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and text in " ".join(cmdline(int(entry.name))):
+            found.append(int(entry.name))
     return found
 
 

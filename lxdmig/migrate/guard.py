@@ -86,13 +86,6 @@ def _status(conf: config.Config, remote: str, migration: str) -> str:
     return "no answer"
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return [str(pid)]
-
-
 def watch(args: argparse.Namespace) -> int:
     conf = config.load(args.config)
     backend = backends.get(args.backend, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
@@ -122,7 +115,7 @@ def watch(args: argparse.Namespace) -> int:
     for pid in proc.processes_mentioning(str(args.work_dir)):
         try:
             os.kill(pid, signal.SIGKILL)
-            log.warning("stopped %s (pid %d), left by lxdmig", proc.format_argv(_cmdline(pid))[:80], pid)
+            log.warning("stopped %s (pid %d), left by lxdmig", proc.format_argv(proc.cmdline(pid) or [str(pid)])[:80], pid)
         except ProcessLookupError:
             pass
     try:

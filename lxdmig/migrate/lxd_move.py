@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lxdmig import lxd_api, lxd_keys, preflight
+from lxdmig import lxd_api, lxd_keys, preflight, proc
 from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
@@ -249,20 +249,6 @@ def _console_disabled() -> bool:
     return False
 
 
-def _argv(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def _stuck_dump_waiters(init_pid: int) -> list[int]:
     """LXD's ``lxd migratedumpsuccess`` processes (CRIU's action script) of the dump of ``init_pid``.
 
@@ -270,12 +256,12 @@ def _stuck_dump_waiters(init_pid: int) -> list[int]:
     """
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or "migratedumpsuccess" not in _argv(int(entry.name))[1:2]:
+        if not entry.name.isdigit() or "migratedumpsuccess" not in proc.cmdline(int(entry.name))[1:2]:
             continue
         ancestor = int(entry.name)
         for _ in range(4):
-            ancestor = _parent(ancestor)
-            argv = _argv(ancestor)
+            ancestor = proc.parent(ancestor)
+            argv = proc.cmdline(ancestor)
             if "dump" in argv and "-t" in argv and argv.index("-t") + 1 < len(argv) \
                     and argv[argv.index("-t") + 1] == str(init_pid):
                 found.append(int(entry.name))
