@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 10.0
 
 
-def _start_criu_daemon(migration: Migration, what: str, argv: list[str]) -> proc.Child:
+def _start_criu_daemon(migration: Migration, what: str, argv: list[str], die_with_helper: bool = True) -> proc.Child:
     """Start a CRIU daemon that reports readiness on --status-fd; wait for it."""
     ready_r, ready_w = os.pipe()
     log_path = migration.root / f"{what}.log"
     try:
         try:
             child = proc.Child([*argv, "--status-fd", str(ready_w), "-o", str(log_path), "-v4"],
-                               log_file=migration.root / f"{what}.out", pass_fds=[ready_w])
+                               log_file=migration.root / f"{what}.out", pass_fds=[ready_w],
+                               die_with_parent=die_with_helper)
         except LxdmigError as e:
             raise RemoteCommandFailed(f"cannot start criu {what}: {e}") from None
         migration.children.append(child)
@@ -71,7 +72,9 @@ def start_lazy_pages(state: HelperState, migration: Migration, images: Path, add
     """``criu lazy-pages`` fetching from the source's page server (TLS), for a lazy restore from ``images``."""
     argv = ["criu", "lazy-pages", "--page-server", "--address", address, "--port", str(port), "-D", str(images),
             *criu.tls_options(state.identity.cert, state.identity.key, migration.peer_cert)]
-    _start_criu_daemon(migration, "lazy-pages", argv)
+    # It outlives a helper that dies after the commit: the container's memory depends on it, not on the
+    # helper. A restarted helper stops it if the migration was not committed (clean_leftovers).
+    migration.lazy_pages = _start_criu_daemon(migration, "lazy-pages", argv, die_with_helper=False)
     log.info("migration %s: lazy-pages fetching from %s:%d", migration.id, address, port)
 
 

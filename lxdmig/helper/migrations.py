@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +44,11 @@ class Migration:
     children: list[proc.Child] = field(default_factory=list)
     undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     committed: bool = False
+    rsync_servers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # receiving its files now
+    lazy_pages: proc.Child | None = None  # post-copy: the daemon the restored container's memory comes from
+    # What to do with the restored container if lazy-pages fails after the commit (its missing pages
+    # would read as zeros once the daemon is gone): stop it.
+    on_memory_lost: Callable[[], None] | None = None
 
     @property
     def images(self) -> Path:
@@ -76,6 +82,8 @@ class Migration:
         os.replace(tmp, self.root / STATE_FILE)
 
     def roll_back(self) -> None:
+        for server in list(self.rsync_servers):  # first: it would write into what the undo removes
+            proc.kill_group(server)
         self.stop_children()
         for what, action in reversed(self.undo):
             try:
@@ -125,6 +133,8 @@ class Registry:
                 self._outcomes[entry.name] = (owner, "committed" if committed else "rolled-back")
             if container and not committed:
                 try:
+                    for what in proc.kill_processes_mentioning(str(entry)):  # post-copy's lazy-pages
+                        log.warning("leftover migration %s: stopped %s", entry.name, what)
                     remove_container(container, backend)
                     done.append(f"{entry.name} (removed the uncommitted {container})")
                 except Exception as e:
@@ -193,10 +203,16 @@ class Registry:
 
     def _drop(self, migration: Migration, how: str, *, wait: bool = True) -> None:
         if migration.committed:
-            if not wait and any(c.poll() is None for c in migration.children):
-                log.error("migration %s: stopping its programs before they finished (%s); a container still "
-                          "fetching memory lazily will fail", migration.id, how)
+            lazy = migration.lazy_pages
+            if not wait and lazy is not None and lazy.poll() is None:
+                # The container's memory depends on it, not on this helper: it finishes on its own.
+                log.warning("migration %s: criu lazy-pages (pid %d) left to finish on its own (%s)", migration.id,
+                            lazy.pid, how)
+                migration.children.remove(lazy)
+                lazy = None
             migration.wait_children(COMMITTED_WAIT if wait else 0)
+            if lazy is not None and lazy.poll() != 0:
+                self._memory_lost(migration, lazy)
         else:
             migration.roll_back()
             self._record(migration, "rolled-back")
@@ -211,6 +227,21 @@ class Registry:
             self._lock.notify_all()
         log.info("migration %s of %s %s after %.1f s", migration.id, migration.container,
                  "finished" if migration.committed else how, time.monotonic() - migration.started)
+
+    @staticmethod
+    def _memory_lost(migration: Migration, lazy: proc.Child) -> None:
+        try:
+            said = proc.tail((migration.root / "lazy-pages.log").read_text(errors="replace"), 3)
+        except OSError:
+            said = ""
+        log.error("migration %s: criu lazy-pages failed (status %s: %s): %s lacks memory pages that never "
+                  "arrived; stopping it here rather than letting it run on zeros. The source keeps its frozen "
+                  "copy", migration.id, lazy.poll(), said, migration.container)
+        if migration.on_memory_lost is not None:
+            try:
+                migration.on_memory_lost()
+            except Exception as e:
+                log.error("migration %s: could not stop %s: %s", migration.id, migration.container, e)
 
     def count(self) -> int:
         with self._lock:

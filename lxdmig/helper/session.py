@@ -325,6 +325,7 @@ class Session:
             server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                       env=proc.clean_env(), start_new_session=True)
         assert server.stdin is not None and server.stdout is not None
+        migration.rsync_servers.append(server)
         self.channel.send({"type": "rsync-started"})
         try:
             relay(self.sock, server.stdout.fileno(), server.stdin.fileno(),
@@ -336,6 +337,7 @@ class Session:
                 server.wait(timeout=self.state.config.io_timeout)
             except subprocess.TimeoutExpired:
                 proc.kill_group(server)
+            migration.rsync_servers.remove(server)
             log.info("%s: rsync for migration %s exited with %s", self.peer, mid, server.returncode)
         raise _Handed()
 
@@ -357,6 +359,7 @@ class Session:
                     raise RemoteBadRequest(f"source_address {address!r} is not an IP address") from None
                 port = fields.get_int(frame.header, "source_port", minimum=1, maximum=65535)
                 start_lazy_pages(self.state, migration, images, address, port)
+                migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()
             backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT)
             restore_ms = (time.monotonic() - start) * 1000
