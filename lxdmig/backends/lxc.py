@@ -15,8 +15,8 @@ from typing import Any
 from lxdmig import cgroups, proc
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.lxc_rules import (
-    freezer_files,
-    config_problems, descendants, device_problems, process_stat, read_config, session_problems,
+    CRIU_CHAIN, freezer_files, network_unlock_commands,
+    config_problems, device_problems, process_stat, read_config, session_problems,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -90,7 +90,8 @@ class LxcBackend(Backend):
 
     def dump_problems(self, container: str) -> list[Problem]:
         items = self._require(container)
-        pids = descendants(self.init_pid(container))
+        init = self.init_pid(container)
+        pids = [init, *proc.descendants(init)]
         stats = {}
         for pid in pids:
             try:
@@ -154,6 +155,19 @@ class LxcBackend(Backend):
     def reconnect(self, container: str, detached: dict[str, str]) -> None:
         for link, bridge in detached.items():
             self._ip("link", "set", "dev", link, "master", bridge)
+        self._remove_network_lock(container)
+
+    def _remove_network_lock(self, container: str) -> None:
+        """Remove the network lock a killed CRIU left in the container (it would drop every packet)."""
+        netns = ["nsenter", "-t", str(self.init_pid(container)), "-n"]
+        for tool in ("iptables", "ip6tables"):
+            saved = proc.run([*netns, f"{tool}-save"], timeout=_TIMEOUT, check=False)
+            commands = network_unlock_commands(saved.stdout)
+            for args in commands:
+                proc.run([*netns, tool, *args], timeout=_TIMEOUT, check=False)
+            if commands:
+                log.warning("removed the network lock (%s chain %s) a killed CRIU left in %s", tool, CRIU_CHAIN,
+                            container)
 
     def _ip(self, *args: str) -> None:
         try:
@@ -196,7 +210,7 @@ class LxcBackend(Backend):
         try:
             child = proc.Child(self._checkpoint_argv(container, directory),
                                log_file=directory / "dump.out", env={"CRIU_CONFIG_FILE": str(lazy_conf)},
-                               pass_fds=[ready_w])
+                               pass_fds=[ready_w], die_with_parent=False)  # lxdmig's guard looks after it
             os.close(ready_w)
             ready_w = -1
             readable, _, _ = select.select([ready_r], [], [], ready_timeout)

@@ -72,19 +72,6 @@ def process_stat(pid: int) -> tuple[str, int]:
     return comm, int(rest[3])  # fields after comm: state ppid pgrp session
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue  # exited meanwhile
-    return out
-
-
 def device_problems(pids: list[int]) -> list[Problem]:
     out = []
     for pid in pids:
@@ -126,3 +113,20 @@ def freezer_files(pid: int, mountinfo: str | None = None, cgroups: str | None = 
         elif number == "0" and v2 is not None:
             out.append((v2 / path.lstrip("/") / "cgroup.freeze", "0"))
     return [(f, value) for f, value in out if f.exists()]
+
+
+# CRIU's network lock (``--network-lock iptables``, its default): a chain
+# CRIU whose rules drop every packet, jumped to from INPUT and OUTPUT of the
+# container's network namespace. CRIU removes it when a dump ends, but not
+# when it is killed (a dump stuck on a dead peer, or lxdmig killed).
+CRIU_CHAIN = "CRIU"
+
+
+def network_unlock_commands(saved_rules: str) -> list[list[str]]:
+    """The iptables arguments that remove CRIU's network lock from ``saved_rules`` (iptables-save output)."""
+    lines = saved_rules.splitlines()
+    if f":{CRIU_CHAIN} " not in "\n".join(lines) + "\n":
+        return []
+    out = [["-D", chain, "-j", CRIU_CHAIN] for chain in ("INPUT", "OUTPUT")
+           for line in lines if line == f"-A {chain} -j {CRIU_CHAIN}"]
+    return [*out, ["-F", CRIU_CHAIN], ["-X", CRIU_CHAIN]]
