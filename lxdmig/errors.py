@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     PROTOCOL = 7
     CONFIG = 8
     PREFLIGHT = 9
+    INCOMPLETE = 10
     INTERRUPTED = 130
 
 
@@ -38,6 +39,8 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.PROTOCOL: "the remote broke the protocol or sent something unsafe",
     ExitCode.CONFIG: "invalid configuration or remote",
     ExitCode.PREFLIGHT: "a preflight check failed; nothing was frozen",
+    ExitCode.INCOMPLETE: "post-copy: the container was restored on the destination, but the transfer of its "
+                         "memory failed afterwards; the source's frozen copy and images are kept",
     ExitCode.INTERRUPTED: "interrupted (SIGINT or SIGTERM); a move in progress was rolled back",
 }
 

@@ -187,6 +187,19 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def kill_processes_mentioning(text: str) -> list[str]:
+    """SIGKILL every process whose command line contains ``text``; returns what was killed, for a log."""
+    killed = []
+    for pid in processes_mentioning(text):
+        argv = cmdline(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(f"{format_argv(argv or [str(pid)])[:80]} (pid {pid})")
+        except ProcessLookupError:
+            pass
+    return killed
+
+
 def kill_group(proc: "subprocess.Popen[Any]", grace: float = 2.0) -> None:
     """TERM the child's process group, KILL whatever is left, and reap it."""
     _signal_group(proc.pid, signal.SIGTERM)
@@ -216,17 +229,18 @@ class Child:
     and ``stop()`` (or leaving the ``with`` block) sends TERM to its group,
     then KILL. It is started through ``setpriv --pdeathsig KILL`` so that a
     daemon that dies, even by SIGKILL, takes it along instead of orphaning
-    it. The kernel ties that signal to the *thread* that started the child:
+    it (unless ``die_with_parent`` is false: post-copy's lazy-pages must
+    outlive a helper that restarts). The kernel ties that signal to the *thread* that started the child:
     start a Child from the thread that owns its lifetime (the helper starts
     a migration's programs from that migration's connection thread).
     """
 
     def __init__(self, argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None,
-                 cwd: str | Path | None = None, pass_fds: Sequence[int] = ()) -> None:
+                 cwd: str | Path | None = None, pass_fds: Sequence[int] = (), die_with_parent: bool = True) -> None:
         self.argv = [str(a) for a in argv]
         self.log_file = log_file
         log.debug("spawn: %s", format_argv(self.argv))
-        full = ["setpriv", "--pdeathsig", "KILL", "--", *self.argv]
+        full = ["setpriv", "--pdeathsig", "KILL", "--", *self.argv] if die_with_parent else self.argv
         with open(log_file, "ab") as out:
             try:
                 self.proc: subprocess.Popen[str] = subprocess.Popen(
@@ -250,6 +264,13 @@ class Child:
         except subprocess.TimeoutExpired:
             kill_group(self.proc)
             raise CommandTimeout(self.argv, timeout) from None
+
+    def exited_within(self, timeout: float) -> int | None:
+        """Its exit status if it exits within ``timeout`` s, else None (it goes on running)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def log_tail(self) -> str:
         try:

@@ -7,6 +7,10 @@ it. ``lxdmig move`` tells the guard, line by line, what state the move is
 in; if the pipe closes (lxdmig died) before the move ended, the guard does
 the rollback the move would have done:
 
+- ``running`` (from the start of the move; nothing frozen by lxdmig): stop
+  what lxdmig left (a pre-dump or a filesystem sync) and make sure the
+  container is not left frozen (a CRIU killed mid pre-dump can leave it
+  so); the destination's helper removes its partial copy by itself.
 - ``armed`` (frozen, no restore asked for yet): the destination has no
   running copy; reconnect the network and thaw at once.
 - ``restoring`` (a restore was asked for, no commit confirmed): the
@@ -15,6 +19,10 @@ the rollback the move would have done:
   says rolled back, then thaws; if it says committed, the container runs
   there and stays frozen here (to be removed); if it never answers, it
   stays frozen (it must never run twice), and the guard says what to check.
+- ``streaming`` (post-copy, committed: the container runs on the
+  destination, CRIU here still serves its memory): let CRIU finish; if it
+  served every page, remove the source copy as lxdmig would have; if not,
+  keep the frozen copy and the images, and say so.
 - ``done``: the move ended (committed, or rolled back by lxdmig itself).
 
 It logs to the move's log file and to the terminal lxdmig ran in.
@@ -25,15 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from lxdmig import backends, config, proc
+from lxdmig.criu_stats import read_dump_stats
 from lxdmig.errors import LxdmigError
 
 log = logging.getLogger("lxdmig.guard")
@@ -86,19 +93,55 @@ def _status(conf: config.Config, remote: str, migration: str) -> str:
     return "no answer"
 
 
+def _stop_leftovers(work_dir: Path) -> None:
+    """Stop what lxdmig started and left behind (CRIU, rsync): their command lines name its work dir."""
+    for what in proc.kill_processes_mentioning(str(work_dir)):
+        log.warning("stopped %s, left by lxdmig", what)
+
+
+def _finish_streaming(backend: backends.Backend, name: str, work_dir: Path, wait: float) -> int:
+    """Post-copy after the commit: CRIU serves the pages; remove the source copy once it served them all."""
+    deadline = time.monotonic() + wait
+    while proc.processes_mentioning(str(work_dir)) and time.monotonic() < deadline:
+        time.sleep(1)
+    _stop_leftovers(work_dir)
+    dump_log = work_dir / "dump" / "dump.log"
+    try:
+        read_dump_stats(work_dir / "dump")  # CRIU writes them when the dump succeeded, after the last page
+        finished = True
+    except LxdmigError:
+        finished = False
+    if not finished:
+        log.error("post-copy: CRIU did not serve every page of %s (see %s): the container on the destination may "
+                  "lack memory; the frozen copy here and the images are kept", name, dump_log)
+        return 1
+    try:
+        backend.stop(name)
+        backend.delete(name)
+    except LxdmigError as e:
+        log.error("every page of %s was sent, but removing it here failed: %s", name, e)
+        return 1
+    shutil.rmtree(work_dir, ignore_errors=True)
+    log.warning("post-copy: every page of %s was sent; removed it here (it runs on the destination)", name)
+    return 0
+
+
 def watch(args: argparse.Namespace) -> int:
     conf = config.load(args.config)
     backend = backends.get(args.backend, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
-    state, links = "armed", {}
+    state, links, detail = "running", {}, None
     for line in sys.stdin:
         message = json.loads(line)
-        state = message["state"]
+        state, detail = message["state"], message.get("detail")
         if state == "links":
             links, state = dict(message["detail"]), "armed"
         if state == "done":
             return 0
     name = args.container
-    log.warning("lxdmig move of %s ended without finishing (state %s): rolling back here", name, state)
+    log.warning("lxdmig move of %s ended without finishing (state %s): %s here", name, state,
+                "finishing the post-copy" if state == "streaming" else "rolling back")
+    if state == "streaming":
+        return _finish_streaming(backend, name, args.work_dir, float(detail or 0))
     if state == "restoring":
         outcome = _status(conf, args.remote, args.migration)
         if outcome == "committed":
@@ -111,20 +154,17 @@ def watch(args: argparse.Namespace) -> int:
                       args.remote, outcome, name, args.remote)
             return 1
         log.warning("%s says the migration %s: bringing %s back here", args.remote, outcome, name)
-    # A CRIU that lxdmig left behind (a post-copy dump serving pages) still holds the tasks.
-    for pid in proc.processes_mentioning(str(args.work_dir)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-            log.warning("stopped %s (pid %d), left by lxdmig", proc.format_argv(proc.cmdline(pid) or [str(pid)])[:80], pid)
-        except ProcessLookupError:
-            pass
+    # A CRIU that lxdmig left behind (a pre-dump, a post-copy dump serving pages) still holds the tasks.
+    _stop_leftovers(args.work_dir)
     try:
         backend.reconnect(name, links)
         backend.unfreeze(name)
     except LxdmigError as e:
-        log.error("could not bring %s back: %s", name, e)
-        return 1
-    log.warning("%s thawed and reconnected: it runs here as before", name)
+        if state != "running":
+            log.error("could not bring %s back: %s", name, e)
+            return 1
+        log.info("thawing %s: %s (it was not frozen)", name, e)
+    log.warning("%s %s: it runs here as before", name, "thawed and reconnected" if state != "running" else "checked")
     shutil.rmtree(args.work_dir, ignore_errors=True)  # the images lxdmig would have removed
     return 0
 

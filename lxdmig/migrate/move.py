@@ -62,6 +62,8 @@ RSYNC_TIMEOUT = 3600.0
 # LAZY_MIN_WAIT) for the destination to fetch every page.
 LAZY_WAIT_PER_MIB = 2.0
 LAZY_MIN_WAIT = 120.0
+# ... and asks the destination how it is doing this often (an unreachable destination ends the transfer).
+PAGES_HEARTBEAT_S = 2.0
 RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
 
 
@@ -78,6 +80,12 @@ class PreflightFailed(MoveFailed):
         self.checks = checks
         bad = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.FAIL]
         super().__init__("preflight failed, nothing was frozen: " + "; ".join(bad))
+
+
+class PostCopyIncomplete(LxdmigError):
+    """Post-copy: the container was restored on the destination, but not all of its memory got there."""
+
+    exit_code = ExitCode.INCOMPLETE
 
 
 class OutcomeUnknown(LxdmigError):
@@ -207,6 +215,10 @@ class Mover:
         source_dir = str(self.backend.container_dir(name))
         (self.work / "hello.json").write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
         self.mid = client.begin_migration(name, source_dir, self.backend.name, self.backend.describe(name))
+        # If this process is killed (SIGKILL) from here on, the guard rolls back (or finishes a post-copy).
+        self.guard = Guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
+                           remote=self.request.remote, migration=self.mid, work_dir=self.work,
+                           log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
         try:
             self._sync_filesystem("initial")
             lazy = choice.mode in ("post-copy", "hybrid")
@@ -235,7 +247,8 @@ class Mover:
                 raise MoveFailed(f"{e} (the move was rolled back: {name} runs on this host as before)") from e
             raise
         self.undo.clear()
-        self._guard_done()
+        if lazy_child is None:
+            self._guard_done()
         self._after_commit(lazy_child)
 
     def _still_running(self, name: str) -> bool:
@@ -323,17 +336,14 @@ class Mover:
 
     def _freeze(self) -> None:
         name = self.request.container
-        # If this process is killed (SIGKILL) from here on, the guard rolls back.
-        self.guard = Guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
-                           remote=self.request.remote, migration=self.mid, work_dir=self.work,
-                           log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
         # Downtime counts from the moment freezing starts: the tasks may stop
         # at any point while lxc-freeze runs.
         self.freeze_time = time.monotonic()
         self.backend.freeze(name)
         self.undo.push("thaw the container", lambda: self.backend.unfreeze(name))
         detached = self.backend.isolate(name)
-        self.guard.tell("links", detached)
+        if self.guard is not None:
+            self.guard.tell("links", detached)
         self.undo.push("reconnect its network", lambda: self.backend.reconnect(name, detached))
         links = ", ".join(f"{link} off {bridge}" for link, bridge in detached.items()) or "no bridged NICs"
         self.say(f"froze {name} and cut it off the network ({links})")
@@ -448,38 +458,80 @@ class Mover:
     def _after_commit(self, lazy_child: proc.Child | None) -> None:
         name = self.request.container
         if lazy_child is not None:
-            facts_mib = max(1, self.backend.facts(name).memory_bytes // 2**20) if self.backend.exists(name) else 1
-            wait = max(LAZY_MIN_WAIT, LAZY_WAIT_PER_MIB * facts_mib)
-            start = time.monotonic()
-            self.say("post-copy: the container runs on the destination; its memory streams from here")
-            try:
-                code = lazy_child.wait(wait)
-            except LxdmigError as e:
-                code = -1
-                self.report.warnings.append(f"post-copy page transfer did not finish: {e}")
-            self.report.lazy_transfer_s = round(time.monotonic() - start, 3)
-            try:
-                self.report.final_pages_lazy = lazy_pages(self.work / "dump")
-                self.report.bytes_sent += self.report.final_pages_lazy * policy.PAGE
-            except LxdmigError as e:
-                self.report.warnings.append(f"could not count the pages sent lazily: {e}")
-            if code != 0:
-                # The destination may lack pages: keep the frozen source and the images for inspection.
-                self.keep_work = True
-                self.report.warnings.append(
-                    f"post-copy page transfer did not finish (CRIU's page server exited with {code}): the "
-                    f"container on {self.request.remote} may lack memory pages. The frozen, offline copy here "
-                    f"and the images in {self.work} are kept; see {self.work / 'dump' / 'dump.log'}")
-                self.say("post-copy: the page transfer FAILED; keeping the source copy")
-                return
-            self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
+            self._serve_pages(lazy_child)
         self.backend.stop(name)
         self.backend.delete(name)
         try:
             self._client().end_migration(self.mid)
         except LxdmigError as e:
             self.report.warnings.append(f"could not tell the destination the move is over: {e}")
+        self._guard_done()
         self.say(f"removed {name} from this host")
+
+    def _serve_pages(self, lazy_child: proc.Child) -> None:
+        """Post-copy after the commit: CRIU here serves the memory until the destination has every page.
+
+        The destination's helper is asked how the migration is doing every
+        PAGES_HEARTBEAT_S (over a new connection if the old one broke: a
+        restarted helper answers too, and CRIU's transfer does not depend on
+        it). If no helper answers for ``[helper] io_timeout`` s, the
+        destination is unreachable and the pages cannot arrive: the transfer
+        is given up.
+        """
+        name = self.request.container
+        facts_mib = max(1, self.backend.facts(name).memory_bytes // 2**20) if self.backend.exists(name) else 1
+        wait = max(LAZY_MIN_WAIT, LAZY_WAIT_PER_MIB * facts_mib)
+        if self.guard is not None:
+            self.guard.tell("streaming", wait)
+        start = last_answer = time.monotonic()
+        self.say("post-copy: the container runs on the destination; its memory streams from here")
+        code: int | None = None
+        failure = ""
+        while code is None:
+            code = lazy_child.exited_within(min(PAGES_HEARTBEAT_S, max(0.1, start + wait - time.monotonic())))
+            if code is not None:
+                break
+            if time.monotonic() - start >= wait:
+                failure = f"not finished after {wait:.0f} s"
+                break
+            try:
+                self._heartbeat()
+                last_answer = time.monotonic()
+            except (LxdmigError, OSError) as e:
+                if time.monotonic() - last_answer > self.conf.io_timeout:
+                    failure = f"{self.request.remote} did not answer for {self.conf.io_timeout:g} s ({e})"
+                    break
+        if failure:
+            lazy_child.stop()
+        self.report.lazy_transfer_s = round(time.monotonic() - start, 3)
+        try:
+            self.report.final_pages_lazy = lazy_pages(self.work / "dump")
+            self.report.bytes_sent += self.report.final_pages_lazy * policy.PAGE
+        except LxdmigError as e:
+            self.report.warnings.append(f"could not count the pages sent lazily: {e}")
+        if failure or code != 0:
+            # The destination lacks pages: keep the frozen source and the images for the operator.
+            self.keep_work = True
+            self._guard_done()
+            raise PostCopyIncomplete(
+                f"post-copy page transfer failed after the commit ({failure or f'CRIU exited with {code}'}): "
+                f"{name} was restored on {self.request.remote} without all of its memory, and its helper stops it "
+                f"there when the transfer fails. The frozen, offline copy here and the images in {self.work} are "
+                f"kept (CRIU's log: {self.work / 'dump' / 'dump.log'}): once it is stopped on "
+                f"{self.request.remote}, 'lxc-unfreeze' and reattaching its veth bring it back here as it was at "
+                f"the freeze (docs/reliability.md, 'What post-copy cannot recover from')")
+        self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
+
+    def _heartbeat(self) -> None:
+        """Ask the destination about the migration, reconnecting if the connection broke."""
+        client = self._client()
+        if client.channel.closed:
+            client = self.client = open_remote(self.conf, self.request.remote)
+        try:
+            client.status(self.mid)
+        except (LxdmigError, OSError):
+            client.close()
+            raise
 
     def _abort_destination(self) -> None:
         client = self._client()

@@ -76,6 +76,10 @@ class Channel:
             raise ProtocolError(f"expected {expected!r} in answer to {request_type!r}, got {reply.type!r}")
         return reply
 
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() < 0
+
     def close(self) -> None:
         try:
             self.sock.close()

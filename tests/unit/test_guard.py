@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lxdmig.errors import LxdmigError
 from lxdmig.migrate import guard
 
 
@@ -21,6 +22,12 @@ class FakeBackend:
 
     def unfreeze(self, name: str) -> None:
         self.calls.append(("unfreeze", name))
+
+    def stop(self, name: str) -> None:
+        self.calls.append(("stop", name))
+
+    def delete(self, name: str) -> None:
+        self.calls.append(("delete", name))
 
 
 def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, messages: list[dict[str, object]],
@@ -57,3 +64,25 @@ def test_lxdmig_gone_while_restoring_asks_the_destination(monkeypatch: pytest.Mo
                            status)
     assert (("unfreeze", "c1") in backend.calls) is thawed
     assert code == (0 if thawed else 1)
+
+
+def test_lxdmig_gone_before_the_freeze_makes_sure_it_is_thawed(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    code, backend, work = run(monkeypatch, tmp_path, [])  # nothing said yet: initial sync or pre-copy
+    assert code == 0 and backend.calls == [("reconnect", {}), ("unfreeze", "c1")] and not work.exists()
+
+
+@pytest.mark.parametrize("served_every_page", [True, False])
+def test_lxdmig_gone_while_pages_stream_finishes_the_post_copy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                               served_every_page: bool) -> None:
+    def stats(directory: Path) -> None:
+        if not served_every_page:
+            raise LxdmigError(f"no stats-dump in {directory}")  # CRIU writes it only after the last page
+
+    monkeypatch.setattr(guard, "read_dump_stats", stats)
+    code, backend, work = run(monkeypatch, tmp_path, [{"state": "links", "detail": {"veth1": "br0"}},
+                                                      {"state": "restoring"}, {"state": "streaming", "detail": 5}])
+    if served_every_page:
+        assert code == 0 and backend.calls == [("stop", "c1"), ("delete", "c1")] and not work.exists()
+    else:  # the destination lacks pages: the frozen source copy and its images stay
+        assert code == 1 and backend.calls == [] and work.exists()
