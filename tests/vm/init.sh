@@ -32,7 +32,7 @@ mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unifi
 for m in veth bridge llc stp nfnetlink nf_tables nft_compat nft_ct nft_counter nft_chain_nat nf_conntrack \
          nf_defrag_ipv4 nf_defrag_ipv6 libcrc32c x_tables ip_tables iptable_filter ip6_tables ip6table_filter \
          xt_mark xt_conntrack inet_diag tcp_diag udp_diag raw_diag unix_diag netlink_diag packet_diag af_packet_diag \
-         tun overlay; do
+         tun overlay sch_netem; do
     modprobe -q $m 2>/dev/null
 done
 ip link set lo up

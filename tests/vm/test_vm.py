@@ -33,6 +33,7 @@ def results(console: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+@pytest.mark.timeout(2400)  # image build (first run), boot, the guest suite: ~12 min under emulation
 def test_pre_copy_and_hybrid_in_a_soft_dirty_vm(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("the VM suite needs root (debootstrap, the test bed inside)")
