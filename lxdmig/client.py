@@ -165,8 +165,8 @@ class HelperClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ping(self) -> None:
-        self.channel.request({"type": "ping"})
+    def ping(self, timeout: float | None = None) -> None:
+        self.channel.request({"type": "ping"}, timeout=timeout)
 
     def probe(self, container: str | None, networks: list[str]) -> ProbeResult:
         reply = self.channel.request({"type": "probe", "container": container or "", "networks": networks})

@@ -230,9 +230,10 @@ class Child:
     then KILL. It is started through ``setpriv --pdeathsig KILL`` so that a
     daemon that dies, even by SIGKILL, takes it along instead of orphaning
     it (unless ``die_with_parent`` is false: post-copy's lazy-pages must
-    outlive a helper that restarts). The kernel ties that signal to the *thread* that started the child:
-    start a Child from the thread that owns its lifetime (the helper starts
-    a migration's programs from that migration's connection thread).
+    outlive a helper that restarts). The kernel ties that signal to the
+    *thread* that started the child: start a Child from the thread that
+    owns its lifetime (the helper starts a migration's programs from that
+    migration's connection thread).
     """
 
     def __init__(self, argv: Sequence[str], *, log_file: Path, env: Mapping[str, str] | None = None,

@@ -159,12 +159,19 @@ class LxcBackend(Backend):
 
     def _remove_network_lock(self, container: str) -> None:
         """Remove the network lock a killed CRIU left in the container (it would drop every packet)."""
-        netns = ["nsenter", "-t", str(self.init_pid(container)), "-n"]
+        try:
+            netns = ["nsenter", "-t", str(self.init_pid(container)), "-n"]
+        except BackendError:
+            return  # not running: no network namespace, no lock
         for tool in ("iptables", "ip6tables"):
-            saved = proc.run([*netns, f"{tool}-save"], timeout=_TIMEOUT, check=False)
-            commands = network_unlock_commands(saved.stdout)
-            for args in commands:
-                proc.run([*netns, tool, *args], timeout=_TIMEOUT, check=False)
+            try:
+                saved = proc.run([*netns, f"{tool}-save"], timeout=_TIMEOUT, check=False)
+                commands = network_unlock_commands(saved.stdout)
+                for args in commands:
+                    proc.run([*netns, tool, *args], timeout=_TIMEOUT, check=False)
+            except CommandError as e:  # no iptables here: CRIU could not have locked with it either
+                log.info("no check for a network lock left in %s: %s", container, e)
+                continue
             if commands:
                 log.warning("removed the network lock (%s chain %s) a killed CRIU left in %s", tool, CRIU_CHAIN,
                             container)

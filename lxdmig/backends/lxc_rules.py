@@ -125,7 +125,7 @@ CRIU_CHAIN = "CRIU"
 def network_unlock_commands(saved_rules: str) -> list[list[str]]:
     """The iptables arguments that remove CRIU's network lock from ``saved_rules`` (iptables-save output)."""
     lines = saved_rules.splitlines()
-    if f":{CRIU_CHAIN} " not in "\n".join(lines) + "\n":
+    if not any(line.startswith(f":{CRIU_CHAIN} ") for line in lines):
         return []
     out = [["-D", chain, "-j", CRIU_CHAIN] for chain in ("INPUT", "OUTPUT")
            for line in lines if line == f"-A {chain} -j {CRIU_CHAIN}"]

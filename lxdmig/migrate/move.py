@@ -25,13 +25,15 @@ rollback is a thaw: no restore from images, no second copy of memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,10 @@ LAZY_WAIT_PER_MIB = 2.0
 LAZY_MIN_WAIT = 120.0
 # ... and asks the destination how it is doing this often (an unreachable destination ends the transfer).
 PAGES_HEARTBEAT_S = 2.0
+# While a (pre-)dump streams pages to the destination, its helper is pinged this often; one that does not
+# answer within PEER_PING_TIMEOUT (or [helper] io_timeout if shorter) is taken for gone.
+PEER_HEARTBEAT_S = 1.0
+PEER_PING_TIMEOUT = 10.0
 RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
 
 
@@ -315,8 +321,10 @@ class Mover:
             directory.mkdir()
             port = client.start_page_server(self.mid, str(number), parent)
             start = time.monotonic()
-            self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
-                                  port=port, config_file=self._criu_config(directory, []), timeout=self.dump_timeout)
+            with self._peer_watch(port):
+                self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
+                                      port=port, config_file=self._criu_config(directory, []),
+                                      timeout=self.dump_timeout)
             self.report.bytes_sent += client.send_tree(self.mid, directory, prefix=f"{number}/")
             stats = read_dump_stats(directory)
             seconds = time.monotonic() - start
@@ -371,7 +379,8 @@ class Mover:
             port = client.start_page_server(self.mid, "dump", parent)
             config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
                                                    "--port", str(port), *chain])
-            self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
+            with self._peer_watch(port):
+                self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         dump_s = time.monotonic() - start
         self.report.final_dump_s = round(dump_s, 3)
         uploaded = client.send_tree(self.mid, directory, prefix="dump/")
@@ -521,6 +530,38 @@ class Mover:
                 f"{self.request.remote}, 'lxc-unfreeze' and reattaching its veth bring it back here as it was at "
                 f"the freeze (docs/reliability.md, 'What post-copy cannot recover from')")
         self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
+
+    @contextlib.contextmanager
+    def _peer_watch(self, port: int) -> Iterator[None]:
+        """Watch the destination while CRIU streams pages to its page server on ``port``.
+
+        If the destination's helper stops answering (PEER_PING_TIMEOUT),
+        CRIU's connection to the page server is cut (``ss
+        -K``): CRIU then fails at once and cleans up after itself (network
+        lock, parasite), instead of writing into a dead connection until
+        its own timeout with the container frozen.
+        """
+        stop = threading.Event()
+        host = self._client().remote.host
+
+        def watch() -> None:
+            while not stop.wait(PEER_HEARTBEAT_S):
+                try:
+                    self._client().ping(timeout=min(self.conf.io_timeout, PEER_PING_TIMEOUT))
+                except (LxdmigError, OSError) as e:
+                    if stop.is_set():
+                        return
+                    self.say(f"{self.request.remote} stopped answering ({e}); cutting CRIU's connection to it")
+                    proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10, check=False)
+                    return
+
+        watcher = threading.Thread(target=watch, name="peer-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
 
     def _heartbeat(self) -> None:
         """Ask the destination about the migration, reconnecting if the connection broke."""
