@@ -28,7 +28,7 @@ from lxdmig import proc
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers
 from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import UPLINK, Host
+from lxdmig.testbed.layout import BRIDGE, UPLINK, Host
 
 A, B = Host("a"), Host("b")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -240,6 +240,24 @@ def _leftovers() -> list[str]:
     return out
 
 
+def _leftover_mounts(name: str) -> list[str]:
+    """Mounts on either host of this container or inside a migration's directory."""
+    out = []
+    for host in (A, B):
+        inside = str(host.storage / "migrations") + "/"
+        for line in host_command(host, ["cat", "/proc/self/mounts"]).stdout.splitlines():
+            point = line.split()[1]
+            if point.startswith(inside) or f"/{name}/" in point + "/":
+                out.append(f"{point} mounted on {host.name}")
+    return out
+
+
+def _bridge_ports(host: Host) -> set[str]:
+    """The veth devices on the host's container bridge (a container's host side, the link between hosts)."""
+    out = host_command(host, ["ip", "-o", "link", "show", "master", BRIDGE]).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
 def _settle() -> None:
     """Wait until the guard and the helpers have finished rolling back (at most ~90 s)."""
     deadline = time.monotonic() + 90
@@ -290,6 +308,7 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
     """Move a container with the cell's fault injected; check what the user saw and where it runs."""
     name = _prepare(cell, make_container)
     before = containers.wait_for_full_verification(A, name)
+    ports = _bridge_ports(B)
     run = _start_move(name, cell.mode, tmp_path / "move.log",
                       _faults_config() if cell.fault == "network cut for good" else None)
     try:
@@ -322,6 +341,9 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
     _settle()
     _check_end_state(cell, outcome, name, before)
     assert _leftovers() == [], _leftovers()
+    assert _leftover_mounts(name) == [], _leftover_mounts(name)
+    if outcome not in (DESTINATION, WITHOUT_WORKLOAD):  # no veth of a copy left on b's bridge
+        assert _bridge_ports(B) <= ports, _bridge_ports(B) - ports
 
 
 def _check_end_state(cell: Cell, outcome: str, name: str, before: dict[str, object]) -> None:
