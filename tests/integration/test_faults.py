@@ -71,6 +71,9 @@ CELLS = (
     Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back"),
     Cell("stop-copy", "final dump (frozen)", "network drops 10% of packets", DESTINATION, "moved", 0),
     Cell("stop-copy", "final dump (frozen)", "destination disk fills up", SOURCE, "rolled back"),
+    # 256 MiB: the dump lasts long enough to grow the root filesystem under it, so the final sync has work.
+    Cell("stop-copy", "final filesystem sync (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back",
+         memory_mib=256),
     Cell("stop-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of"),
     Cell("stop-copy", "restore", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
     Cell("stop-copy", "restore", "lxdmig interrupted (SIGINT)", SOURCE, "interrupted", ExitCode.INTERRUPTED),
@@ -130,6 +133,7 @@ TRIGGERS: dict[str, Callable[[str, Path], bool]] = {
     "pre-copy round 1": lambda name, log: _round_started(1),
     "pre-copy round 2": lambda name, log: _round_started(2),
     "final dump (frozen)": lambda name, log: _dump_started(),
+    "final filesystem sync (frozen)": lambda name, log: any((A.storage / "outgoing").glob("*/rsync-final.log")),
     "restore": lambda name, log: _restore_started(),
     "memory streaming": lambda name, log: "its memory streams from here" in log.read_text(errors="replace"),
 }
@@ -283,6 +287,12 @@ def _faults_config() -> Path:
     return path
 
 
+def _write_ballast(rootfs: Path) -> None:
+    with open(rootfs / "ballast", "wb") as fh:
+        for _ in range(12):
+            fh.write(os.urandom(16 * 2**20))
+
+
 def _prepare(cell: Cell, make_container: Callable[..., str]) -> str:
     """The container the cell moves, and the hosts set up for the fault."""
     extra = FAIL_ON_B if cell.fault.startswith("CRIU restore fails") else ""
@@ -295,8 +305,7 @@ def _prepare(cell: Cell, make_container: Callable[..., str]) -> str:
     if cell.fault == "name taken on the destination":
         make_container("b", name=name)
     if cell.phase == "initial sync":  # a bigger root filesystem keeps the sync busy long enough
-        with open(A.lxcpath / name / "rootfs" / "ballast", "wb") as fh:
-            fh.write(os.urandom(192 * 2**20))
+        _write_ballast(A.lxcpath / name / "rootfs")
     if cell.fault.startswith("destination disk"):
         size = "4m" if cell.fault == "destination disk full" else "400m"  # enough for the preflight
         host_command(B, ["mkdir", "-p", str(B.storage / "migrations")])
@@ -312,6 +321,9 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
     run = _start_move(name, cell.mode, tmp_path / "move.log",
                       _faults_config() if cell.fault == "network cut for good" else None)
     try:
+        if cell.phase == "final filesystem sync (frozen)":
+            _wait(_dump_started, 120, "the final dump")
+            _write_ballast(A.lxcpath / name / "rootfs")  # a frozen container's files still change: give rsync work
         if cell.phase != "preflight" and cell.fault != "CRIU restore fails on the destination":
             try:
                 _wait(lambda: TRIGGERS[cell.phase](name, run.log), 120, cell.phase)
