@@ -9,13 +9,14 @@ import re
 import select
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lxdmig import cgroups, proc
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.lxc_rules import (
-    CRIU_CHAIN, freezer_files, network_unlock_commands,
+    freezer_files, network_unlock_commands, nft_unlock_commands,
     config_problems, device_problems, process_stat, read_config, session_problems,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
@@ -163,18 +164,20 @@ class LxcBackend(Backend):
             netns = ["nsenter", "-t", str(self.init_pid(container)), "-n"]
         except BackendError:
             return  # not running: no network namespace, no lock
-        for tool in ("iptables", "ip6tables"):
+        # (how to list, the tool that removes, which removals): iptables and ip6tables chains, nftables tables
+        checks: list[tuple[list[str], str, Callable[[str], list[list[str]]]]] = [
+            ([f"{tool}-save"], tool, network_unlock_commands) for tool in ("iptables", "ip6tables")]
+        checks.append((["nft", "list", "tables"], "nft", nft_unlock_commands))
+        for listing, tool, removals in checks:
             try:
-                saved = proc.run([*netns, f"{tool}-save"], timeout=_TIMEOUT, check=False)
-                commands = network_unlock_commands(saved.stdout)
+                commands = removals(proc.run([*netns, *listing], timeout=_TIMEOUT, check=False).stdout)
                 for args in commands:
                     proc.run([*netns, tool, *args], timeout=_TIMEOUT, check=False)
-            except CommandError as e:  # no iptables here: CRIU could not have locked with it either
+            except CommandError as e:  # not installed here: CRIU could not have locked with it either
                 log.info("no check for a network lock left in %s: %s", container, e)
                 continue
             if commands:
-                log.warning("removed the network lock (%s chain %s) a killed CRIU left in %s", tool, CRIU_CHAIN,
-                            container)
+                log.warning("removed the network lock a killed CRIU left in %s (%s)", container, tool)
 
     def _ip(self, *args: str) -> None:
         try:

@@ -115,10 +115,11 @@ def freezer_files(pid: int, mountinfo: str | None = None, cgroups: str | None = 
     return [(f, value) for f, value in out if f.exists()]
 
 
-# CRIU's network lock (``--network-lock iptables``, its default): a chain
-# CRIU whose rules drop every packet, jumped to from INPUT and OUTPUT of the
-# container's network namespace. CRIU removes it when a dump ends, but not
-# when it is killed (a dump stuck on a dead peer, or lxdmig killed).
+# CRIU's network lock: with ``--network-lock iptables`` (CRIU's default
+# build) a chain CRIU whose rules drop every packet, jumped to from INPUT
+# and OUTPUT of the container's network namespace; with ``nftables`` (the
+# default of some distributions' builds) a table ``inet CRIU-<run id>``.
+# CRIU removes it when a dump ends, but not when it is killed.
 CRIU_CHAIN = "CRIU"
 
 
@@ -130,3 +131,13 @@ def network_unlock_commands(saved_rules: str) -> list[list[str]]:
     out = [["-D", chain, "-j", CRIU_CHAIN] for chain in ("INPUT", "OUTPUT")
            for line in lines if line == f"-A {chain} -j {CRIU_CHAIN}"]
     return [*out, ["-F", CRIU_CHAIN], ["-X", CRIU_CHAIN]]
+
+
+def nft_unlock_commands(tables: str) -> list[list[str]]:
+    """The nft arguments that remove CRIU's network-lock tables from ``tables`` (``nft list tables`` output)."""
+    out = []
+    for line in tables.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "table" and words[2].startswith(f"{CRIU_CHAIN}-"):
+            out.append(["delete", "table", words[1], words[2]])
+    return out

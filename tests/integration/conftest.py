@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from lxdmig.testbed import bed, containers, hosts
+from lxdmig.testbed.containers import host_command
 from lxdmig.testbed.layout import Host
 
 pytestmark = pytest.mark.integration
@@ -58,3 +60,19 @@ def make_container(testbed: None) -> Iterator[MakeContainer]:
     yield make
     for h, name in made:
         containers.destroy(h, name)
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s")
+        time.sleep(0.005)
+
+
+def echo_answers(name: str, where: Host = Host("a")) -> bool:
+    """Whether the container (configured on ``where``) answers on its echo service, asked from host a."""
+    address = containers.container_address(where, name)
+    echo = host_command(Host("a"), ["sh", "-c", f"echo lxdmig | busybox nc -w 2 {address} {containers.ECHO_PORT}"],
+                        check=False)
+    return echo.stdout.strip() == "lxdmig"

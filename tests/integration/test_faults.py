@@ -29,6 +29,7 @@ from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers
 from lxdmig.testbed.containers import host_command
 from lxdmig.testbed.layout import BRIDGE, UPLINK, Host
+from tests.integration.conftest import echo_answers, wait_until
 
 A, B = Host("a"), Host("b")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -105,14 +106,6 @@ def _pids_matching(words: tuple[str, ...]) -> list[int]:
     return [pid for pid in proc.processes_mentioning(words[0]) if all(w in " ".join(proc.cmdline(pid)) for w in words)]
 
 
-def _wait(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {seconds:g} s")
-        time.sleep(0.005)
-
-
 def _dump_started() -> bool:
     # Seen the way b's helper sees it (its mount namespace may have a disk of its own there).
     pid = helpers.running_pid(B)
@@ -137,14 +130,6 @@ TRIGGERS: dict[str, Callable[[str, Path], bool]] = {
     "restore": lambda name, log: _restore_started(),
     "memory streaming": lambda name, log: "its memory streams from here" in log.read_text(errors="replace"),
 }
-
-
-def _echo(name: str, where: Host = A) -> bool:
-    """Whether the container on ``where`` answers on its echo service (its network works), from host a."""
-    address = containers.container_address(where, name)
-    echo = host_command(A, ["sh", "-c", f"echo lxdmig | busybox nc -w 2 {address} {containers.ECHO_PORT}"],
-                        check=False)
-    return echo.stdout.strip() == "lxdmig"
 
 
 def _uplink(host: Host, state: str) -> None:
@@ -322,11 +307,11 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
                       _faults_config() if cell.fault == "network cut for good" else None)
     try:
         if cell.phase == "final filesystem sync (frozen)":
-            _wait(_dump_started, 120, "the final dump")
+            wait_until(_dump_started, 120, "the final dump")
             _write_ballast(A.lxcpath / name / "rootfs")  # a frozen container's files still change: give rsync work
         if cell.phase != "preflight" and cell.fault != "CRIU restore fails on the destination":
             try:
-                _wait(lambda: TRIGGERS[cell.phase](name, run.log), 120, cell.phase)
+                wait_until(lambda: TRIGGERS[cell.phase](name, run.log), 120, cell.phase)
             except AssertionError as e:
                 raise AssertionError(f"{e}; the move said: {run.log.read_text(errors='replace')}") from None
             _inject(cell, name, run)
@@ -366,7 +351,7 @@ def _check_end_state(cell: Cell, outcome: str, name: str, before: dict[str, obje
         assert containers.lxc_state(A, name) == "RUNNING"
         if cell.fault != "name taken on the destination":
             assert not (B.lxcpath / name).exists(), "a copy is left on b"
-        _wait(lambda: _echo(name), 15, "an answer from the container's echo service after the rollback")
+        wait_until(lambda: echo_answers(name), 15, "an answer from the container's echo service after the rollback")
     elif outcome == DESTINATION:
         after = containers.wait_for_full_verification(B, name)
         assert after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
@@ -376,7 +361,7 @@ def _check_end_state(cell: Cell, outcome: str, name: str, before: dict[str, obje
         last = containers.read_workload(B, name)["counter"]
         time.sleep(1)
         assert containers.read_workload(B, name)["counter"] == last, "the workload still runs"
-        _wait(lambda: _echo(name, B), 15, "an answer from the moved container's echo service")
+        wait_until(lambda: echo_answers(name, B), 15, "an answer from the moved container's echo service")
     elif outcome == LOST:
         # b's helper stopped its copy when lazy-pages failed: never running on pages that read as zeros.
         assert containers.lxc_state(B, name) == "STOPPED", "b's copy runs without all its memory"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lxdmig.backends.base import Severity
-from lxdmig.backends.lxc_rules import config_problems, network_unlock_commands, read_config, session_problems
+from lxdmig.backends.lxc_rules import (
+    config_problems, network_unlock_commands, nft_unlock_commands, read_config, session_problems,
+)
 
 GOOD = [("lxc.tty.max", "0"), ("lxc.pty.max", "0"), ("lxc.console.path", "none")]
 
@@ -65,3 +67,9 @@ def test_no_lock_no_commands_and_other_chains_are_left_alone() -> None:
     assert network_unlock_commands("") == []
     # the chain without its jumps (CRIU died between creating and using it)
     assert network_unlock_commands("*filter\n:CRIU - [0:0]\nCOMMIT\n") == [["-F", "CRIU"], ["-X", "CRIU"]]
+
+
+def test_criu_nftables_lock_tables_are_removed_and_nothing_else() -> None:
+    listing = "table inet filter\ntable inet CRIU-4b1d2c\ntable ip CRIUX\ntable ip nat\n"
+    assert nft_unlock_commands(listing) == [["delete", "table", "inet", "CRIU-4b1d2c"]]
+    assert nft_unlock_commands("") == []
