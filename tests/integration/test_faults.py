@@ -5,7 +5,9 @@ Each cell moves a real container a -> b, breaks something at a phase
 user saw (one clear message, the exit status) and the end state: the
 container runs on exactly one host with its workload's counter intact
 (the same process, memory verified), and no migration program, image
-directory or guard is left behind. ``docs/reliability.md`` is this matrix
+directory, guard, mount or veth of a removed copy is left behind. The
+pre-copy and hybrid cells (``VM_MATRIX``) run inside the soft-dirty VM
+(tests/vm/guest/test_faults_in_vm.py) with the same code. ``docs/reliability.md`` is this matrix
 (``python -m tests.integration.test_faults`` prints it; a test checks the
 committed page matches).
 """
