@@ -189,12 +189,17 @@ def processes_mentioning(text: str) -> list[int]:
 
 def kill_processes_mentioning(text: str) -> list[str]:
     """SIGKILL every process whose command line contains ``text``; returns what was killed, for a log."""
+    named = {pid: format_argv(cmdline(pid) or [str(pid)])[:80] for pid in processes_mentioning(text)}
+    return [f"{named[pid]} (pid {pid})" for pid in _kill(list(named))]
+
+
+def _kill(pids: list[int]) -> list[int]:
+    """SIGKILL each of ``pids``; returns those that were still there."""
     killed = []
-    for pid in processes_mentioning(text):
-        argv = cmdline(pid)
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
-            killed.append(f"{format_argv(argv or [str(pid)])[:80]} (pid {pid})")
+            killed.append(pid)
         except ProcessLookupError:
             pass
     return killed
@@ -285,11 +290,7 @@ class Child:
         if self.proc.poll() is None:
             stray = descendants(self.proc.pid)
             kill_group(self.proc)
-            for pid in stray:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill(stray)
 
     def __enter__(self) -> Child:
         return self

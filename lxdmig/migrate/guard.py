@@ -105,15 +105,11 @@ def _finish_streaming(backend: backends.Backend, name: str, work_dir: Path, wait
     while proc.processes_mentioning(str(work_dir)) and time.monotonic() < deadline:
         time.sleep(1)
     _stop_leftovers(work_dir)
-    dump_log = work_dir / "dump" / "dump.log"
     try:
         read_dump_stats(work_dir / "dump")  # CRIU writes them when the dump succeeded, after the last page
-        finished = True
     except LxdmigError:
-        finished = False
-    if not finished:
         log.error("post-copy: CRIU did not serve every page of %s (see %s): the container on the destination may "
-                  "lack memory; the frozen copy here and the images are kept", name, dump_log)
+                  "lack memory; the frozen copy here and the images are kept", name, work_dir / "dump" / "dump.log")
         return 1
     try:
         backend.stop(name)

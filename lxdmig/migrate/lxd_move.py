@@ -255,15 +255,15 @@ def _stuck_dump_waiters(init_pid: int) -> list[int]:
     They run under the ``criu dump -t INIT_PID`` that dumped the container.
     """
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or "migratedumpsuccess" not in proc.cmdline(int(entry.name))[1:2]:
+    for waiter in proc.processes_mentioning("migratedumpsuccess"):
+        if "migratedumpsuccess" not in proc.cmdline(waiter)[1:2]:
             continue
-        ancestor = int(entry.name)
+        ancestor = waiter
         for _ in range(4):
             ancestor = proc.parent(ancestor)
             argv = proc.cmdline(ancestor)
             if "dump" in argv and "-t" in argv and argv.index("-t") + 1 < len(argv) \
                     and argv[argv.index("-t") + 1] == str(init_pid):
-                found.append(int(entry.name))
+                found.append(waiter)
                 break
     return found
