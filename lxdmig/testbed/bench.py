@@ -35,7 +35,7 @@ from lxdmig.testbed import bed, containers, helpers, lxd
 from lxdmig.testbed.bench_report import (
     CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, Sample, markdown, plot, summarise, targets, write_json,
 )
-from lxdmig.testbed.containers import WorkloadSpec, host_command
+from lxdmig.testbed.containers import WorkloadSpec, host_argv, host_command
 from lxdmig.testbed.layout import Host
 
 A, B = Host("a"), Host("b")
@@ -68,18 +68,15 @@ def _same_process(before: dict[str, object], after: dict[str, object]) -> bool:
             and int(str(after["counter"])) > int(str(before["counter"])))
 
 
-def _exec(host: Host, *argv: str) -> list[str]:
-    return [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv]
-
-
 def _hand(host: Host, *args: str, timeout: float = MOVE_TIMEOUT) -> str:
     return host_command(host, [sys.executable, "-m", "lxdmig.testbed.handmove", *args], timeout=timeout).stdout
 
 
 def _copy(src: Path, dst_host: Host, dst: Path, port: int = HAND_PORT) -> int:
     """Stream a directory from host a to ``dst`` on ``dst_host`` (tar over one TCP connection)."""
-    receiver = subprocess.Popen(_exec(dst_host, sys.executable, "-m", "lxdmig.testbed.handmove", "receive", str(dst),
-                                      str(dst_host.address), str(port)), stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen(host_argv(dst_host, sys.executable, "-m", "lxdmig.testbed.handmove", "receive",
+                                          str(dst), str(dst_host.address), str(port)),
+                                stdout=subprocess.PIPE, text=True)
     try:
         assert receiver.stdout is not None
         if receiver.stdout.readline().strip() != "LISTENING":
@@ -166,8 +163,8 @@ def run_criu_post_copy(spec: WorkloadSpec) -> Sample:
         _remove_images(images_a, images_b)
         start = time.monotonic()
         sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
-        dump = subprocess.Popen(_exec(A, sys.executable, "-m", "lxdmig.testbed.handmove", "lazy-dump",
-                                      str(A.lxcpath), name, str(images_a), str(A.address), str(LAZY_PORT)),
+        dump = subprocess.Popen(host_argv(A, sys.executable, "-m", "lxdmig.testbed.handmove", "lazy-dump",
+                                          str(A.lxcpath), name, str(images_a), str(A.address), str(LAZY_PORT)),
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert dump.stdout is not None
@@ -253,8 +250,8 @@ def run_lxdmig_on_lxd(spec: WorkloadSpec, mode: str) -> Sample:
 
 def tcp_mb_s(mib: int = 1024) -> float:
     """A plain TCP stream a -> b, the reference for lxdmig's bulk transfer rate."""
-    sink = subprocess.Popen(_exec(B, sys.executable, "-m", "lxdmig.testbed.handmove", "sink", str(B.address),
-                                  str(HAND_PORT)), stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.handmove", "sink", str(B.address),
+                                      str(HAND_PORT)), stdout=subprocess.PIPE, text=True)
     try:
         assert sink.stdout is not None
         sink.stdout.readline()

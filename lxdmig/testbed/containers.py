@@ -55,11 +55,17 @@ def check_name(name: str) -> str:
     return name
 
 
+def host_argv(host: Host, *argv: str) -> list[str]:
+    """The command line that runs ``argv`` as ``host`` (``testbed exec`` execs it in place, so a signal
+    sent to that process reaches ``argv`` itself)."""
+    return [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv]
+
+
 def host_command(host: Host, argv: list[str], *, timeout: float = _T, check: bool = True,
                  output_file: Path | None = None, input_text: str | None = None) -> proc.Completed:
     """Run ``argv`` as ``host`` (its namespaces and cgroups)."""
     return proc.run(
-        [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv],
+        host_argv(host, *argv),
         timeout=timeout, check=check, output_file=output_file, input_text=input_text,
     )
 

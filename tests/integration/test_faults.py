@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import pytest
 from lxdmig import proc
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers
-from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.layout import BRIDGE, UPLINK, Host
 from tests.integration.conftest import echo_answers, wait_until
 
@@ -148,9 +147,8 @@ def _start_move(name: str, mode: str, log: Path, config: Path | None = None) -> 
     extra = ["--config", str(config)] if config else []
     with open(log, "wb") as out:
         # testbed exec replaces itself with lxdmig (nsenter execs in place): signals reach lxdmig itself.
-        mover = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--",
-                                  *helpers.lxdmig_argv(*extra, "move", name, f"b:{name}", "--mode", mode)],
-                                 stdout=out, stderr=out)
+        argv = helpers.lxdmig_argv(*extra, "move", name, f"b:{name}", "--mode", mode)
+        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     return Run(mover, log)
 
 

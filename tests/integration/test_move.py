@@ -23,7 +23,7 @@ import pytest
 from lxdmig import capabilities, proc
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers, hosts
-from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.layout import Host
 
 from .conftest import MakeContainer
@@ -152,9 +152,8 @@ def test_destination_helper_killed_mid_move_rolls_back(make_container: MakeConta
     before = fresh_gap(A, name)
     log = tmp_path / "move.log"
     with open(log, "wb") as out:
-        mover = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--",
-                                  *helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")],
-                                 stdout=out, stderr=out)
+        argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
+        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     try:
         target = (B.lxcpath / name, "rootfs") if when == "initial-sync" else \
             (B.storage / "migrations", "*/images/dump")
@@ -195,8 +194,8 @@ def test_established_tcp_connection_survives_the_move(make_container: MakeContai
     go = tmp_path / "go"
     script = Path(__file__).with_name("tcp_client.py")
     # The client is a process on host a holding one connection to the container's echo service.
-    client = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--", sys.executable,
-                               str(script), address, str(containers.ECHO_PORT), str(go)],
+    client = subprocess.Popen(host_argv(A, sys.executable, str(script), address, str(containers.ECHO_PORT),
+                                         str(go)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert client.stdout is not None
@@ -221,9 +220,8 @@ def test_interrupting_the_move_while_frozen_rolls_back(make_container: MakeConta
     log = tmp_path / "move.log"
     with open(log, "wb") as out:
         # testbed exec replaces itself with lxdmig (nsenter execs in place): the signal reaches lxdmig
-        mover = subprocess.Popen([sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--",
-                                  *helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")],
-                                 stdout=out, stderr=out)
+        argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
+        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     try:
         assert _wait_for((B.storage / "migrations", "*/images/dump"), time.monotonic() + 60), log.read_text()
         mover.send_signal(sig)

@@ -21,7 +21,7 @@ import pytest
 
 from lxdmig import proc
 from lxdmig.testbed import containers
-from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.layout import Host
 from tests.integration.conftest import MakeContainer, echo_answers, wait_until
 
@@ -53,14 +53,13 @@ def test_a_lock_left_by_a_killed_criu_is_removed(method: str, make_container: Ma
     work.mkdir(parents=True, exist_ok=True)
     config = work / "criu.conf"
     config.write_text(f"page-server\naddress {address}\nport {port}\nnetwork-lock {method}\n")
-    exec_a = [sys.executable, "-m", "lxdmig.testbed", "exec", "a", "--"]
-    sink = subprocess.Popen([*exec_a, sys.executable, "-c", SINK, address, str(port)])
+    sink = subprocess.Popen(host_argv(A, sys.executable, "-c", SINK, address, str(port)))
     dump: subprocess.Popen[bytes] | None = None
     try:
         time.sleep(1)  # the sink listens
         with open(tmp_path / "dump.out", "wb") as out:
-            dump = subprocess.Popen([*exec_a, "env", f"CRIU_CONFIG_FILE={config}", "lxc-checkpoint", "-P",
-                                     str(A.lxcpath), "-n", name, "-D", str(work)], stdout=out, stderr=out)
+            dump = subprocess.Popen(host_argv(A, "env", f"CRIU_CONFIG_FILE={config}", "lxc-checkpoint", "-P",
+                                              str(A.lxcpath), "-n", name, "-D", str(work)), stdout=out, stderr=out)
         wait_until(lambda: _locked(pid, method), 60, f"CRIU's {method} network lock")
         time.sleep(2)  # CRIU is stuck writing pages into the sink now
         assert dump.poll() is None, (tmp_path / "dump.out").read_text()
