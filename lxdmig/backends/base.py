@@ -67,6 +67,11 @@ class Backend(abc.ABC):
         container, found without freezing it. Raises BackendError if it does
         not exist or is not running."""
 
+    def criu_dump_options(self, container: str) -> list[str]:
+        """Extra CRIU options this container's dumps need (e.g. ``--enable-fs ramfs`` for an empty
+        ramfs that CRIU may restore as a new one), found as dump_problems() finds obstacles."""
+        return []
+
     @abc.abstractmethod
     def trial_dump(self, container: str, directory: str) -> None:
         """Checkpoint the running container into ``directory`` and leave it

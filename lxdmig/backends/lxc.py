@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import secrets
 import select
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lxdmig import cgroups, proc
-from lxdmig.backends.base import Backend, ContainerFacts, Problem
+from lxdmig import cgroups, criu, kernel, proc
+from lxdmig.backends import task_rules
+from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
     freezer_files, network_unlock_commands, nft_unlock_commands,
-    config_problems, device_problems, process_stat, read_config, session_problems,
+    config_problems, device_problems, process_stat, read_config, root_id_map, session_problems, veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -99,15 +103,35 @@ class LxcBackend(Backend):
                 stats[pid] = process_stat(pid)
             except (OSError, ValueError, IndexError):
                 continue
+        tasks = task_rules.read_tasks(pids)
+        try:
+            privileged = root_id_map(items) is None
+        except ValueError as e:
+            return [Problem(Severity.FAIL, f"{container}: {e}")]
         return (config_problems(items, apparmor=_apparmor_enabled())
                 + session_problems(list(stats), stats)
-                + device_problems(list(stats)))
+                + device_problems(list(stats))
+                + (task_rules.nested_userns_problems(tasks, tasks[0].userns) if tasks else [])
+                + [problem for problem, _ in task_rules.mount_problems(tasks)]
+                + task_rules.fd_problems(tasks)
+                + task_rules.rlimit_problems(tasks, privileged=privileged,
+                                             cap_sys_resource=kernel.has_cap_sys_resource()))
+
+    def criu_dump_options(self, container: str) -> list[str]:
+        init = self.init_pid(container)
+        mounts = task_rules.mount_problems(task_rules.read_tasks([init, *proc.descendants(init)]))
+        if any(mount is not None and mount.fstype == "ramfs" for _, mount in mounts):
+            return ["--enable-fs", "ramfs"]  # only empty ones come with their mount: nothing to carry
+        return []
 
     def trial_dump(self, container: str, directory: str) -> None:
         self.init_pid(container)
         log = Path(directory) / "lxc-checkpoint.out"
+        config = Path(directory) / "criu-trial.conf"
+        config.write_text(criu.config_file_text(self.criu_dump_options(container)))
         try:
-            proc.run(self._checkpoint_argv(container, Path(directory)), timeout=_DUMP_TIMEOUT, output_file=log)
+            proc.run(self._checkpoint_argv(container, Path(directory)), timeout=_DUMP_TIMEOUT, output_file=log,
+                     env={"CRIU_CONFIG_FILE": str(config)})
         except CommandError as e:
             raise CriuError(f"CRIU could not dump {container!r}: {_criu_reason(Path(directory)) or e}") from None
 
@@ -262,11 +286,67 @@ class LxcBackend(Backend):
         path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
 
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
-        self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, config_file, timeout,
-                        "restore")
+        items = self._require(container)
+        try:
+            root_ids = root_id_map(items)
+        except ValueError as e:
+            raise BackendError(f"{container}: {e}") from None
+        if root_ids is None:
+            self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, config_file,
+                            timeout, "restore")
+        else:
+            self._restore_unprivileged(container, items, root_ids, directory, config_file, timeout)
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: thaw the restored copy.
         self.unfreeze(container)
+
+    def _restore_unprivileged(self, container: str, items: list[tuple[str, str]], root_ids: tuple[int, int],
+                              directory: Path, config_file: Path, timeout: float) -> None:
+        """Restore a container with a user namespace.
+
+        CRIU reads some images from inside the container's user namespace,
+        as the host uid its root is mapped to: they are given to that uid
+        (they hold the container's own memory and state). And CRIU cannot
+        create a veth pair across user namespaces on current kernels (the
+        peer needs CAP_NET_ADMIN in both: "couldn't restore veth interface
+        via usernsd", -95): the pairs are made here, on the host, and CRIU
+        moves the inner end into the container (``external netdev[...]``).
+        """
+        for path in [directory.parent, *directory.parent.rglob("*")]:  # with a pre-copy's parent rounds
+            os.chown(path, *root_ids, follow_symlinks=False)
+        for above in directory.parent.parents:  # CRIU opens some by path: let the mapped root through
+            mode = above.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                above.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        config = self._config_path(container)
+        original = config.read_text()
+        created: list[str] = []
+        criu_options = config_file.read_text()
+        try:
+            added = []
+            for nic in veth_nics(items):
+                host_name = nic.host_name or f"lxm{secrets.token_hex(5)}"
+                inner = f"{host_name[:13]}p"
+                if not nic.host_name:  # liblxc tells CRIU to attach the host end by this name
+                    added.append(f"lxc.net.{nic.index}.veth.pair = {host_name}\n")
+                self._ip("link", "add", host_name, "type", "veth", "peer", "name", inner)
+                created.append(host_name)
+                self._ip("link", "set", "dev", host_name, "up")  # CRIU adds it to nic.bridge
+                criu_options += f"external netdev[{nic.name}]:{inner}\n"
+            if added:
+                config.write_text(original + "".join(added))
+            unprivileged_conf = directory / "criu-restore.conf"
+            unprivileged_conf.write_text(criu_options)
+            lazy = "lazy-pages" in criu_options.split()
+            with kernel.userfaultfd_for_user_namespaces() if lazy else contextlib.nullcontext():
+                self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory,
+                                unprivileged_conf, timeout, "restore")
+        except BaseException:
+            for link in created:  # those CRIU did not take into the container (which died with it)
+                proc.run(["ip", "link", "delete", link], timeout=_TIMEOUT, check=False)
+            raise
+        finally:
+            config.write_text(original)
 
     def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:
         pid = self.init_pid(container)

@@ -7,6 +7,8 @@ without containers.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig.backends.base import Problem, Severity
@@ -27,14 +29,60 @@ def read_config(path: Path) -> list[tuple[str, str]]:
     return items
 
 
+def root_id_map(items: list[tuple[str, str]]) -> tuple[int, int] | None:
+    """The host uid and gid that the container's root is mapped to, or None for a privileged container.
+
+    From ``lxc.idmap = u|g CONTAINER_ID HOST_ID COUNT`` lines; raises ValueError
+    for an unprivileged config that maps only one of them, or malformed lines.
+    """
+    found: dict[str, int] = {}
+    for key, value in items:
+        if key != "lxc.idmap":
+            continue
+        words = value.split()
+        if len(words) != 4 or words[0] not in ("u", "g", "b") or not all(w.isdigit() for w in words[1:]):
+            raise ValueError(f"malformed lxc.idmap = {value!r}")
+        inside, host, count = (int(w) for w in words[1:])
+        if inside == 0 and count > 0:
+            for kind in ("u", "g") if words[0] == "b" else (words[0],):
+                found.setdefault(kind, host)
+    if not found:
+        return None
+    if set(found) != {"u", "g"}:
+        raise ValueError("lxc.idmap maps the container's root user or group but not both")
+    return found["u"], found["g"]
+
+
+@dataclass(frozen=True)
+class VethNic:
+    """One veth NIC of an LXC config: its index N (lxc.net.N), name inside, host side and bridge."""
+
+    index: int
+    name: str  # inside the container (lxc.net.N.name, default ethN)
+    host_name: str  # lxc.net.N.veth.pair, "" when liblxc picks one
+    bridge: str
+
+
+def veth_nics(items: list[tuple[str, str]]) -> list[VethNic]:
+    """The config's veth NICs that attach to a bridge, in index order."""
+    nets: dict[int, dict[str, str]] = {}
+    for key, value in items:
+        m = re.fullmatch(r"lxc\.net\.(\d+)\.([a-z.]+)", key)
+        if m:
+            nets.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return [VethNic(n, attrs.get("name") or f"eth{n}", attrs.get("veth.pair", ""), attrs["link"])
+            for n, attrs in sorted(nets.items()) if attrs.get("type") == "veth" and attrs.get("link")]
+
+
 def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
     """What in a container's LXC config stops CRIU (a pure function of the config)."""
     out = []
     values = dict(items)
-    for key in ("lxc.tty.max", "lxc.pty.max"):
-        if values.get(key, "0") not in ("", "0"):
-            out.append(Problem(Severity.FAIL, f"{key} = {values[key]}: CRIU cannot checkpoint a container's "
-                                              f"ttys; set {key} = 0"))
+    # lxc.pty.max only sizes the container's own devpts instance, which CRIU dumps with its ptys
+    # (sshd and systemd's PrivateDevices= need one); lxc.tty.max ttys are the host's ptys.
+    if values.get("lxc.tty.max", "0") not in ("", "0"):
+        out.append(Problem(Severity.FAIL, f"lxc.tty.max = {values['lxc.tty.max']}: CRIU cannot checkpoint the "
+                                          "ttys the host lends a container; set lxc.tty.max = 0"))
     if values.get("lxc.console.path", "") != "none":
         out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
                                           "console; set lxc.console.path = none"))

@@ -174,6 +174,7 @@ class Mover:
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
         self.guard: Guard | None = None
         self.dump_timeout = DUMP_BASE_S
+        self.dump_options: list[str] = []  # what this container's CRIU dumps need besides the move's own
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -207,6 +208,7 @@ class Mover:
         checks += preflight.destination_checks(client.probe(name, list(facts.networks)), facts, self.request.remote)
         if preflight.failed(checks):
             raise PreflightFailed(checks)
+        self.dump_options = self.backend.criu_dump_options(name) if facts.running else []
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
         choice = policy.choose_mode(self.request.mode, local, client.peer.host,
@@ -296,7 +298,7 @@ class Mover:
         peer_cert.write_bytes(client.remote.certificate)
         path = directory / "criu.conf"
         path.write_text(criu.config_file_text(
-            [*options, *criu.tls_options(self.conf.cert, self.conf.key, peer_cert)]))
+            [*options, *self.dump_options, *criu.tls_options(self.conf.cert, self.conf.key, peer_cert)]))
         return path
 
     def _precopy(self, choice: ModeChoice) -> tuple[str | None, bool]:

@@ -73,3 +73,26 @@ def test_criu_nftables_lock_tables_are_removed_and_nothing_else() -> None:
     listing = "table inet filter\ntable inet CRIU-4b1d2c\ntable ip CRIUX\ntable ip nat\n"
     assert nft_unlock_commands(listing) == [["delete", "table", "inet", "CRIU-4b1d2c"]]
     assert nft_unlock_commands("") == []
+
+
+def test_root_id_map_of_unprivileged_and_privileged_configs() -> None:
+    from lxdmig.backends.lxc_rules import root_id_map
+
+    assert root_id_map(GOOD) is None
+    assert root_id_map([("lxc.idmap", "u 0 100000 65536"), ("lxc.idmap", "g 0 200000 65536")]) == (100000, 200000)
+    assert root_id_map([("lxc.idmap", "b 0 100000 1000"), ("lxc.idmap", "u 1000 1000 1")]) == (100000, 100000)
+    for bad in ([("lxc.idmap", "u 0 100000 65536")], [("lxc.idmap", "u 0 x 1")]):
+        try:
+            root_id_map(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+
+def test_veth_nics_with_and_without_host_names() -> None:
+    from lxdmig.backends.lxc_rules import VethNic, veth_nics
+
+    items = [("lxc.net.0.type", "veth"), ("lxc.net.0.link", "br0"), ("lxc.net.0.name", "eth0"),
+             ("lxc.net.1.type", "veth"), ("lxc.net.1.link", "br1"), ("lxc.net.1.veth.pair", "vh1"),
+             ("lxc.net.2.type", "empty"), ("lxc.net.3.type", "veth")]
+    assert veth_nics(items) == [VethNic(0, "eth0", "", "br0"), VethNic(1, "eth1", "vh1", "br1")]

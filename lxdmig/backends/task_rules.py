@@ -1,0 +1,202 @@
+"""What in a container's running tasks stops CRIU, found without freezing it.
+
+Each rule is a pure function of ``Task`` snapshots (read from /proc by
+``read_task``), so the rules are unit-tested on made-up tasks. They cover
+what a systemd system container meets: a service in a user namespace of
+its own (``PrivateUsers=``), file systems CRIU will not dump (systemd's
+credential directories are ramfs), file descriptors CRIU has no dumper
+for (systemd's BPF programs), and tasks whose resource limits CRIU cannot
+read on this host. Every message names the process, its systemd unit
+where there is one, and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig.backends.base import Problem, Severity
+
+PREPARE_HINT = "`lxdmig prepare NAME` makes the container movable"
+
+# File systems CRIU refuses to dump ("FS mnt ... unsupported"); ramfs can be
+# allowed with ``enable-fs ramfs``, but CRIU then restores it empty.
+UNSUPPORTED_FS = frozenset({"ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "glusterfs", "fuse", "fuseblk"})
+# Anonymous-inode files CRIU has no dumper for ("Can't dump file ... anon_inode:...").
+UNDUMPABLE_ANON = ("bpf-prog", "bpf-map", "bpf_link", "bpf-link", "perf_event", "[io_uring]", "[userfaultfd]",
+                   "kvm-", "sync_file", "dmabuf", "[iommufd]")
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: str  # as the task sees it
+    fstype: str
+    source: str
+    empty: bool  # nothing in it (as the host sees it through /proc/PID/root)
+
+
+@dataclass(frozen=True)
+class Task:
+    pid: int  # as the host sees it
+    comm: str
+    unit: str  # systemd unit from its cgroup, "" when none
+    uids: tuple[int, ...]  # real, effective, saved, fs (as the host sees them)
+    gids: tuple[int, ...]
+    userns: int  # inode of its user namespace
+    mntns: int
+    fds: tuple[tuple[int, str], ...]  # (fd, readlink target)
+    mounts: tuple[Mount, ...] = ()  # read once per mount namespace; empty for the others
+
+
+def _who(task: Task) -> str:
+    return f"process {task.pid} ({task.comm}{', unit ' + task.unit if task.unit else ''})"
+
+
+def nested_userns_problems(tasks: list[Task], container_userns: int) -> list[Problem]:
+    """Tasks in a user namespace below the container's: CRIU "can't dump nested user namespace"."""
+    out = []
+    units: dict[str, Task] = {}
+    for task in tasks:
+        if task.userns != container_userns:
+            units.setdefault(task.unit or f"pid {task.pid}", task)
+    for task in units.values():
+        out.append(Problem(Severity.FAIL, f"{_who(task)} runs in a user namespace of its own (systemd's "
+                                          f"PrivateUsers= or similar): CRIU cannot dump nested user namespaces; "
+                                          f"{PREPARE_HINT}"))
+    return out
+
+
+def mount_problems(tasks: list[Task]) -> list[tuple[Problem, Mount | None]]:
+    """Mounts of file systems CRIU does not dump. An empty ramfs comes back as a WARN with the mount
+    (lxdmig has CRIU restore it empty: nothing is lost); anything else is a FAIL."""
+    out: list[tuple[Problem, Mount | None]] = []
+    seen = set()
+    for task in tasks:
+        for mount in task.mounts:
+            if mount.fstype.split(".")[0] not in UNSUPPORTED_FS or (mount.point, mount.fstype) in seen:
+                continue
+            seen.add((mount.point, mount.fstype))
+            where = f"{mount.point} ({mount.fstype}, seen by {_who(task)})"
+            if mount.fstype == "ramfs" and mount.empty:
+                out.append((Problem(Severity.WARN, f"{where} is empty: CRIU restores it as a new empty "
+                                                   "ramfs"), mount))
+            elif mount.fstype == "ramfs":
+                out.append((Problem(Severity.FAIL, f"{where} is a ramfs with files in it: CRIU cannot carry its "
+                                                   f"contents (systemd keeps unit credentials there); "
+                                                   f"{PREPARE_HINT}"), None))
+            else:
+                out.append((Problem(Severity.FAIL, f"{where}: CRIU cannot dump a {mount.fstype} mount; unmount "
+                                                   "it before the move"), None))
+    return out
+
+
+def fd_problems(tasks: list[Task]) -> list[Problem]:
+    """Open files CRIU has no dumper for, one line per process and kind."""
+    out = []
+    for task in tasks:
+        kinds: dict[str, list[int]] = {}
+        for fd, target in task.fds:
+            if target.startswith("anon_inode:"):
+                kind = target[len("anon_inode:"):]
+                if kind.startswith(UNDUMPABLE_ANON):
+                    kinds.setdefault(kind, []).append(fd)
+        for kind, fds in kinds.items():
+            hint = (f"deny bpf() to the container; {PREPARE_HINT}" if kind.startswith("bpf")
+                    else "stop whatever holds it before the move")
+            listed = ", ".join(str(fd) for fd in fds[:5]) + (f" and {len(fds) - 5} more" if len(fds) > 5 else "")
+            out.append(Problem(Severity.FAIL, f"{_who(task)} holds {kind} (fd {listed}): CRIU cannot dump it; "
+                                              f"{hint}"))
+    return out
+
+
+def rlimit_problems(tasks: list[Task], *, privileged: bool, cap_sys_resource: bool) -> list[Problem]:
+    """Tasks whose rlimits CRIU cannot read: prlimit() on a task of other ids needs CAP_SYS_RESOURCE in
+    the task's user namespace. Root of an unprivileged container has it there; in a privileged one
+    that is the host's, which root may lack (some sandboxes)."""
+    if not privileged or cap_sys_resource:
+        return []
+    out = []
+    for task in tasks:
+        if any(task.uids) or any(task.gids):
+            out.append(Problem(Severity.FAIL, f"{_who(task)} runs as uid {task.uids[1]}: CRIU cannot read its "
+                                              "rlimits, since root on this host lacks CAP_SYS_RESOURCE; run the "
+                                              "container unprivileged (lxc.idmap) or its services as root"))
+    return out
+
+
+# --- reading tasks from /proc -------------------------------------------------
+
+
+def unit_of(cgroup_text: str) -> str:
+    """The systemd unit a task belongs to, from /proc/PID/cgroup (name=systemd or the cgroup2 line)."""
+    paths = []
+    for line in cgroup_text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers in ("name=systemd", ""):
+            paths.append(path)
+    for path in paths:
+        for part in reversed(path.split("/")):
+            if part.rsplit(".", 1)[-1] in ("service", "scope", "socket", "mount", "swap"):
+                return part
+    return ""
+
+
+def _ids(status: str, key: str) -> tuple[int, ...]:
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            return tuple(int(v) for v in line.split()[1:])
+    return ()
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
+    """(mount point, fs type, source) of each line of a mountinfo file."""
+    out = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 2:
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            out.append((point, rest[0], rest[1]))
+    return out
+
+
+def _is_empty(pid: int, point: str) -> bool:
+    try:
+        return not os.listdir(f"/proc/{pid}/root{point}")
+    except OSError:
+        return False  # cannot tell: treat as holding something
+
+
+def read_task(pid: int, *, mounts: bool) -> Task:
+    """A snapshot of one task. Raises OSError (or ValueError) if it vanished meanwhile."""
+    base = Path(f"/proc/{pid}")
+    status = (base / "status").read_text()
+    comm = (base / "comm").read_text().strip()
+    fds = []
+    for name in os.listdir(base / "fd"):
+        try:
+            fds.append((int(name), os.readlink(base / "fd" / name)))
+        except OSError:
+            continue
+    found: tuple[Mount, ...] = ()
+    if mounts:
+        found = tuple(Mount(point, fstype, source, _is_empty(pid, point) if fstype == "ramfs" else False)
+                      for point, fstype, source in parse_mountinfo((base / "mountinfo").read_text()))
+    return Task(pid, comm, unit_of((base / "cgroup").read_text()), _ids(status, "Uid"), _ids(status, "Gid"),
+                os.stat(base / "ns/user").st_ino, os.stat(base / "ns/mnt").st_ino, tuple(fds), found)
+
+
+def read_tasks(pids: Iterable[int]) -> list[Task]:
+    """Snapshots of the tasks still there; mounts read once per mount namespace."""
+    tasks, mntns_seen = [], set()
+    for pid in pids:
+        try:
+            mntns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            task = read_task(pid, mounts=mntns not in mntns_seen)
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+        mntns_seen.add(mntns)
+        tasks.append(task)
+    return tasks

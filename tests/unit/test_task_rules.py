@@ -1,0 +1,74 @@
+"""The rules over a container's tasks that find what stops CRIU (made-up tasks; the real ones are read
+from a real systemd container in tests/integration/test_system_containers.py)."""
+
+from __future__ import annotations
+
+import os
+
+from lxdmig.backends.base import Severity
+from lxdmig.backends.task_rules import (
+    Mount, Task, fd_problems, mount_problems, nested_userns_problems, parse_mountinfo, read_tasks, rlimit_problems,
+    unit_of,
+)
+
+ROOT_IDS = (0, 0, 0, 0)
+
+
+def task(pid: int = 10, comm: str = "redis-server", unit: str = "redis-server.service", uid: int = 0,
+         userns: int = 1, fds: tuple[tuple[int, str], ...] = (), mounts: tuple[Mount, ...] = ()) -> Task:
+    ids = (uid,) * 4
+    return Task(pid, comm, unit, ids, ids, userns, 7, fds, mounts)
+
+
+def test_nested_user_namespace_names_the_unit_once() -> None:
+    tasks = [task(1, "systemd", "init.scope"), task(10, userns=2), task(11, userns=2)]
+    problems = nested_userns_problems(tasks, container_userns=1)
+    assert len(problems) == 1 and problems[0].severity is Severity.FAIL
+    assert "redis-server.service" in problems[0].message and "lxdmig prepare" in problems[0].message
+    assert nested_userns_problems(tasks[:1], container_userns=1) == []
+
+
+def test_ramfs_empty_is_carried_full_fails_other_unsupported_fs_fail() -> None:
+    empty = Mount("/run/credentials/a.service", "ramfs", "ramfs", empty=True)
+    full = Mount("/run/credentials/b.service", "ramfs", "ramfs", empty=False)
+    nfs = Mount("/srv", "nfs4", "server:/srv", empty=False)
+    fine = Mount("/tmp", "tmpfs", "tmpfs", empty=True)
+    found = mount_problems([task(1, mounts=(empty, full, nfs, fine)), task(2, mounts=(empty,))])
+    assert [(p.severity, m) for p, m in found] == [(Severity.WARN, empty), (Severity.FAIL, None),
+                                                    (Severity.FAIL, None)]
+    assert "/run/credentials/b.service" in found[1][0].message and "nfs4" in found[2][0].message
+
+
+def test_bpf_and_io_uring_fds_fail_per_process_and_kind() -> None:
+    fds = tuple((n, "anon_inode:bpf-prog") for n in range(20, 28)) + ((30, "anon_inode:[io_uring]"),
+                                                                       (31, "anon_inode:[eventfd]"),
+                                                                       (32, "/dev/null"))
+    problems = fd_problems([task(1, "systemd", "init.scope", fds=fds)])
+    assert len(problems) == 2
+    assert "bpf-prog (fd 20, 21, 22, 23, 24 and 3 more)" in problems[0].message
+    assert "deny bpf()" in problems[0].message and "[io_uring]" in problems[1].message
+
+
+def test_rlimits_only_matter_in_a_privileged_container_without_cap_sys_resource() -> None:
+    tasks = [task(1, "systemd", uid=0), task(10, uid=101)]
+    problems = rlimit_problems(tasks, privileged=True, cap_sys_resource=False)
+    assert len(problems) == 1 and "uid 101" in problems[0].message
+    assert rlimit_problems(tasks, privileged=False, cap_sys_resource=False) == []
+    assert rlimit_problems(tasks, privileged=True, cap_sys_resource=True) == []
+
+
+def test_unit_from_cgroup_v1_and_v2_lines() -> None:
+    v1 = "12:freezer:/lxc.payload.c1\n1:name=systemd:/lxc.payload.c1/system.slice/nginx.service\n0::/lxc.payload.c1\n"
+    assert unit_of(v1) == "nginx.service"
+    assert unit_of("0::/lxc.payload.c1/system.slice/ssh.service/sub\n") == "ssh.service"
+    assert unit_of("0::/lxc.payload.c1\n") == ""
+
+
+def test_mountinfo_parsing_unescapes_points() -> None:
+    line = "36 35 0:32 / /run/cred\\040x rw,nosuid - ramfs ramfs rw,mode=700\n"
+    assert parse_mountinfo(line) == [("/run/cred x", "ramfs", "ramfs")]
+
+
+def test_reading_this_process() -> None:
+    (me,) = read_tasks([os.getpid(), 2 ** 22 + 1])  # the second does not exist
+    assert me.pid == os.getpid() and me.mounts and me.uids[0] == os.getuid()
