@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--memory-mib", type=int, default=16, help="memory the workload keeps (default 16)")
     c.add_argument("--dirty-rate", type=float, default=1.0, help="MiB/s the workload rewrites (default 1)")
     c.add_argument("--tick-ms", type=int, default=10, help="counter period in ms (default 10)")
+    c.add_argument("--privileged", action="store_true",
+                   help="no user namespace (default: unprivileged, root mapped to host uid 100000)")
     d = sub.add_parser("destroy", help="stop and delete a container on a host")
     d.add_argument("host", choices=HOSTS)
     d.add_argument("name")
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "container":
             hosts.require_up()
             spec = containers.WorkloadSpec(args.memory_mib, args.dirty_rate, args.tick_ms)
-            addr = containers.create(Host(args.host), args.name, spec)
+            addr = containers.create(Host(args.host), args.name, spec, privileged=args.privileged)
             print(f"container {args.name} running on host {args.host}, address {addr}")
         elif args.command == "destroy":
             containers.destroy(Host(args.host), args.name)

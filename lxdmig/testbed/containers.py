@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -154,6 +156,29 @@ def make_rootfs(rootfs: Path, name: str, spec: WorkloadSpec) -> None:
     )
 
 
+# Unprivileged containers map their root to this host uid and gid (and the next 65535 ids), as LXD's
+# default does; root on the host may map any range without /etc/subuid.
+ID_SHIFT = 100000
+ID_COUNT = 65536
+
+
+def shift_ownership(root: Path, shift: int) -> None:
+    """Add ``shift`` to the owner and group of every file under ``root`` (itself included), keeping modes
+    (chown clears setuid and setgid bits: they are put back)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Each directory is visited as a dirpath; a symlink to one only appears in dirnames.
+        links = [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]
+        for path in [dirpath, *(os.path.join(dirpath, n) for n in filenames + links)]:
+            st = os.lstat(path)
+            os.lchown(path, st.st_uid + shift, st.st_gid + shift)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+
+def idmap_config() -> str:
+    return f"lxc.idmap = u 0 {ID_SHIFT} {ID_COUNT}\nlxc.idmap = g 0 {ID_SHIFT} {ID_COUNT}\n"
+
+
 def lxc_config(host: Host, name: str, addr: ipaddress.IPv4Address) -> str:
     """An LXC config CRIU can checkpoint and restore (see docs/testbed.md)."""
     return f"""\
@@ -178,9 +203,12 @@ lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
 """
 
 
-def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "") -> ipaddress.IPv4Address:
+def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "", *,
+           privileged: bool = False) -> ipaddress.IPv4Address:
     """Create and start container ``name`` on ``host``; wait for its workload.
 
+    Unprivileged (a user namespace mapping root to ID_SHIFT, the root
+    filesystem shifted to match) unless ``privileged``.
     ``extra_config``: LXC config lines appended to the generated ones.
     """
     check_name(name)
@@ -190,9 +218,13 @@ def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "") ->
     addr = _allocate_address()
     try:
         cdir.mkdir(parents=True)
-        cdir.chmod(0o700)
+        # The container's mapped root must reach its root filesystem (traverse, not list).
+        cdir.chmod(0o700 if privileged else 0o711)
         make_rootfs(cdir / "rootfs", name, spec)
-        (cdir / "config").write_text(lxc_config(host, name, addr) + extra_config)
+        if not privileged:
+            shift_ownership(cdir / "rootfs", ID_SHIFT)
+        config = lxc_config(host, name, addr) + ("" if privileged else idmap_config())
+        (cdir / "config").write_text(config + extra_config)
         log = host.storage / f"lxc-start-{name}.log"
         try:
             host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],

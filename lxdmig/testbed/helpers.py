@@ -29,6 +29,8 @@ READY_TIMEOUT = 60.0
 def config_text(host: Host) -> str:
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
+            # A developer chasing a failed restore sets this to keep its images and CRIU logs.
+            f"keep_failed = {os.environ.get('LXDMIG_TESTBED_KEEP_FAILED', 'false')}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
             f"[client]\nwork_dir = {host.storage / 'outgoing'}\n"
             f"[lxc]\nlxcpath = {host.lxcpath}\n"

@@ -116,7 +116,7 @@ def setup_namespaces() -> None:
     for h in all_hosts():
         for d in (h.root, h.lxcpath, h.storage, h.config_dir):
             d.mkdir(parents=True, exist_ok=True)
-        h.root.chmod(0o700)
+        h.root.chmod(0o711)  # unprivileged containers' mapped root traverses it to reach their rootfs
     for h in all_hosts():
         if not _ns_bound(h.uts_ns):
             h.uts_ns.touch()
