@@ -62,3 +62,71 @@ def remove_leftovers(name: str) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+# Files of a cgroup2 directory that a delegated owner (systemd inside an unprivileged container) writes.
+DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+
+
+def unified_mount(mountinfo: str | None = None) -> Path | None:
+    """Where the cgroup2 hierarchy is mounted (its root) in this mount namespace, if anywhere."""
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if rfields and rfields[0] == "cgroup2" and fields[3] == "/":
+            return Path(fields[4])
+    return None
+
+
+def payload_path(cgroup_text: str) -> str | None:
+    """The cgroup2 path of a container's own cgroup (``.../lxc.payload.NAME``, liblxc's and LXD's naming)
+    from one of its tasks' /proc/PID/cgroup; None if it has no such component."""
+    for line in cgroup_text.splitlines():
+        if line.startswith("0::"):
+            parts = line[3:].split("/")
+            for i in range(len(parts) - 1, -1, -1):
+                if parts[i].startswith("lxc.payload."):
+                    return "/".join(parts[: i + 1])
+    return None
+
+
+def subtree(top: Path) -> list[tuple[str, int, int]]:
+    """(path relative to ``top``, owner uid, gid) of every cgroup directory below ``top``, parents first."""
+    out = []
+    for dirpath, dirnames, _ in os.walk(top):
+        dirnames.sort()
+        for name in dirnames:
+            path = Path(dirpath) / name
+            st = path.stat()
+            out.append((str(path.relative_to(top)), st.st_uid, st.st_gid))
+    return out
+
+
+def make_subtree(top: Path, dirs: list[tuple[str, int, int]]) -> list[Path]:
+    """Create the cgroup directories ``dirs`` (from subtree()) below ``top`` where missing, and give
+    each (made here or not) and its files their owner; returns those created.
+    Refuses paths that leave ``top``."""
+    made = []
+    for rel, uid, gid in dirs:
+        path = top / rel
+        if os.path.isabs(rel) or ".." in Path(rel).parts or path.is_symlink():
+            raise ValueError(f"cgroup path {rel!r} leaves {top}")
+        if not path.is_dir():
+            path.mkdir()
+            made.append(path)
+        # As if its owner had made it (what systemd inside did on the source): every file in it.
+        for target in (path, *(p for p in path.iterdir() if p.is_file())):
+            os.chown(target, uid, gid)
+    return made
+
+
+def delegate_root(top: Path, gid: int) -> None:
+    """Let group ``gid`` (a container's root) manage the cgroup ``top`` as liblxc does at start: the
+    directory and the files that move tasks and enable controllers group-writable."""
+    os.chown(top, 0, gid)
+    top.chmod(0o775)
+    for name in DELEGATED_FILES:
+        if (top / name).exists():
+            os.chown(top / name, 0, gid)
+            (top / name).chmod(0o664)

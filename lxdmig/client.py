@@ -182,7 +182,9 @@ class HelperClient:
         """Start a migration of ``container`` into the helper's ``backend``; returns its id."""
         request: dict[str, object] = {"type": "migration-begin", "container": container, "source_dir": source_dir}
         if backend != "lxc":
-            request.update(backend=backend, definition=json.dumps(definition or {}))
+            request.update(backend=backend)
+        if backend != "lxc" or definition:
+            request.update(definition=json.dumps(definition or {}))
         reply = self.channel.request(request)
         return fields.get_str(reply.header, "migration", max_len=64)
 

@@ -72,6 +72,11 @@ class Backend(abc.ABC):
         ramfs that CRIU may restore as a new one), found as dump_problems() finds obstacles."""
         return []
 
+    def local_pages_reason(self, container: str) -> str:
+        """Why a stop-copy dump of this container must write its pages to local images (sent with the
+        others) instead of streaming them to the destination's page server; "" when it need not."""
+        return ""
+
     @abc.abstractmethod
     def trial_dump(self, container: str, directory: str) -> None:
         """Checkpoint the running container into ``directory`` and leave it

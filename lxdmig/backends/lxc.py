@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from lxdmig import cgroups, criu, kernel, proc
-from lxdmig.backends import task_rules
+from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
-    freezer_files, network_unlock_commands, nft_unlock_commands,
-    config_problems, device_problems, process_stat, read_config, root_id_map, session_problems, veth_nics,
+    cgroup_plan, cgroup_root_options, config_problems, device_problems, freezer_files, network_unlock_commands,
+    nft_unlock_commands, process_stat, read_config, root_id_map, session_problems, veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -47,6 +47,8 @@ class LxcBackend(Backend):
 
     def __init__(self, lxcpath: Path) -> None:
         self.lxcpath = lxcpath
+        # destination: the source's cgroup2 subtree and its root there, from describe()
+        self._cgroup2_dirs: dict[str, tuple[list[tuple[str, int, int]], str, int]] = {}
 
     def _args(self, container: str) -> list[str]:
         return ["-P", str(self.lxcpath), "-n", check_name(container)]
@@ -93,6 +95,20 @@ class LxcBackend(Backend):
             rootfs_bytes=_disk_usage(Path(rootfs)) if rootfs else 0,
         )
 
+    def describe(self, container: str) -> dict[str, Any]:
+        """The container's cgroup2 subtree, for the destination to recreate what CRIU does not
+        (cgroup_hook)."""
+        mount = cgroups.unified_mount()
+        try:
+            payload = cgroups.payload_path(Path(f"/proc/{self.init_pid(container)}/cgroup").read_text())
+        except (BackendError, OSError):
+            return {}
+        if mount is None or payload is None:
+            return {}
+        top = mount / payload.lstrip("/")
+        return {"cgroup2_root": payload, "cgroup2_root_mode": top.stat().st_mode & 0o777,
+                "cgroup2_dirs": cgroups.subtree(top)}
+
     def dump_problems(self, container: str) -> list[Problem]:
         items = self._require(container)
         init = self.init_pid(container)
@@ -111,11 +127,23 @@ class LxcBackend(Backend):
         return (config_problems(items, apparmor=_apparmor_enabled())
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
-                + (task_rules.nested_userns_problems(tasks, tasks[0].userns) if tasks else [])
+                + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])
                 + [problem for problem, _ in task_rules.mount_problems(tasks)]
                 + task_rules.fd_problems(tasks)
                 + task_rules.rlimit_problems(tasks, privileged=privileged,
                                              cap_sys_resource=kernel.has_cap_sys_resource()))
+
+    def local_pages_reason(self, container: str) -> str:
+        # CRIU dumps System V shared memory from a child it forks into the container's IPC namespace,
+        # which writes to the TLS page-server session it inherited: the stream's records go out of
+        # step and both ends fail with "Decryption has failed" (PostgreSQL keeps such a segment).
+        try:
+            out = proc.run(["nsenter", "-t", str(self.init_pid(container)), "--ipc", "cat", "/proc/sysvipc/shm"],
+                           timeout=_TIMEOUT).stdout
+        except CommandError as e:
+            raise BackendError(f"cannot list {container!r}'s shared memory segments: {e}") from None
+        segments = len(out.splitlines()) - 1
+        return f"{segments} System V shared memory segment(s)" if segments > 0 else ""
 
     def criu_dump_options(self, container: str) -> list[str]:
         init = self.init_pid(container)
@@ -281,6 +309,14 @@ class LxcBackend(Backend):
         return self.lxcpath / check_name(container)
 
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
+        try:
+            mode = definition.get("cgroup2_root_mode", 0o755)
+            if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+                raise ValueError(f"cgroup2_root_mode {mode!r} is not a permission mode")
+            self._cgroup2_dirs[container] = (cgroup_plan(definition.get("cgroup2_dirs", [])),
+                                             str(definition.get("cgroup2_root", "")), mode)
+        except ValueError as e:
+            raise BackendError(f"the source's description of {container!r}: {e}") from None
         path = self.container_dir(container) / "config"
         text = path.read_text()
         path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
@@ -291,33 +327,46 @@ class LxcBackend(Backend):
             root_ids = root_id_map(items)
         except ValueError as e:
             raise BackendError(f"{container}: {e}") from None
+        if root_ids is not None:
+            _open_images_to(root_ids, directory)
+        extra = cgroup_root_options(items, container, Path("/proc/self/cgroup").read_text())
+        dirs, source_root, root_mode = self._cgroup2_dirs.pop(container, ([], "", 0o755))
+        if dirs:
+            # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
+            root = extra[0].split(" ", 1)[1] if extra else source_root
+            # Owners: the container's root where the source had any other owner than host root (a
+            # peer names paths; it cannot choose owners).
+            container_root = list(root_ids or (0, 0))
+            plan, hook = directory / "cgroup2-dirs.json", directory / "cgroup-hook"
+            plan.write_text(json.dumps({
+                "root": root, "root_mode": root_mode,
+                "delegate_gid": root_ids[1] if root_ids is not None and root_mode & 0o020 else None,
+                "dirs": [[rel, *(container_root if (uid, gid) != (0, 0) else [0, 0])] for rel, uid, gid in dirs]}))
+            hook.write_text(cgroup_hook.script_text(plan))
+            hook.chmod(0o700)
+            extra.append(f"action-script {hook}")
+        options = directory / "criu-restore.conf"
+        options.write_text(config_file.read_text() + "".join(f"{line}\n" for line in extra))
         if root_ids is None:
-            self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, config_file,
+            self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, options,
                             timeout, "restore")
         else:
-            self._restore_unprivileged(container, items, root_ids, directory, config_file, timeout)
+            self._restore_unprivileged(container, items, directory, options, timeout)
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: thaw the restored copy.
         self.unfreeze(container)
 
-    def _restore_unprivileged(self, container: str, items: list[tuple[str, str]], root_ids: tuple[int, int],
-                              directory: Path, config_file: Path, timeout: float) -> None:
+    def _restore_unprivileged(self, container: str, items: list[tuple[str, str]], directory: Path,
+                              config_file: Path, timeout: float) -> None:
         """Restore a container with a user namespace.
 
-        CRIU reads some images from inside the container's user namespace,
-        as the host uid its root is mapped to: they are given to that uid
-        (they hold the container's own memory and state). And CRIU cannot
+        CRIU reads some images from inside the container's user namespace
+        (restore() gave them to the container's root first). And CRIU cannot
         create a veth pair across user namespaces on current kernels (the
         peer needs CAP_NET_ADMIN in both: "couldn't restore veth interface
         via usernsd", -95): the pairs are made here, on the host, and CRIU
         moves the inner end into the container (``external netdev[...]``).
         """
-        for path in [directory.parent, *directory.parent.rglob("*")]:  # with a pre-copy's parent rounds
-            os.chown(path, *root_ids, follow_symlinks=False)
-        for above in directory.parent.parents:  # CRIU opens some by path: let the mapped root through
-            mode = above.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                above.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
         config = self._config_path(container)
         original = config.read_text()
         created: list[str] = []
@@ -335,12 +384,11 @@ class LxcBackend(Backend):
                 criu_options += f"external netdev[{nic.name}]:{inner}\n"
             if added:
                 config.write_text(original + "".join(added))
-            unprivileged_conf = directory / "criu-restore.conf"
-            unprivileged_conf.write_text(criu_options)
+            config_file.write_text(criu_options)
             lazy = "lazy-pages" in criu_options.split()
             with kernel.userfaultfd_for_user_namespaces() if lazy else contextlib.nullcontext():
                 self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory,
-                                unprivileged_conf, timeout, "restore")
+                                config_file, timeout, "restore")
         except BaseException:
             for link in created:  # those CRIU did not take into the container (which died with it)
                 proc.run(["ip", "link", "delete", link], timeout=_TIMEOUT, check=False)
@@ -364,6 +412,21 @@ class LxcBackend(Backend):
                                            log_file=log_dir / "arping.log"))
                 announced.append(f"{addr['local']} on {link['ifname']}")
         return children, announced
+
+def _open_images_to(root_ids: tuple[int, int], directory: Path) -> None:
+    """Let an unprivileged container's restore read its images (see _restore_unprivileged)."""
+    for path in [directory.parent, *directory.parent.rglob("*")]:  # with a pre-copy's parent rounds
+        os.chown(path, *root_ids, follow_symlinks=False)
+        # Some are opened by a task that has entered the user namespace before its ids are mapped
+        # (it is the overflow uid then): files readable, directories only traversable, so that
+        # nobody can list them; the path holds the migration's random id, under 0711 directories.
+        if not path.is_symlink():
+            path.chmod(0o711 if path.is_dir() else 0o644)
+    for above in directory.parent.parents:
+        mode = above.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            above.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
 
 def _criu_reason(directory: Path, what: str = "dump") -> str:
     """The first error lines of CRIU's log for ``what`` (dump, restore...), if any."""

@@ -74,6 +74,47 @@ def veth_nics(items: list[tuple[str, str]]) -> list[VethNic]:
             for n, attrs in sorted(nets.items()) if attrs.get("type") == "veth" and attrs.get("link")]
 
 
+def cgroup_root_options(items: list[tuple[str, str]], container: str, own_cgroups: str) -> list[str]:
+    """CRIU restore options that put a container with ``lxc.cgroup.relative = 1`` under this host's
+    cgroup for it, in every hierarchy.
+
+    liblxc remaps the hierarchies it names by controller; CRIU restores any
+    other (the cgroup2 hierarchy of a hybrid layout, which systemd inside
+    uses) at the path it was dumped from, i.e. under the *source* host's
+    cgroup, outside the container's cgroup namespace, where systemd's
+    watches on its units' cgroup.events can no longer be dumped. A
+    default ``cgroup-root`` covers those. ``own_cgroups``: this process's
+    /proc/self/cgroup (liblxc places a relative container below it).
+    """
+    if dict(items).get("lxc.cgroup.relative", "0") != "1":
+        return []  # at /lxc.payload.NAME on every host alike: nothing to remap
+    unified = next((line.split(":", 2)[2] for line in own_cgroups.splitlines() if line.startswith("0::")), None)
+    if unified is None:
+        return []
+    return [f"cgroup-root {unified.rstrip('/')}/lxc.payload.{container}"]
+
+
+_CGROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}$")
+MAX_CGROUP_DIRS = 4096
+
+
+def cgroup_plan(value: object) -> list[tuple[str, int, int]]:
+    """The source's list of cgroup2 directories (from describe()), checked: relative paths of plain
+    names only, at most MAX_CGROUP_DIRS. Raises ValueError naming what is wrong."""
+    if not isinstance(value, list) or len(value) > MAX_CGROUP_DIRS:
+        raise ValueError(f"cgroup2_dirs must be a list of at most {MAX_CGROUP_DIRS} entries")
+    out = []
+    for entry in value:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in entry[1:])):
+            raise ValueError(f"cgroup2_dirs entry {str(entry)[:80]!r} is not [path, uid, gid]")
+        parts = entry[0].split("/")
+        if not all(_CGROUP_NAME_RE.match(p) and p not in (".", "..") for p in parts):
+            raise ValueError(f"cgroup2_dirs path {entry[0][:80]!r} is not a relative path of plain names")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
+
 def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
     """What in a container's LXC config stops CRIU (a pure function of the config)."""
     out = []

@@ -180,6 +180,7 @@ class LxdBackend(LxcBackend):
         inst = self._instance(container)
         seccomp = self.lxd_dir / "security" / "seccomp" / container
         return {
+            **super().describe(container),
             "lxd_dir": str(self.lxd_dir),
             "architecture": inst.architecture,
             # volatile keys are the source LXD's bookkeeping, except the MAC addresses.

@@ -3,7 +3,7 @@
 Each rule is a pure function of ``Task`` snapshots (read from /proc by
 ``read_task``), so the rules are unit-tested on made-up tasks. They cover
 what a systemd system container meets: a service in a user namespace of
-its own (``PrivateUsers=``), file systems CRIU will not dump (systemd's
+its own (``PrivateUsers=``, ``PrivateTmp=``...), file systems CRIU will not dump (systemd's
 credential directories are ramfs), file descriptors CRIU has no dumper
 for (systemd's BPF programs), and tasks whose resource limits CRIU cannot
 read on this host. Every message names the process, its systemd unit
@@ -13,7 +13,7 @@ where there is one, and what to do.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +44,7 @@ class Task:
     unit: str  # systemd unit from its cgroup, "" when none
     uids: tuple[int, ...]  # real, effective, saved, fs (as the host sees them)
     gids: tuple[int, ...]
-    userns: int  # inode of its user namespace
-    mntns: int
+    namespaces: Mapping[str, int]  # kind (user, mnt, ...) -> inode
     fds: tuple[tuple[int, str], ...]  # (fd, readlink target)
     mounts: tuple[Mount, ...] = ()  # read once per mount namespace; empty for the others
 
@@ -54,18 +53,40 @@ def _who(task: Task) -> str:
     return f"process {task.pid} ({task.comm}{', unit ' + task.unit if task.unit else ''})"
 
 
-def nested_userns_problems(tasks: list[Task], container_userns: int) -> list[Problem]:
-    """Tasks in a user namespace below the container's: CRIU "can't dump nested user namespace"."""
+# Namespaces a service may have of its own, and the systemd settings that give it one. CRIU refuses
+# nested user, UTS, IPC and PID namespaces at the dump; nested mount namespaces (systemd's private
+# /tmp, /dev and read-only views) dump but their propagation fails to restore ("Can't copy sharing"),
+# and a nested network namespace would need its own devices recreated.
+NESTED_NAMESPACES = {
+    "user": "PrivateUsers=",
+    "uts": "ProtectHostname=",
+    "ipc": "PrivateIPC=",
+    "net": "PrivateNetwork=",
+    "mnt": "PrivateTmp=, PrivateDevices=, ProtectSystem= and other mount sandboxing",
+    "pid": "a PID namespace",
+    "time": "a time namespace",
+}
+
+
+def nested(tasks: list[Task], init: Task) -> list[tuple[Task, str]]:
+    """(task, namespace kind) for each unit (or unit-less task) and kind of namespace below the
+    container's own (those of its init)."""
     out = []
-    units: dict[str, Task] = {}
+    seen = set()
     for task in tasks:
-        if task.userns != container_userns:
-            units.setdefault(task.unit or f"pid {task.pid}", task)
-    for task in units.values():
-        out.append(Problem(Severity.FAIL, f"{_who(task)} runs in a user namespace of its own (systemd's "
-                                          f"PrivateUsers= or similar): CRIU cannot dump nested user namespaces; "
-                                          f"{PREPARE_HINT}"))
+        for kind in NESTED_NAMESPACES:
+            key = (task.unit or f"pid {task.pid}", kind)
+            if task.namespaces.get(kind) != init.namespaces.get(kind) and key not in seen:
+                seen.add(key)
+                out.append((task, kind))
     return out
+
+
+def nested_namespace_problems(tasks: list[Task], init: Task) -> list[Problem]:
+    return [Problem(Severity.FAIL, f"{_who(task)} runs in a {kind} namespace of its own "
+                                   f"({NESTED_NAMESPACES[kind]}): CRIU cannot move nested {kind} namespaces; "
+                                   f"{PREPARE_HINT}")
+            for task, kind in nested(tasks, init)]
 
 
 def mount_problems(tasks: list[Task]) -> list[tuple[Problem, Mount | None]]:
@@ -184,8 +205,14 @@ def read_task(pid: int, *, mounts: bool) -> Task:
     if mounts:
         found = tuple(Mount(point, fstype, source, _is_empty(pid, point) if fstype == "ramfs" else False)
                       for point, fstype, source in parse_mountinfo((base / "mountinfo").read_text()))
+    namespaces = {}
+    for kind in NESTED_NAMESPACES:
+        try:
+            namespaces[kind] = os.stat(base / "ns" / kind).st_ino
+        except FileNotFoundError:
+            continue  # a kind this kernel does not have
     return Task(pid, comm, unit_of((base / "cgroup").read_text()), _ids(status, "Uid"), _ids(status, "Gid"),
-                os.stat(base / "ns/user").st_ino, os.stat(base / "ns/mnt").st_ino, tuple(fds), found)
+                namespaces, tuple(fds), found)
 
 
 def read_tasks(pids: Iterable[int]) -> list[Task]:

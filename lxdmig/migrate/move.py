@@ -175,6 +175,7 @@ class Mover:
         self.guard: Guard | None = None
         self.dump_timeout = DUMP_BASE_S
         self.dump_options: list[str] = []  # what this container's CRIU dumps need besides the move's own
+        self.local_pages = False  # stop-copy: pages in local images, not streamed (see local_pages_reason)
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -209,6 +210,10 @@ class Mover:
         if preflight.failed(checks):
             raise PreflightFailed(checks)
         self.dump_options = self.backend.criu_dump_options(name) if facts.running else []
+        if facts.running and (reason := self.backend.local_pages_reason(name)):
+            self.local_pages = True
+            self.say(f"{reason}: a stop-copy dump writes its pages here and sends them with the other images "
+                     "(CRIU's page server cannot stream them over TLS)")
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
         choice = policy.choose_mode(self.request.mode, local, client.peer.host,
@@ -377,6 +382,10 @@ class Mover:
             child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout)
             self.undo.push("stop the lazy page server", child.stop)
             self.lazy_endpoint = (address, port)
+        elif self.local_pages and parent is None:
+            # Pages into local images, sent over lxdmig's own TLS connection with the rest.
+            config = self._criu_config(directory, [])
+            self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         else:
             port = client.start_page_server(self.mid, "dump", parent)
             config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
@@ -395,7 +404,7 @@ class Mover:
             self.report.final_pages_written = stats.pages_written
             self.report.final_pages_lazy = stats.pages_lazy
             self.report.frozen_dump_ms = stats.frozen_time_us / 1000
-            if not lazy:
+            if not lazy and not (self.local_pages and parent is None):  # else counted as uploaded
                 self.report.bytes_sent += stats.pages_written * policy.PAGE
         self.say(f"final dump in {dump_s:.2f} s" + (f": {stats.pages_written} pages sent" if stats and not lazy else
                                                     ": memory stays here, served on demand" if lazy else "")

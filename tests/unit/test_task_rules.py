@@ -7,7 +7,7 @@ import os
 
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, fd_problems, mount_problems, nested_userns_problems, parse_mountinfo, read_tasks, rlimit_problems,
+    Mount, Task, fd_problems, mount_problems, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
     unit_of,
 )
 
@@ -15,17 +15,20 @@ ROOT_IDS = (0, 0, 0, 0)
 
 
 def task(pid: int = 10, comm: str = "redis-server", unit: str = "redis-server.service", uid: int = 0,
-         userns: int = 1, fds: tuple[tuple[int, str], ...] = (), mounts: tuple[Mount, ...] = ()) -> Task:
+         userns: int = 1, mntns: int = 7, fds: tuple[tuple[int, str], ...] = (), mounts: tuple[Mount, ...] = ()) -> Task:
     ids = (uid,) * 4
-    return Task(pid, comm, unit, ids, ids, userns, 7, fds, mounts)
+    return Task(pid, comm, unit, ids, ids, {"user": userns, "mnt": mntns, "uts": 3}, fds, mounts)
 
 
-def test_nested_user_namespace_names_the_unit_once() -> None:
-    tasks = [task(1, "systemd", "init.scope"), task(10, userns=2), task(11, userns=2)]
-    problems = nested_userns_problems(tasks, container_userns=1)
-    assert len(problems) == 1 and problems[0].severity is Severity.FAIL
-    assert "redis-server.service" in problems[0].message and "lxdmig prepare" in problems[0].message
-    assert nested_userns_problems(tasks[:1], container_userns=1) == []
+def test_nested_namespaces_name_the_unit_and_kind_once() -> None:
+    init = task(1, "systemd", "init.scope")
+    tasks = [init, task(10, userns=2, mntns=8), task(11, userns=2, mntns=8), task(20, "nginx", "nginx.service")]
+    problems = nested_namespace_problems(tasks, init)
+    assert [p.severity for p in problems] == [Severity.FAIL, Severity.FAIL]
+    assert "redis-server.service" in problems[0].message and "user namespace" in problems[0].message
+    assert "PrivateUsers=" in problems[0].message and "lxdmig prepare" in problems[0].message
+    assert "mnt namespace" in problems[1].message and "PrivateTmp=" in problems[1].message
+    assert nested_namespace_problems([init, tasks[-1]], init) == []
 
 
 def test_ramfs_empty_is_carried_full_fails_other_unsupported_fs_fail() -> None:

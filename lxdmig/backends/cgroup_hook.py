@@ -1,0 +1,55 @@
+"""CRIU action script: recreate a container's empty cgroup2 directories while it is being restored.
+
+CRIU restores the cgroup2 directories that hold tasks, not the empty ones
+(systemd's slices once their units stopped, e.g. system-modprobe.slice),
+but systemd inside keeps inotify watches on their ``cgroup.events``, and
+CRIU restores those watches by path: without the directories the restore
+fails ("fsnotify: Unable to open .../cgroup.events"). The source lists the
+container's cgroup2 subtree (LxcBackend.describe); the destination writes
+it to a plan file (the container's cgroup2 path as CRIU restores it, and
+the directories below) and has CRIU run this at ``setup-namespaces``,
+after the cgroups with tasks were made and before any file is restored.
+
+    criu ... --action-script HOOK      (HOOK: a two-line executable that calls main(PLAN))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from lxdmig import cgroups
+
+
+def main(plan_file: str) -> int:
+    if os.environ.get("CRTOOLS_SCRIPT_ACTION") != "setup-namespaces":
+        return 0
+    try:
+        plan = json.loads(Path(plan_file).read_text())
+        dirs = [(str(rel), int(uid), int(gid)) for rel, uid, gid in plan["dirs"]]
+        mount = cgroups.unified_mount()
+        if mount is None:
+            print("lxdmig cgroup hook: no cgroup2 hierarchy mounted", file=sys.stderr)
+            return 1
+        # The container's cgroup as CRIU restores it (its tasks are not in it yet at this stage).
+        root = mount / str(plan["root"]).lstrip("/")
+        cgroups.make_subtree(root, dirs)
+        # liblxc delegates a started container's cgroup2 root (0775, group: its root) but not a
+        # restored one's on a hybrid host; CRIU checks the mode of every directory a task holds
+        # open (systemd holds this one), and systemd inside must manage its cgroups afterwards.
+        if plan.get("delegate_gid") is not None:
+            cgroups.delegate_root(root, int(plan["delegate_gid"]))
+        else:
+            root.chmod(int(plan["root_mode"]) & 0o777)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"lxdmig cgroup hook: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def script_text(plan_file: Path) -> str:
+    """The executable CRIU runs (it takes no arguments): this interpreter, this module, the plan."""
+    return (f"#!{sys.executable}\nimport sys\nfrom lxdmig.backends.cgroup_hook import main\n"
+            f"sys.exit(main({str(plan_file)!r}))\n")
