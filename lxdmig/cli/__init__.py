@@ -14,11 +14,11 @@ from pathlib import Path
 from types import ModuleType
 
 from lxdmig import __version__, config
-from lxdmig.cli import check_cmd, config_cmd, info_cmd, move_cmd, remote_cmd
+from lxdmig.cli import check_cmd, config_cmd, info_cmd, move_cmd, prepare_cmd, remote_cmd
 from lxdmig.errors import ExitCode, LxdmigError
 
 # The explicit list of subcommands, in the order --help shows them.
-COMMANDS: tuple[ModuleType, ...] = (move_cmd, check_cmd, config_cmd, remote_cmd, info_cmd)
+COMMANDS: tuple[ModuleType, ...] = (move_cmd, check_cmd, prepare_cmd, config_cmd, remote_cmd, info_cmd)
 
 PROG = "lxdmig"
 DESCRIPTION = (

@@ -1,0 +1,48 @@
+"""``lxdmig prepare NAME``: make a running system container movable (or ``--undo`` it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lxdmig import backends, config, prepare
+from lxdmig.errors import BackendError, ExitCode
+
+HELP = "make a running container movable: say what would stop CRIU and change it, one line per change"
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("prepare", help=HELP, description=HELP[0].upper() + HELP[1:] + ". For a systemd "
+                       "container it writes one systemd drop-in that keeps services out of namespaces of their "
+                       "own (CRIU cannot move nested ones) and restarts the services that run in such "
+                       "namespaces now; the container itself keeps running. See docs/system-containers.md "
+                       "for the trade-off.")
+    p.add_argument("name", help="an LXC container on this host (running)")
+    p.add_argument("--dry-run", action="store_true", help="show the changes, change nothing")
+    p.add_argument("--undo", action="store_true", help="revert what lxdmig prepare changed")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> ExitCode:
+    conf = config.load(args.config)
+    backend = backends.find(args.name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+    if backend is None:
+        raise BackendError(f"no container {args.name!r} here (not in {conf.lxcpath}, not in LXD)")
+    if backend.name != "lxc":
+        raise BackendError(f"{args.name} is an LXD instance: lxdmig prepare handles LXC containers so far "
+                           "(for LXD, the same drop-in can be written with 'lxc file push'; see "
+                           "docs/system-containers.md)")
+    preparer = prepare.LxcPreparer(conf.lxcpath, args.name)
+    present = preparer.dropin.exists()
+    if args.undo:
+        changes = prepare.undo_plan(dropin_present=present)
+    else:
+        nested = preparer.nested_units(backend.init_pid(args.name))  # type: ignore[attr-defined]
+        changes = prepare.plan(systemd=preparer.systemd, dropin_present=present, nested_units=nested)
+    if not changes:
+        print(f"{args.name}: nothing to {'undo' if args.undo else 'change'}")
+        return ExitCode.OK
+    for change in changes:
+        print(f"{'would ' if args.dry_run else ''}{change.what}: {change.why}", flush=True)
+        if not args.dry_run:
+            preparer.apply(change)
+    return ExitCode.OK

@@ -1,0 +1,142 @@
+"""``lxdmig prepare``: make a system container movable, and undo it.
+
+What stops CRIU in a distribution's systemd container is mostly systemd's
+own sandboxing of services: each sandboxed service gets namespaces of its
+own (user, UTS, IPC, network, mount), and CRIU cannot move nested ones.
+The container is already a sandbox of its own (user, mount, network, PID
+namespaces, cgroups), so one systemd drop-in for every service
+(``service.d/``) turns those settings off inside it, and the services
+that run in namespaces of their own are restarted to leave them. That is
+the trade-off, said plainly in docs/system-containers.md: a service
+compromised inside the container sees the rest of the container.
+
+``plan()`` decides from what the preflight found (pure; unit-tested);
+``LxcPreparer`` carries it out on an LXC container, one line per change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxdmig import proc
+from lxdmig.backends import task_rules
+from lxdmig.backends.lxc_rules import read_config, root_id_map
+from lxdmig.errors import BackendError, CommandError
+
+DROPIN = Path("etc/systemd/system/service.d/50-lxdmig-movable.conf")
+# Every systemd (>= 247) setting that gives a service a namespace of its own, switched off.
+# Empty assignments reset the path lists a unit set (they need a mount namespace).
+DROPIN_SETTINGS = (
+    "PrivateUsers=no", "ProtectHostname=no", "PrivateIPC=no", "PrivateNetwork=no",
+    "PrivateTmp=no", "PrivateDevices=no", "PrivateMounts=no", "ProtectSystem=no", "ProtectHome=no",
+    "ProtectKernelTunables=no", "ProtectKernelModules=no", "ProtectKernelLogs=no", "ProtectControlGroups=no",
+    "ProtectClock=no", "ProtectProc=default", "ProcSubset=all", "MountAPIVFS=no",
+    "ReadWritePaths=", "ReadOnlyPaths=", "InaccessiblePaths=", "ExecPaths=", "NoExecPaths=",
+    "TemporaryFileSystem=", "BindPaths=", "BindReadOnlyPaths=",
+)
+DROPIN_TEXT = ("# Written by `lxdmig prepare` so that CRIU can move this container live: services keep\n"
+               "# no namespaces of their own (CRIU cannot move nested ones). `lxdmig prepare --undo`\n"
+               "# removes this file. See lxdmig's docs/system-containers.md.\n"
+               "[Service]\n" + "".join(f"{s}\n" for s in DROPIN_SETTINGS))
+_T = 120.0
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str  # one line: what changes
+    why: str
+
+
+def plan(*, systemd: bool, dropin_present: bool, nested_units: list[str]) -> list[Change]:
+    """What makes the container movable, given what the preflight found (a pure function)."""
+    changes = []
+    if systemd and not dropin_present:
+        changes.append(Change(f"write /{DROPIN} (systemd drop-in for every service: no namespaces of "
+                              "their own)", "CRIU cannot move a service's nested user, UTS, IPC, network or "
+                                            "mount namespaces"))
+    if systemd and (not dropin_present or nested_units):
+        changes.append(Change("systemctl daemon-reload", "systemd reads the drop-in"))
+    for unit in nested_units:
+        changes.append(Change(f"systemctl restart {unit}", "it runs in namespaces of its own until it restarts "
+                                                           "(a short interruption of that service)"))
+    return changes
+
+
+def undo_plan(*, dropin_present: bool) -> list[Change]:
+    if not dropin_present:
+        return []
+    return [Change(f"remove /{DROPIN}", "the services' own sandboxing settings apply again"),
+            Change("systemctl daemon-reload", "systemd forgets the drop-in; each service gets its sandboxing "
+                                              "back when it next restarts")]
+
+
+class LxcPreparer:
+    """Carries out a plan on a running LXC container: files through its root filesystem (owned by its
+    mapped root), systemctl through lxc-attach."""
+
+    def __init__(self, lxcpath: Path, name: str) -> None:
+        self.lxcpath, self.name = lxcpath, name
+        config = lxcpath / name / "config"
+        if not config.is_file():
+            raise BackendError(f"no LXC container {name!r} in {lxcpath}")
+        items = read_config(config)
+        try:
+            self.root_ids = root_id_map(items) or (0, 0)
+        except ValueError as e:
+            raise BackendError(f"{name}: {e}") from None
+        rootfs = dict(items).get("lxc.rootfs.path", "")
+        rootfs = rootfs.split(":", 1)[1] if rootfs.startswith("dir:") else rootfs
+        if not rootfs or not Path(rootfs).is_dir():
+            raise BackendError(f"{name}: lxdmig prepare needs a directory root filesystem (lxc.rootfs.path = "
+                               f"{rootfs or 'unset'})")
+        self.rootfs = Path(rootfs)
+
+    @property
+    def systemd(self) -> bool:
+        init = self.rootfs / "sbin/init"
+        return init.is_symlink() and os.readlink(init).endswith("systemd")
+
+    @property
+    def dropin(self) -> Path:
+        return self.rootfs / DROPIN
+
+    def nested_units(self, init_pid: int) -> list[str]:
+        """The services running in namespaces of their own (they leave them when they restart)."""
+        tasks = task_rules.read_tasks([init_pid, *proc.descendants(init_pid)])
+        units = [task.unit for task, _ in task_rules.nested(tasks, tasks[0])] if tasks else []
+        return [unit for i, unit in enumerate(units) if unit.endswith(".service") and unit not in units[:i]]
+
+    def apply(self, change: Change) -> None:
+        if change.what.startswith("write /"):
+            self._write_dropin()
+        elif change.what.startswith("remove /"):
+            self.dropin.unlink(missing_ok=True)
+        elif change.what.startswith("systemctl "):
+            self._attach(["systemctl", *change.what.split()[1:]])
+        else:
+            raise ValueError(f"unknown change {change.what!r}")
+
+    def _write_dropin(self) -> None:
+        # Create each missing directory as the container's root, never following a symlink the
+        # container may have planted (the rootfs is the container's to change).
+        path = self.rootfs
+        for part in DROPIN.parent.parts:
+            path = path / part
+            if path.is_symlink():
+                raise BackendError(f"{self.name}: /{path.relative_to(self.rootfs)} is a symlink; not writing "
+                                   "through it")
+            if not path.exists():
+                path.mkdir(mode=0o755)
+                os.chown(path, *self.root_ids)
+        fd = os.open(self.dropin, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(DROPIN_TEXT)
+        os.chown(self.dropin, *self.root_ids)
+
+    def _attach(self, argv: list[str]) -> None:
+        try:
+            proc.run(["lxc-attach", "-P", str(self.lxcpath), "-n", self.name, "--", *argv], timeout=_T)
+        except CommandError as e:
+            raise BackendError(f"{self.name}: {' '.join(argv)} failed: {e}") from None
