@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
-from lxdmig.testbed import bed, containers, hosts
+from lxdmig.testbed import bed, containers, hosts, images
 from lxdmig.testbed.layout import HOSTS, Host, all_hosts
 
 USAGE_EXAMPLES = """\
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--memory-mib", type=int, default=16, help="memory the workload keeps (default 16)")
     c.add_argument("--dirty-rate", type=float, default=1.0, help="MiB/s the workload rewrites (default 1)")
     c.add_argument("--tick-ms", type=int, default=10, help="counter period in ms (default 10)")
+    c.add_argument("--image", choices=sorted(images.IMAGES),
+                   help="a Debian system container (systemd, redis, postgresql, nginx, openssh) instead of the "
+                        "busybox workload; the image is built once and cached")
     c.add_argument("--privileged", action="store_true",
                    help="no user namespace (default: unprivileged, root mapped to host uid 100000)")
     d = sub.add_parser("destroy", help="stop and delete a container on a host")
@@ -117,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "container":
             hosts.require_up()
             spec = containers.WorkloadSpec(args.memory_mib, args.dirty_rate, args.tick_ms)
-            addr = containers.create(Host(args.host), args.name, spec, privileged=args.privileged)
+            if args.image:
+                addr = containers.create_system(Host(args.host), args.name, args.image, privileged=args.privileged)
+            else:
+                addr = containers.create(Host(args.host), args.name, spec, privileged=args.privileged)
             print(f"container {args.name} running on host {args.host}, address {addr}")
         elif args.command == "destroy":
             containers.destroy(Host(args.host), args.name)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import shutil
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from lxdmig.testbed.layout import (
     all_hosts,
     workload_binary,
 )
+from lxdmig.testbed import images
 from lxdmig.testbed.hosts import TestbedError
 
 _T = 60.0
@@ -162,19 +161,6 @@ ID_SHIFT = 100000
 ID_COUNT = 65536
 
 
-def shift_ownership(root: Path, shift: int) -> None:
-    """Add ``shift`` to the owner and group of every file under ``root`` (itself included), keeping modes
-    (chown clears setuid and setgid bits: they are put back)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Each directory is visited as a dirpath; a symlink to one only appears in dirnames.
-        links = [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]
-        for path in [dirpath, *(os.path.join(dirpath, n) for n in filenames + links)]:
-            st = os.lstat(path)
-            os.lchown(path, st.st_uid + shift, st.st_gid + shift)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
-
-
 def idmap_config() -> str:
     return f"lxc.idmap = u 0 {ID_SHIFT} {ID_COUNT}\nlxc.idmap = g 0 {ID_SHIFT} {ID_COUNT}\n"
 
@@ -222,21 +208,87 @@ def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "", *,
         cdir.chmod(0o700 if privileged else 0o711)
         make_rootfs(cdir / "rootfs", name, spec)
         if not privileged:
-            shift_ownership(cdir / "rootfs", ID_SHIFT)
+            images.shift_owners(cdir / "rootfs", ID_SHIFT)
         config = lxc_config(host, name, addr) + ("" if privileged else idmap_config())
         (cdir / "config").write_text(config + extra_config)
-        log = host.storage / f"lxc-start-{name}.log"
-        try:
-            host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
-                         output_file=host.storage / f"lxc-start-{name}.out")
-        except CommandError as e:
-            errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
-            raise TestbedError(f"{e}; lxc-start's log says: {' | '.join(errors[:6])}") from None
+        _start(host, name)
         wait_for_workload(host, name)
     except BaseException:
         destroy(host, name)
         raise
     return addr
+
+
+# --- real system containers (Debian with systemd and packaged services) ------------
+
+
+def system_config(host: Host, name: str, addr: ipaddress.IPv4Address, *, privileged: bool) -> str:
+    """An LXC config for a distribution's systemd container, as LXC and LXD users run them: a devpts of
+    its own (sshd, systemd's PrivateDevices=), systemd's cgroup and /sys views, LXD's capability drops
+    (sys_rawio makes systemd skip debugfs, which a user namespace cannot mount)."""
+    return f"""\
+# lxdmig test bed system container {name} on host {host.name}
+lxc.uts.name = {name}
+lxc.rootfs.path = dir:{host.lxcpath / name / 'rootfs'}
+lxc.init.cmd = /sbin/init
+lxc.signal.halt = SIGRTMIN+3
+lxc.tty.max = 0
+lxc.pty.max = 1024
+lxc.console.path = none
+lxc.autodev = 1
+lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed
+lxc.environment = container=lxc
+lxc.cgroup.relative = 1
+lxc.cap.drop = sys_module mac_admin mac_override sys_time sys_rawio
+lxc.net.0.type = veth
+lxc.net.0.link = {BRIDGE}
+lxc.net.0.name = eth0
+lxc.net.0.flags = up
+lxc.net.0.hwaddr = {_mac_for(addr)}
+lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
+""" + ("" if privileged else idmap_config())
+
+
+def create_system(host: Host, name: str, image: str, *, privileged: bool = False) -> ipaddress.IPv4Address:
+    """Create and start a system container from a Debian image (built once, cached: testbed.images);
+    wait until systemd has finished booting it."""
+    check_name(name)
+    cdir = host.lxcpath / name
+    if cdir.exists():
+        raise TestbedError(f"container {name} already exists on host {host.name}")
+    rootfs = images.build(image)
+    addr = _allocate_address()
+    try:
+        cdir.mkdir(parents=True)
+        cdir.chmod(0o700 if privileged else 0o711)
+        images.install_rootfs(rootfs, cdir / "rootfs", uid_shift=0 if privileged else ID_SHIFT)
+        (cdir / "rootfs/etc/hostname").write_text(f"{name}\n")
+        (cdir / "config").write_text(system_config(host, name, addr, privileged=privileged))
+        _start(host, name)
+        state = system_state(host, name, wait=True)
+        if state not in ("running", "degraded"):
+            raise TestbedError(f"systemd in {name} did not finish booting: {state}")
+    except BaseException:
+        destroy(host, name)
+        raise
+    return addr
+
+
+def system_state(host: Host, name: str, *, wait: bool = False) -> str:
+    """What ``systemctl is-system-running`` says inside the container (``--wait``: once booted)."""
+    argv = ["lxc-attach", "-P", str(host.lxcpath), "-n", name, "--", "systemctl", "is-system-running",
+            *(["--wait"] if wait else [])]
+    return host_command(host, argv, check=False, timeout=180).stdout.strip() or "unknown"
+
+
+def _start(host: Host, name: str) -> None:
+    log = host.storage / f"lxc-start-{name}.log"
+    try:
+        host_command(host, ["lxc-start", "-P", str(host.lxcpath), "-n", name, "-o", str(log), "-l", "INFO"],
+                     output_file=host.storage / f"lxc-start-{name}.out")
+    except CommandError as e:
+        errors = [line for line in log.read_text(errors="replace").splitlines() if " ERROR " in line]
+        raise TestbedError(f"{e}; lxc-start's log says: {' | '.join(errors[:6])}") from None
 
 
 def lxc_state(host: Host, name: str) -> str:

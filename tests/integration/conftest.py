@@ -46,7 +46,13 @@ MakeContainer = Callable[..., str]
 
 
 @pytest.fixture
-def make_container(testbed: None) -> Iterator[MakeContainer]:
+def privileged() -> bool:
+    """Whether make_container makes privileged containers (the test bed's default is unprivileged)."""
+    return False
+
+
+@pytest.fixture
+def make_container(testbed: None, privileged: bool) -> Iterator[MakeContainer]:
     made: list[tuple[Host, str]] = []
 
     def make(host: str = "a", name: str | None = None, memory_mib: int = 16, dirty_rate: float = 1.0,
@@ -54,7 +60,8 @@ def make_container(testbed: None) -> Iterator[MakeContainer]:
         name = name or f"t{os.getpid() % 10000}-{next(_names)}"
         h = Host(host)
         made.append((h, name))
-        containers.create(h, name, containers.WorkloadSpec(memory_mib, dirty_rate), extra_config)
+        containers.create(h, name, containers.WorkloadSpec(memory_mib, dirty_rate), extra_config,
+                          privileged=privileged)
         return name
 
     yield make
