@@ -330,21 +330,7 @@ class LxcBackend(Backend):
         if root_ids is not None:
             _open_images_to(root_ids, directory)
         extra = cgroup_root_options(items, container, Path("/proc/self/cgroup").read_text())
-        dirs, source_root, root_mode = self._cgroup2_dirs.pop(container, ([], "", 0o755))
-        if dirs:
-            # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
-            root = extra[0].split(" ", 1)[1] if extra else source_root
-            # Owners: the container's root where the source had any other owner than host root (a
-            # peer names paths; it cannot choose owners).
-            container_root = list(root_ids or (0, 0))
-            plan, hook = directory / "cgroup2-dirs.json", directory / "cgroup-hook"
-            plan.write_text(json.dumps({
-                "root": root, "root_mode": root_mode,
-                "delegate_gid": root_ids[1] if root_ids is not None and root_mode & 0o020 else None,
-                "dirs": [[rel, *(container_root if (uid, gid) != (0, 0) else [0, 0])] for rel, uid, gid in dirs]}))
-            hook.write_text(cgroup_hook.script_text(plan))
-            hook.chmod(0o700)
-            extra.append(f"action-script {hook}")
+        extra += self._cgroup_hook_options(container, directory, root_ids, extra)
         options = directory / "criu-restore.conf"
         options.write_text(config_file.read_text() + "".join(f"{line}\n" for line in extra))
         if root_ids is None:
@@ -355,6 +341,26 @@ class LxcBackend(Backend):
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: thaw the restored copy.
         self.unfreeze(container)
+
+    def _cgroup_hook_options(self, container: str, directory: Path, root_ids: tuple[int, int] | None,
+                             cgroup_root: list[str]) -> list[str]:
+        """The CRIU option that runs cgroup_hook for this restore (none if the source sent no subtree)."""
+        dirs, source_root, root_mode = self._cgroup2_dirs.pop(container, ([], "", 0o755))
+        if not dirs:
+            return []
+        # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
+        root = cgroup_root[0].split(" ", 1)[1] if cgroup_root else source_root
+        # Owners: the container's root where the source had any other owner than host root (a peer
+        # names paths; it cannot choose owners).
+        container_root = list(root_ids or (0, 0))
+        plan, hook = directory / "cgroup2-dirs.json", directory / "cgroup-hook"
+        plan.write_text(json.dumps({
+            "root": root, "root_mode": root_mode,
+            "delegate_gid": root_ids[1] if root_ids is not None and root_mode & 0o020 else None,
+            "dirs": [[rel, *(container_root if (uid, gid) != (0, 0) else [0, 0])] for rel, uid, gid in dirs]}))
+        hook.write_text(cgroup_hook.script_text(plan))
+        hook.chmod(0o700)
+        return [f"action-script {hook}"]
 
     def _restore_unprivileged(self, container: str, items: list[tuple[str, str]], directory: Path,
                               config_file: Path, timeout: float) -> None:

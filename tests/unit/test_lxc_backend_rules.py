@@ -96,3 +96,27 @@ def test_veth_nics_with_and_without_host_names() -> None:
              ("lxc.net.1.type", "veth"), ("lxc.net.1.link", "br1"), ("lxc.net.1.veth.pair", "vh1"),
              ("lxc.net.2.type", "empty"), ("lxc.net.3.type", "veth")]
     assert veth_nics(items) == [VethNic(0, "eth0", "", "br0"), VethNic(1, "eth1", "vh1", "br1")]
+
+
+def test_cgroup_root_only_for_relative_containers() -> None:
+    from lxdmig.backends.lxc_rules import cgroup_root_options
+
+    own = "12:freezer:/lxdmig-testbed-b\n0::/lxdmig-testbed-b\n"
+    assert cgroup_root_options([("lxc.cgroup.relative", "1")], "c1", own) == [
+        "cgroup-root /lxdmig-testbed-b/lxc.payload.c1"]
+    assert cgroup_root_options([], "c1", own) == []
+    assert cgroup_root_options([("lxc.cgroup.relative", "1")], "c1", "12:freezer:/x\n") == []
+
+
+def test_cgroup_plan_from_a_peer_is_checked() -> None:
+    import pytest
+
+    from lxdmig.backends.lxc_rules import cgroup_plan
+
+    good = [["system.slice", 100000, 100000], ["system.slice/system-modprobe.slice", 100000, 100000],
+            ["system.slice/getty@tty1.service", 0, 0]]
+    assert cgroup_plan(good)[1] == ("system.slice/system-modprobe.slice", 100000, 100000)
+    for bad in ("x", [["../escape", 0, 0]], [["/abs", 0, 0]], [["a//b", 0, 0]], [["a", "0", 0]], [["a", True, 0]],
+                [["a b", 0, 0]], [["a", 0, 0]] * 5000):
+        with pytest.raises(ValueError):
+            cgroup_plan(bad)

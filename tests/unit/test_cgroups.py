@@ -1,0 +1,45 @@
+"""Reading cgroup paths and recreating a cgroup subtree (on plain directories standing in for cgroupfs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lxdmig.cgroups import make_subtree, payload_path, subtree, unified_mount
+
+MOUNTINFO = """\
+30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+31 24 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+40 24 0:26 /lxc.payload.c1 /mnt/inner rw - cgroup2 cgroup2 rw
+"""
+
+
+def test_unified_mount_is_the_one_mounted_at_its_root() -> None:
+    assert unified_mount(MOUNTINFO) == Path("/sys/fs/cgroup/unified")
+    assert unified_mount("31 24 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n") is None
+
+
+def test_payload_path_from_a_task_of_the_container() -> None:
+    assert payload_path("1:name=systemd:/x\n0::/lxdmig-testbed-a/lxc.payload.web1/system.slice/redis.service\n") \
+        == "/lxdmig-testbed-a/lxc.payload.web1"
+    assert payload_path("0::/user.slice\n") is None
+
+
+def test_subtree_and_make_subtree_round_trip(tmp_path: Path) -> None:
+    source, dest = tmp_path / "src", tmp_path / "dst"
+    for rel in ("system.slice/redis.service", "system.slice/system-modprobe.slice", "init.scope"):
+        (source / rel).mkdir(parents=True)
+    (dest / "system.slice").mkdir(parents=True)
+    (dest / "system.slice" / "cgroup.procs").write_text("")
+    dirs = subtree(source)
+    assert [d[0] for d in dirs] == ["init.scope", "system.slice", "system.slice/redis.service",
+                                   "system.slice/system-modprobe.slice"]
+    me = (os.getuid(), os.getgid())
+    made = make_subtree(dest, [(rel, *me) for rel, _, _ in dirs])
+    assert sorted(p.relative_to(dest).as_posix() for p in made) == [
+        "init.scope", "system.slice/redis.service", "system.slice/system-modprobe.slice"]
+    assert (dest / "system.slice" / "cgroup.procs").stat().st_uid == me[0]
+    with pytest.raises(ValueError):
+        make_subtree(dest, [("../outside", *me)])
