@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from lxdmig import proc
 from lxdmig.backends import task_rules
@@ -72,6 +73,28 @@ def undo_plan(*, dropin_present: bool) -> list[Change]:
                                               "back when it next restarts")]
 
 
+class Preparer(Protocol):
+    """Carries out a plan on one running container."""
+
+    name: str
+
+    @property
+    def systemd(self) -> bool: ...
+
+    def dropin_present(self) -> bool: ...
+
+    def nested_units(self, init_pid: int) -> list[str]: ...
+
+    def apply(self, change: Change) -> None: ...
+
+
+def nested_units(init_pid: int) -> list[str]:
+    """The services running in namespaces of their own (they leave them when they restart)."""
+    tasks = task_rules.read_tasks([init_pid, *proc.descendants(init_pid)])
+    units = [task.unit for task, _ in task_rules.nested(tasks, tasks[0])] if tasks else []
+    return [unit for i, unit in enumerate(units) if unit.endswith(".service") and unit not in units[:i]]
+
+
 class LxcPreparer:
     """Carries out a plan on a running LXC container: files through its root filesystem (owned by its
     mapped root), systemctl through lxc-attach."""
@@ -102,11 +125,11 @@ class LxcPreparer:
     def dropin(self) -> Path:
         return self.rootfs / DROPIN
 
+    def dropin_present(self) -> bool:
+        return self.dropin.exists()
+
     def nested_units(self, init_pid: int) -> list[str]:
-        """The services running in namespaces of their own (they leave them when they restart)."""
-        tasks = task_rules.read_tasks([init_pid, *proc.descendants(init_pid)])
-        units = [task.unit for task, _ in task_rules.nested(tasks, tasks[0])] if tasks else []
-        return [unit for i, unit in enumerate(units) if unit.endswith(".service") and unit not in units[:i]]
+        return nested_units(init_pid)
 
     def apply(self, change: Change) -> None:
         if change.what.startswith("write /"):
@@ -140,3 +163,51 @@ class LxcPreparer:
             proc.run(["lxc-attach", "-P", str(self.lxcpath), "-n", self.name, "--", *argv], timeout=_T)
         except CommandError as e:
             raise BackendError(f"{self.name}: {' '.join(argv)} failed: {e}") from None
+
+
+class LxdPreparer:
+    """Carries out a plan on a running LXD instance through LXD's API (its file and exec endpoints):
+    nothing is written behind the daemon's back."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        from pylxd.exceptions import NotFound
+
+        self.name = name
+        try:
+            self.instance = client.instances.get(name)
+        except NotFound:
+            raise BackendError(f"no LXD instance named {name!r}") from None
+
+    def _run(self, argv: list[str]) -> str:
+        result = self.instance.execute(argv)
+        if result.exit_code != 0:
+            raise BackendError(f"{self.name}: {' '.join(argv)} failed (exit {result.exit_code}): "
+                               f"{(result.stderr or result.stdout).strip()[-300:]}")
+        return str(result.stdout)
+
+    @property
+    def systemd(self) -> bool:
+        return self._run(["readlink", "-f", "/sbin/init"]).strip().endswith("/systemd")
+
+    def dropin_present(self) -> bool:
+        from pylxd.exceptions import NotFound
+
+        try:
+            self.instance.files.get(f"/{DROPIN}")
+            return True
+        except NotFound:
+            return False
+
+    def nested_units(self, init_pid: int) -> list[str]:
+        return nested_units(init_pid)
+
+    def apply(self, change: Change) -> None:
+        if change.what.startswith("write /"):
+            self._run(["mkdir", "-p", f"/{DROPIN.parent}"])
+            self.instance.files.put(f"/{DROPIN}", DROPIN_TEXT.encode(), mode="0644", uid=0, gid=0)
+        elif change.what.startswith("remove /"):
+            self.instance.files.delete(f"/{DROPIN}")
+        elif change.what.startswith("systemctl "):
+            self._run(["systemctl", *change.what.split()[1:]])
+        else:
+            raise ValueError(f"unknown change {change.what!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lxdmig import backends, config, prepare
+from lxdmig import backends, config, lxd_api, prepare
 from lxdmig.errors import BackendError, ExitCode
 
 HELP = "make a running container movable: say what would stop CRIU and change it, one line per change"
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        "own (CRIU cannot move nested ones) and restarts the services that run in such "
                        "namespaces now; the container itself keeps running. See docs/system-containers.md "
                        "for the trade-off.")
-    p.add_argument("name", help="an LXC container on this host (running)")
+    p.add_argument("name", help="an LXC container or LXD instance on this host (running)")
     p.add_argument("--dry-run", action="store_true", help="show the changes, change nothing")
     p.add_argument("--undo", action="store_true", help="revert what lxdmig prepare changed")
     p.set_defaults(run=run)
@@ -27,12 +27,12 @@ def run(args: argparse.Namespace) -> ExitCode:
     backend = backends.find(args.name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
     if backend is None:
         raise BackendError(f"no container {args.name!r} here (not in {conf.lxcpath}, not in LXD)")
-    if backend.name != "lxc":
-        raise BackendError(f"{args.name} is an LXD instance: lxdmig prepare handles LXC containers so far "
-                           "(for LXD, the same drop-in can be written with 'lxc file push'; see "
-                           "docs/system-containers.md)")
-    preparer = prepare.LxcPreparer(conf.lxcpath, args.name)
-    present = preparer.dropin.exists()
+    preparer: prepare.Preparer
+    if backend.name == "lxd":
+        preparer = prepare.LxdPreparer(lxd_api.connect_local(conf.lxd_socket), args.name)
+    else:
+        preparer = prepare.LxcPreparer(conf.lxcpath, args.name)
+    present = preparer.dropin_present()
     if args.undo:
         changes = prepare.undo_plan(dropin_present=present)
     else:
