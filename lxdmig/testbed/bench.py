@@ -25,6 +25,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -279,6 +280,53 @@ def vm_samples() -> list[Sample]:
     return out
 
 
+# --- real system containers ----------------------------------------------------------
+
+REAL_SUBJECT = "lxdmig, Debian 12 system container (pause: the Redis client's longest wait)"
+
+
+@contextmanager
+def _system_container() -> Iterator[str]:
+    name = f"real{_RUN}-{next(_names)}"
+    try:
+        containers.create_system(A, name, "debian-12")
+        host_command(A, helpers.lxdmig_argv("prepare", name), timeout=300)
+        yield name
+    finally:
+        for host in (A, B):
+            containers.destroy(host, name)
+
+
+def run_real(mode: str) -> Sample:
+    """A stock Debian 12 container (systemd, redis, postgresql, nginx, openssh; prepared) moved a -> b
+    while a Redis client on host b sends INCR every 10 ms over one connection: its longest wait for a
+    reply is the downtime; ok means every reply was the previous plus one, on the same connection."""
+    with _system_container() as name, tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+        stop, out = Path(tmp) / "stop", Path(tmp) / "redis.json"
+        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis",
+                                            str(containers.container_address(A, name)), "--until", str(stop),
+                                            "--out", str(out)))
+        try:
+            time.sleep(1)
+            cpu, start = _cpu_of_children(), time.monotonic()
+            result = host_command(A, helpers.lxdmig_argv("move", name, f"b:{name}", "--json", "--mode", mode),
+                                  check=False, timeout=MOVE_TIMEOUT)
+            total, cpu = time.monotonic() - start, _cpu_of_children() - cpu
+            time.sleep(1)
+        finally:
+            stop.touch()
+            client.wait(timeout=60)
+        redis = json.loads(out.read_text())
+    if result.returncode != 0:
+        return Sample("host", REAL_SUBJECT, mode, 0, 0.0, False, None, total,
+                      note=result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed")
+    report = json.loads(result.stdout)
+    ok = not redis["error"] and not redis["out_of_step"] and redis["replies"] > 0
+    return Sample("host", REAL_SUBJECT, report["mode"], 0, 0.0, ok, float(redis["max_wait_ms"]), round(total, 3),
+                  int(report["bytes_sent"]), len(report["rounds"]), round(cpu, 3), float(report["downtime_ms"]),
+                  note="" if ok else f"redis client: {redis['error'] or redis['out_of_step']}")
+
+
 # --- the whole run -----------------------------------------------------------------
 
 
@@ -313,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lxd-sizes", default="64", help="memory sizes for the LXD rows (default 64: LXD is slow)")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each cell (default 3)")
     p.add_argument("--vm", action="store_true", help="add pre-copy and hybrid rows from the soft-dirty VM")
+    p.add_argument("--real", action="store_true",
+                   help="add a stock Debian 12 system container moved with a Redis client connected "
+                        "(post-copy and stop-copy; --sizes '' for these rows alone)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -333,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             cells += list(matrix([int(x) for x in args.lxd_sizes.split(",")], rates[:1], [], [], True, args.reps))
         except Exception as e:
             _say(f"no LXD rows: setting up LXD failed: {e}")
+    if args.real:
+        cells += [(f"lxdmig {mode}, Debian 12 system container, #{rep + 1}",
+                   lambda m=mode: run_real(m))  # type: ignore[misc]
+                  for rep in range(args.reps) for mode in ("post-copy", "stop-copy") if mode in possible]
     for number, (label, run) in enumerate(cells, 1):
         _say(f"[{number}/{len(cells)}] {label}")
         try:
