@@ -165,6 +165,12 @@ def idmap_config() -> str:
     return f"lxc.idmap = u 0 {ID_SHIFT} {ID_COUNT}\nlxc.idmap = g 0 {ID_SHIFT} {ID_COUNT}\n"
 
 
+def _nic_config(addr: ipaddress.IPv4Address) -> str:
+    """A veth on the host's bridge with a MAC and address the container keeps wherever it runs."""
+    return (f"lxc.net.0.type = veth\nlxc.net.0.link = {BRIDGE}\nlxc.net.0.name = eth0\nlxc.net.0.flags = up\n"
+            f"lxc.net.0.hwaddr = {_mac_for(addr)}\nlxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}\n")
+
+
 def lxc_config(host: Host, name: str, addr: ipaddress.IPv4Address) -> str:
     """An LXC config CRIU can checkpoint and restore (see docs/testbed.md)."""
     return f"""\
@@ -180,13 +186,7 @@ lxc.autodev = 1
 lxc.mount.auto = proc:mixed sys:ro
 lxc.cgroup.relative = 1
 lxc.cap.drop = sys_module mac_admin mac_override sys_time
-lxc.net.0.type = veth
-lxc.net.0.link = {BRIDGE}
-lxc.net.0.name = eth0
-lxc.net.0.flags = up
-lxc.net.0.hwaddr = {_mac_for(addr)}
-lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
-"""
+""" + _nic_config(addr)
 
 
 def create(host: Host, name: str, spec: WorkloadSpec, extra_config: str = "", *,
@@ -240,13 +240,7 @@ lxc.mount.auto = proc:mixed sys:mixed cgroup:mixed
 lxc.environment = container=lxc
 lxc.cgroup.relative = 1
 lxc.cap.drop = sys_module mac_admin mac_override sys_time sys_rawio
-lxc.net.0.type = veth
-lxc.net.0.link = {BRIDGE}
-lxc.net.0.name = eth0
-lxc.net.0.flags = up
-lxc.net.0.hwaddr = {_mac_for(addr)}
-lxc.net.0.ipv4.address = {addr}/{CONTAINER_NET.prefixlen}
-""" + ("" if privileged else idmap_config())
+""" + _nic_config(addr) + ("" if privileged else idmap_config())
 
 
 def create_system(host: Host, name: str, image: str, *, privileged: bool = False) -> ipaddress.IPv4Address:

@@ -138,6 +138,9 @@ class Clients:
             time.sleep(0.1)
 
     def start(self, seconds: int) -> None:
+        # A timer armed before the moves must fire after them (systemd's timerfds are carried).
+        inside(A, "systemd-run", "--quiet", "--unit=lxdmig-timer", f"--on-active={seconds // 2}", "touch",
+               "/run/lxdmig-timer-fired")
         pg = ["-h", self.address, "-U", "postgres"]
         host_command(B, ["pgbench", "-i", "-s", "1", "-q", *pg, "postgres"], timeout=120)
         self.redis = self._start(sys.executable, "-m", "lxdmig.testbed.clients", "redis", self.address,
@@ -191,6 +194,8 @@ class Clients:
         bench = (self.tmp / "pgbench.out").read_text(errors="replace")
         if "number of failed transactions: 0 " not in bench:
             wrong.append(f"pgbench: {bench[-400:]}")
+        if inside(A, "sh", "-c", "test -e /run/lxdmig-timer-fired && echo yes") != "yes":
+            wrong.append("the timer armed before the moves did not fire after them")
         got = self.tmp / "big.bin"
         if not got.exists() or hashlib.sha256(got.read_bytes()).hexdigest() != self.big_sha:
             wrong.append("the nginx download does not match the file")
