@@ -290,8 +290,17 @@ class LxcBackend(Backend):
         result = proc.run(["lxc-info", *self._args(container), "-s", "-H"], timeout=_TIMEOUT, check=False)
         return result.stdout.strip() or "UNKNOWN"
 
+    def silence(self, container: str) -> None:
+        """Take the container's links down before it is thawed to be killed: its dying tasks close their
+        sockets, and the FINs of a source copy whose twin now runs elsewhere would reach the twin's peers
+        (a link detached from its bridge still delivers to this host's own addresses, and a forwarding
+        host routes them on) and end their connections."""
+        for link in self.links(container):
+            proc.run(["ip", "link", "set", "dev", link, "down"], timeout=_TIMEOUT, check=False)
+
     def stop(self, container: str) -> None:
         if self.state(container) in ("FROZEN", "RUNNING"):
+            self.silence(container)
             self.unfreeze(container)  # a frozen task does not die
         proc.run(["lxc-stop", *self._args(container), "-k"], timeout=_TIMEOUT, check=False)
         if self.state(container) not in ("STOPPED", "UNKNOWN"):

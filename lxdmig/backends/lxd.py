@@ -152,6 +152,7 @@ class LxdBackend(LxcBackend):
 
         inst = self._instance(container)
         if inst.status in ("Running", "Frozen"):
+            self.silence(container)
             self.unfreeze(container)  # a frozen task does not die
             try:
                 inst.stop(force=True, wait=True, timeout=_WAIT)
