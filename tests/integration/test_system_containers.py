@@ -139,8 +139,8 @@ class Clients:
 
     def start(self, seconds: int) -> None:
         # A timer armed before the moves must fire after them (systemd's timerfds are carried).
-        inside(A, "systemd-run", "--quiet", "--unit=lxdmig-timer", f"--on-active={seconds // 2}", "touch",
-               "/run/lxdmig-timer-fired")
+        inside(A, "systemd-run", "--quiet", "--unit=lxdmig-timer", f"--on-active={seconds // 2}",
+               "--timer-property=AccuracySec=1s", "touch", "/run/lxdmig-timer-fired")  # (default: within 1 min)
         pg = ["-h", self.address, "-U", "postgres"]
         host_command(B, ["pgbench", "-i", "-s", "1", "-q", *pg, "postgres"], timeout=120)
         self.redis = self._start(sys.executable, "-m", "lxdmig.testbed.clients", "redis", self.address,
