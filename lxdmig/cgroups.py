@@ -130,3 +130,23 @@ def delegate_root(top: Path, gid: int) -> None:
         if (top / name).exists():
             os.chown(top / name, 0, gid)
             (top / name).chmod(0o664)
+
+
+def hierarchy_roots(mountinfo: str | None = None) -> list[Path]:
+    """The mount points of every cgroup hierarchy mounted at its root in this mount namespace."""
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    roots = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if rfields and rfields[0] in ("cgroup", "cgroup2") and fields[3] == "/":
+            roots.append(Path(fields[4]))
+    return roots
+
+
+def first_free(candidates: list[str], roots: list[Path]) -> str | None:
+    """The first cgroup path that exists in none of the hierarchies (where liblxc will make the next one)."""
+    for path in candidates:
+        if not any((root / path.lstrip("/")).exists() for root in roots):
+            return path
+    return None

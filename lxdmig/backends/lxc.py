@@ -20,8 +20,8 @@ from lxdmig import cgroups, criu, kernel, proc
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
-    cgroup_plan, cgroup_root_options, config_problems, device_problems, freezer_files, network_unlock_commands,
-    nft_unlock_commands, process_stat, read_config, root_id_map, session_problems, veth_nics,
+    cgroup_base, cgroup_plan, config_problems, device_problems, freezer_files, network_unlock_commands,
+    nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map, session_problems, veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -318,6 +318,13 @@ class LxcBackend(Backend):
         return self.lxcpath / check_name(container)
 
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
+        self._keep_cgroup_plan(container, definition)
+        path = self.container_dir(container) / "config"
+        text = path.read_text()
+        path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
+
+    def _keep_cgroup_plan(self, container: str, definition: dict[str, Any]) -> None:
+        """The source's cgroup2 subtree (describe()), checked, for this container's restore."""
         try:
             mode = definition.get("cgroup2_root_mode", 0o755)
             if not isinstance(mode, int) or not 0 <= mode <= 0o777:
@@ -326,9 +333,6 @@ class LxcBackend(Backend):
                                              str(definition.get("cgroup2_root", "")), mode)
         except ValueError as e:
             raise BackendError(f"the source's description of {container!r}: {e}") from None
-        path = self.container_dir(container) / "config"
-        text = path.read_text()
-        path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
 
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
         items = self._require(container)
@@ -338,7 +342,7 @@ class LxcBackend(Backend):
             raise BackendError(f"{container}: {e}") from None
         if root_ids is not None:
             _open_images_to(root_ids, directory)
-        extra = cgroup_root_options(items, container, Path("/proc/self/cgroup").read_text())
+        extra = self._cgroup_root_options(items, container)
         extra += self._cgroup_hook_options(container, directory, root_ids, extra)
         options = directory / "criu-restore.conf"
         options.write_text(config_file.read_text() + "".join(f"{line}\n" for line in extra))
@@ -350,6 +354,25 @@ class LxcBackend(Backend):
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: thaw the restored copy.
         self.unfreeze(container)
+
+    @staticmethod
+    def _cgroup_root_options(items: list[tuple[str, str]], container: str) -> list[str]:
+        """A default ``cgroup-root``: where liblxc will put the container's cgroup on this host.
+
+        liblxc re-roots the hierarchies it names by controller; CRIU restores
+        any other (the cgroup2 hierarchy of a hybrid host, which systemd
+        inside uses) at the path it was dumped from. That is right only if
+        this host puts the container at the same path: not when its liblxc
+        places containers relative to its own cgroup, nor when the name was
+        taken and liblxc chose ``NAME-1`` (two hosts on one kernel, or a
+        leftover). Outside its cgroup namespace, systemd's watches on its
+        units' ``cgroup.events`` can no longer be dumped.
+        """
+        base = cgroup_base(items, Path("/proc/self/cgroup").read_text())
+        if base is None:
+            return []
+        payload = cgroups.first_free(payload_candidates(base, container), cgroups.hierarchy_roots())
+        return [f"cgroup-root {payload}"] if payload is not None else []
 
     def _cgroup_hook_options(self, container: str, directory: Path, root_ids: tuple[int, int] | None,
                              cgroup_root: list[str]) -> list[str]:

@@ -74,24 +74,20 @@ def veth_nics(items: list[tuple[str, str]]) -> list[VethNic]:
             for n, attrs in sorted(nets.items()) if attrs.get("type") == "veth" and attrs.get("link")]
 
 
-def cgroup_root_options(items: list[tuple[str, str]], container: str, own_cgroups: str) -> list[str]:
-    """CRIU restore options that put a container with ``lxc.cgroup.relative = 1`` under this host's
-    cgroup for it, in every hierarchy.
-
-    liblxc remaps the hierarchies it names by controller; CRIU restores any
-    other (the cgroup2 hierarchy of a hybrid layout, which systemd inside
-    uses) at the path it was dumped from, i.e. under the *source* host's
-    cgroup, outside the container's cgroup namespace, where systemd's
-    watches on its units' cgroup.events can no longer be dumped. A
-    default ``cgroup-root`` covers those. ``own_cgroups``: this process's
-    /proc/self/cgroup (liblxc places a relative container below it).
-    """
+def cgroup_base(items: list[tuple[str, str]], own_cgroups: str) -> str | None:
+    """The cgroup (cgroup2 path) liblxc creates a container's ``lxc.payload.NAME`` below on this host:
+    this process's own with ``lxc.cgroup.relative = 1``, else the root; None if this process has no
+    cgroup2 line (``own_cgroups``: its /proc/self/cgroup)."""
     if dict(items).get("lxc.cgroup.relative", "0") != "1":
-        return []  # at /lxc.payload.NAME on every host alike: nothing to remap
+        return ""
     unified = next((line.split(":", 2)[2] for line in own_cgroups.splitlines() if line.startswith("0::")), None)
-    if unified is None:
-        return []
-    return [f"cgroup-root {unified.rstrip('/')}/lxc.payload.{container}"]
+    return unified.rstrip("/") if unified is not None else None
+
+
+def payload_candidates(base: str, container: str, tries: int = 100) -> list[str]:
+    """The cgroup paths liblxc tries for a container, in order: ``lxc.payload.NAME``, then with -1, -2...
+    while the name is taken in any hierarchy."""
+    return [f"{base}/lxc.payload.{container}" + (f"-{n}" if n else "") for n in range(tries)]
 
 
 _CGROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}$")

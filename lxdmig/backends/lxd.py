@@ -214,6 +214,8 @@ class LxdBackend(LxcBackend):
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
         from pylxd.exceptions import LXDAPIException
 
+        self._keep_cgroup_plan(container, definition)
+
         try:
             nic_list = [Nic(**n) for n in definition.get("nics", [])]
             conf_text, seccomp = str(definition["lxc_conf"]), str(definition.get("seccomp", ""))

@@ -46,12 +46,11 @@ def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config:
                       pool_driver: str, *, engine: str = "lxdmig") -> list[Problem]:
     """What about an LXD instance the engine (lxdmig or lxd) cannot move (a pure function)."""
     out = []
-    if config.get("security.privileged", "false").lower() != "true":
-        out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): LXD's own live "
-                                          "move of an id-mapped container failed here (timens-0.img: permission "
-                                          "denied) and lxdmig does not move them yet; set security.privileged="
-                                          "true, or stop it and use 'lxc move'"))
     if engine == "lxd":
+        if config.get("security.privileged", "false").lower() != "true":
+            out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): LXD's own "
+                                              "live move of an id-mapped container fails (timens-0.img: permission "
+                                              "denied); use lxdmig's engine (--engine lxdmig)"))
         return out
     for device, d in sorted(expanded_devices.items()):
         if d.get("type") != "nic":

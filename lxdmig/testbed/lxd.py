@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from lxdmig import proc
-from lxdmig.testbed import hosts
+from lxdmig.testbed import hosts, images
+from lxdmig.testbed.hosts import TestbedError
 from lxdmig.testbed.containers import WorkloadSpec, host_command, make_rootfs
 from lxdmig.testbed.layout import BRIDGE, Host
 
@@ -36,9 +37,10 @@ def socket_path(host: Host) -> Path:
     return lxd_dir(host) / "unix.socket"
 
 
-def _lxc(host: Host, *args: str, input_text: str | None = None, check: bool = True) -> proc.Completed:
+def _lxc(host: Host, *args: str, input_text: str | None = None, check: bool = True,
+         timeout: float = 60.0) -> proc.Completed:
     return host_command(host, ["env", f"LXD_DIR={lxd_dir(host)}", "lxc", *args], input_text=input_text,
-                        check=check)
+                        check=check, timeout=timeout)
 
 
 def running(host: Host) -> bool:
@@ -131,6 +133,60 @@ def create(host: Host, name: str, *, start: bool = False, raw_lxc: str = "", pro
     _lxc(host, "init", IMAGE_ALIAS, name, *options)
     if start:
         _lxc(host, "start", name)
+
+
+# --- real system containers under LXD (the test bed's Debian images) ------------------
+
+# LXD runs a distribution's container unprivileged by default; CRIU needs no console and no
+# AppArmor profile here, and systemd in a user namespace skips debugfs without CAP_SYS_RAWIO.
+SYSTEM_CONFIG = {"raw.lxc": "lxc.console.path = none\nlxc.apparmor.profile =\nlxc.cap.drop = sys_rawio"}
+
+
+def system_alias(image: str) -> str:
+    return f"lxdmig-{image}"
+
+
+def _system_tarball(image: str) -> tuple[Path, Path]:
+    """The image's root filesystem and metadata as LXD image tarballs, made once beside the cached image."""
+    rootfs = images.build(image)
+    entry = rootfs.parent
+    tarball, meta = entry / "lxd-rootfs.tar", entry / "lxd-meta.tar"
+    if not tarball.exists():
+        partial = entry / ".lxd-rootfs.tar.partial"
+        proc.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
+        partial.rename(tarball)
+    if not meta.exists():
+        with tempfile.TemporaryDirectory(prefix="lxd-meta-") as tmp:
+            (Path(tmp) / "metadata.yaml").write_text(
+                f"architecture: x86_64\ncreation_date: {int(time.time())}\n"
+                f"properties:\n  description: lxdmig test bed {image}\n  os: debian\n")
+            with tarfile.open(meta, "w") as tar:
+                tar.add(Path(tmp) / "metadata.yaml", arcname="metadata.yaml")
+    return tarball, meta
+
+
+def import_system_image(host: Host, image: str) -> str:
+    """Import the image into host's LXD once; returns its alias."""
+    alias = system_alias(image)
+    if _lxc(host, "image", "info", alias, check=False).returncode != 0:
+        tarball, meta = _system_tarball(image)
+        _lxc(host, "image", "import", str(meta), str(tarball), "--alias", alias, timeout=900)
+    return alias
+
+
+def create_system(host: Host, name: str, image: str = "debian-12") -> None:
+    """An unprivileged LXD instance of a Debian system image, started, systemd booted."""
+    alias = import_system_image(host, image)
+    options = [arg for key, value in SYSTEM_CONFIG.items() for arg in ("-c", f"{key}={value}")]
+    _lxc(host, "init", alias, name, *options, timeout=900)
+    _lxc(host, "start", name, timeout=120)
+    booted = _lxc(host, "exec", name, "--", "systemctl", "is-system-running", "--wait", check=False, timeout=180)
+    if booted.stdout.strip() not in ("running", "degraded"):
+        raise TestbedError(f"systemd in LXD instance {name} did not finish booting: {booted.stdout.strip()}")
+
+
+def exec_in(host: Host, name: str, *argv: str, timeout: float = 60.0) -> proc.Completed:
+    return _lxc(host, "exec", name, "--", *argv, check=False, timeout=timeout)
 
 
 def state(host: Host, name: str) -> str:

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers, lxd
-from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.layout import Host
 
 A, B = Host("a"), Host("b")
@@ -189,3 +193,44 @@ def test_lxd_remote_needs_the_pinned_certificate_and_trust(lxd_pair: None) -> No
     rc, out, err = lxdmig(A, "--config", str(conf), "remote", "add", "b", url, "--lxd", "--replace",
                           "--accept-certificate", "--token", token)
     assert rc == 0 and "trusts this host" in out, out + err
+
+
+SYSTEM_ADDRESS = "198.51.100.251"  # outside the test bed's allocations (10-250): LXD has no DHCP here
+
+
+def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pair: None, tmp_path: Path) -> None:
+    """LXD's default: an unprivileged instance, here of the stock Debian 12 image with systemd and its
+    services. lxdmig check names what stops CRIU, lxdmig prepare changes it through LXD's API, and the
+    instance moves a -> b (post-copy) -> a (stop-copy) while a Redis client on host b stays connected;
+    LXD owns it on each side (exec works, systemd is running)."""
+    name = "lxsys"
+    for host in (A, B):
+        lxd.delete(host, name)
+    lxd.create_system(A, name, "debian-12")
+    stop, out = tmp_path / "stop", tmp_path / "redis.json"
+    client = None
+    try:
+        assert lxc(A, "config", "get", name, "security.privileged").strip() in ("", "false")
+        lxc(A, "exec", name, "--", "ip", "address", "add", f"{SYSTEM_ADDRESS}/24", "dev", "eth0")
+        rc, out_check, _ = lxdmig(A, "check", "b", name)
+        assert rc == ExitCode.PREFLIGHT and "redis-server.service) runs in a user namespace" in out_check, out_check
+        rc, said, err = lxdmig(A, "prepare", name)
+        assert rc == 0 and "write /etc/systemd/system/service.d/" in said, said + err
+        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis",
+                                            SYSTEM_ADDRESS, "--until", str(stop), "--out", str(out)))
+        time.sleep(1)
+        for source, dest, mode in ((A, B, "post-copy"), (B, A, "stop-copy")):
+            report = move(source, name, dest, "--engine", "lxdmig", "--mode", mode)
+            assert report["engine"] == "lxdmig" and report["mode"] == mode
+            assert lxd.state(dest, name) == "RUNNING" and lxd.state(source, name) == "ABSENT"
+            assert lxc(dest, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
+            lxc(dest, "exec", name, "--", "systemctl", "restart", "nginx")  # systemd manages its cgroups
+        time.sleep(1)
+    finally:
+        stop.touch()
+        if client is not None:
+            client.wait(timeout=60)
+        for host in (A, B):
+            lxd.delete(host, name)
+    redis = json.loads(out.read_text())
+    assert redis["error"] == "" and redis["out_of_step"] == [] and redis["replies"] > 100, redis

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lxdmig.cgroups import make_subtree, payload_path, subtree, unified_mount
+from lxdmig.cgroups import first_free, hierarchy_roots, make_subtree, payload_path, subtree, unified_mount
 
 MOUNTINFO = """\
 30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
@@ -43,3 +43,13 @@ def test_subtree_and_make_subtree_round_trip(tmp_path: Path) -> None:
     assert (dest / "system.slice" / "cgroup.procs").stat().st_uid == me[0]
     with pytest.raises(ValueError):
         make_subtree(dest, [("../outside", *me)])
+
+
+def test_the_first_cgroup_name_free_in_every_hierarchy(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    (v1 / "lxc.payload.c1").mkdir(parents=True)
+    (v2 / "lxc.payload.c1-1").mkdir(parents=True)
+    wanted = ["/lxc.payload.c1", "/lxc.payload.c1-1", "/lxc.payload.c1-2"]
+    assert first_free(wanted, [v1, v2]) == "/lxc.payload.c1-2"
+    assert first_free(wanted[:2], [v1, v2]) is None
+    assert hierarchy_roots(MOUNTINFO) == [Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd")]

@@ -98,14 +98,14 @@ def test_veth_nics_with_and_without_host_names() -> None:
     assert veth_nics(items) == [VethNic(0, "eth0", "", "br0"), VethNic(1, "eth1", "vh1", "br1")]
 
 
-def test_cgroup_root_only_for_relative_containers() -> None:
-    from lxdmig.backends.lxc_rules import cgroup_root_options
+def test_where_liblxc_puts_a_container_cgroup() -> None:
+    from lxdmig.backends.lxc_rules import cgroup_base, payload_candidates
 
     own = "12:freezer:/lxdmig-testbed-b\n0::/lxdmig-testbed-b\n"
-    assert cgroup_root_options([("lxc.cgroup.relative", "1")], "c1", own) == [
-        "cgroup-root /lxdmig-testbed-b/lxc.payload.c1"]
-    assert cgroup_root_options([], "c1", own) == []
-    assert cgroup_root_options([("lxc.cgroup.relative", "1")], "c1", "12:freezer:/x\n") == []
+    assert cgroup_base([("lxc.cgroup.relative", "1")], own) == "/lxdmig-testbed-b"
+    assert cgroup_base([], own) == ""
+    assert cgroup_base([("lxc.cgroup.relative", "1")], "12:freezer:/x\n") is None
+    assert payload_candidates("", "c1", tries=3) == ["/lxc.payload.c1", "/lxc.payload.c1-1", "/lxc.payload.c1-2"]
 
 
 def test_cgroup_plan_from_a_peer_is_checked() -> None:
