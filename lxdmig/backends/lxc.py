@@ -128,7 +128,7 @@ class LxcBackend(Backend):
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
                 + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])
-                + [problem for problem, _ in task_rules.mount_problems(tasks)]
+                + task_rules.mount_problems(tasks)
                 + task_rules.fd_problems(tasks)
                 + task_rules.rlimit_problems(tasks, privileged=privileged,
                                              cap_sys_resource=kernel.has_cap_sys_resource()))
@@ -147,9 +147,8 @@ class LxcBackend(Backend):
 
     def criu_dump_options(self, container: str) -> list[str]:
         init = self.init_pid(container)
-        mounts = task_rules.mount_problems(task_rules.read_tasks([init, *proc.descendants(init)]))
-        if any(mount is not None and mount.fstype == "ramfs" for _, mount in mounts):
-            return ["--enable-fs", "ramfs"]  # only empty ones come with their mount: nothing to carry
+        if task_rules.empty_ramfs(task_rules.read_tasks([init, *proc.descendants(init)])):
+            return ["--enable-fs", "ramfs"]  # (a ramfs with files in it fails the preflight)
         return []
 
     def trial_dump(self, container: str, directory: str) -> None:

@@ -89,27 +89,43 @@ def nested_namespace_problems(tasks: list[Task], init: Task) -> list[Problem]:
             for task, kind in nested(tasks, init)]
 
 
-def mount_problems(tasks: list[Task]) -> list[tuple[Problem, Mount | None]]:
-    """Mounts of file systems CRIU does not dump. An empty ramfs comes back as a WARN with the mount
-    (lxdmig has CRIU restore it empty: nothing is lost); anything else is a FAIL."""
-    out: list[tuple[Problem, Mount | None]] = []
-    seen = set()
+def unsupported_mounts(tasks: list[Task]) -> list[tuple[Task, Mount]]:
+    """Each mount (once) of a file system CRIU does not dump, with a task that sees it."""
+    out, seen = [], set()
     for task in tasks:
         for mount in task.mounts:
-            if mount.fstype.split(".")[0] not in UNSUPPORTED_FS or (mount.point, mount.fstype) in seen:
-                continue
-            seen.add((mount.point, mount.fstype))
-            where = f"{mount.point} ({mount.fstype}, seen by {_who(task)})"
-            if mount.fstype == "ramfs" and mount.empty:
-                out.append((Problem(Severity.WARN, f"{where} is empty: CRIU restores it as a new empty "
-                                                   "ramfs"), mount))
-            elif mount.fstype == "ramfs":
-                out.append((Problem(Severity.FAIL, f"{where} is a ramfs with files in it: CRIU cannot carry its "
-                                                   f"contents (systemd keeps unit credentials there); "
-                                                   f"{PREPARE_HINT}"), None))
-            else:
-                out.append((Problem(Severity.FAIL, f"{where}: CRIU cannot dump a {mount.fstype} mount; unmount "
-                                                   "it before the move"), None))
+            if mount.fstype.split(".")[0] in UNSUPPORTED_FS and (mount.point, mount.fstype) not in seen:
+                seen.add((mount.point, mount.fstype))
+                out.append((task, mount))
+    return out
+
+
+def empty_ramfs(tasks: list[Task]) -> list[Mount]:
+    """The empty ramfs mounts: CRIU may mount new ones in their place (``--enable-fs ramfs``), nothing
+    is lost (systemd's credential directories when the container manager passes no credentials)."""
+    return [mount for _, mount in unsupported_mounts(tasks) if mount.fstype == "ramfs" and mount.empty]
+
+
+def mount_problems(tasks: list[Task]) -> list[Problem]:
+    """Mounts of file systems CRIU does not dump: one WARN for all the empty ramfs mounts (restored
+    empty), a FAIL for any other."""
+    out = []
+    empty = empty_ramfs(tasks)
+    if empty:
+        shown = ", ".join(m.point for m in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        out.append(Problem(Severity.WARN, f"{len(empty)} empty ramfs mount(s) ({shown}): CRIU restores them as "
+                                          "new empty ramfs mounts, nothing is lost"))
+    for task, mount in unsupported_mounts(tasks):
+        where = f"{mount.point} ({mount.fstype}, seen by {_who(task)})"
+        if mount in empty:
+            continue
+        if mount.fstype == "ramfs":
+            out.append(Problem(Severity.FAIL, f"{where} is a ramfs with files in it: CRIU cannot carry its "
+                                              "contents (systemd keeps a unit's credentials there): stop that "
+                                              "unit, or run it without credentials, before the move"))
+        else:
+            out.append(Problem(Severity.FAIL, f"{where}: CRIU cannot dump a {mount.fstype} mount; unmount "
+                                              "it before the move"))
     return out
 
 

@@ -7,7 +7,7 @@ import os
 
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, fd_problems, mount_problems, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
+    Mount, Task, empty_ramfs, fd_problems, mount_problems, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
     unit_of,
 )
 
@@ -36,10 +36,12 @@ def test_ramfs_empty_is_carried_full_fails_other_unsupported_fs_fail() -> None:
     full = Mount("/run/credentials/b.service", "ramfs", "ramfs", empty=False)
     nfs = Mount("/srv", "nfs4", "server:/srv", empty=False)
     fine = Mount("/tmp", "tmpfs", "tmpfs", empty=True)
-    found = mount_problems([task(1, mounts=(empty, full, nfs, fine)), task(2, mounts=(empty,))])
-    assert [(p.severity, m) for p, m in found] == [(Severity.WARN, empty), (Severity.FAIL, None),
-                                                    (Severity.FAIL, None)]
-    assert "/run/credentials/b.service" in found[1][0].message and "nfs4" in found[2][0].message
+    tasks = [task(1, mounts=(empty, full, nfs, fine)), task(2, mounts=(empty,))]
+    found = mount_problems(tasks)
+    assert [p.severity for p in found] == [Severity.WARN, Severity.FAIL, Severity.FAIL]
+    assert "1 empty ramfs mount(s) (/run/credentials/a.service)" in found[0].message
+    assert "/run/credentials/b.service" in found[1].message and "nfs4" in found[2].message
+    assert empty_ramfs(tasks) == [empty]
 
 
 def test_bpf_and_io_uring_fds_fail_per_process_and_kind() -> None:
