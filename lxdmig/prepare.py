@@ -156,7 +156,7 @@ class LxcPreparer:
         fd = os.open(self.dropin, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as fh:
             fh.write(DROPIN_TEXT)
-        os.chown(self.dropin, *self.root_ids)
+            os.fchown(fh.fileno(), *self.root_ids)
 
     def _attach(self, argv: list[str]) -> None:
         try:
