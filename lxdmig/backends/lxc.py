@@ -130,6 +130,7 @@ class LxcBackend(Backend):
                 + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])
                 + task_rules.mount_problems(tasks)
                 + task_rules.fd_problems(tasks)
+                + (task_rules.systemd_problems(tasks[0], task_rules.systemd_version(_maps(init))) if tasks else [])
                 + task_rules.rlimit_problems(tasks, privileged=privileged,
                                              cap_sys_resource=kernel.has_cap_sys_resource()))
 
@@ -463,6 +464,13 @@ def _open_images_to(root_ids: tuple[int, int], directory: Path) -> None:
         mode = above.stat().st_mode
         if not mode & stat.S_IXOTH:
             above.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
 
 
 def _criu_reason(directory: Path, what: str = "dump") -> str:

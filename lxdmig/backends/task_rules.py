@@ -13,13 +13,14 @@ where there is one, and what to do.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig.backends.base import Problem, Severity
 
-PREPARE_HINT = "`lxdmig prepare NAME` makes the container movable"
+PREPARE_HINT = "`lxdmig prepare` on this container makes it movable"
 
 # File systems CRIU refuses to dump ("FS mnt ... unsupported"); ramfs can be
 # allowed with ``enable-fs ramfs``, but CRIU then restores it empty.
@@ -161,6 +162,26 @@ def rlimit_problems(tasks: list[Task], *, privileged: bool, cap_sys_resource: bo
                                               "rlimits, since root on this host lacks CAP_SYS_RESOURCE; run the "
                                               "container unprivileged (lxc.idmap) or its services as root"))
     return out
+
+
+# systemd versions whose moves were proven (Debian 12's 252). Debian 13's 257 restores and reports
+# "running", but its job queue stalls: a later systemctl start/restart waits for ever.
+SYSTEMD_PROVEN = 252
+_SYSTEMD_SHARED_RE = re.compile(r"/libsystemd-shared-(\d+)[.-]")
+
+
+def systemd_version(maps_text: str) -> int | None:
+    """The version of the systemd a process runs, from its /proc/PID/maps (libsystemd-shared-N.so)."""
+    match = _SYSTEMD_SHARED_RE.search(maps_text)
+    return int(match.group(1)) if match else None
+
+
+def systemd_problems(init: Task, version: int | None) -> list[Problem]:
+    if init.comm != "systemd" or version is None or version <= SYSTEMD_PROVEN:
+        return []
+    return [Problem(Severity.FAIL, f"the container runs systemd {version}: after a move its job queue stalls "
+                                   f"(systemctl start/restart wait for ever; seen with Debian 13's 257). lxdmig "
+                                   f"moves systemd up to {SYSTEMD_PROVEN} so far")]
 
 
 # --- reading tasks from /proc -------------------------------------------------

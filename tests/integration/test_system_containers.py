@@ -93,6 +93,9 @@ def assert_system_healthy(host: Host) -> None:
     # systemd finished no job with a failure, every service runs, and journald still writes.
     assert inside(host, "systemctl", "is-system-running") == "running", inside(host, "systemctl", "--failed")
     assert inside(host, "systemctl", "is-active", *SERVICES).split() == ["active"] * len(SERVICES)
+    # systemd still runs jobs and makes cgroups: a transient service starts and finishes.
+    assert host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", NAME, "--", "systemd-run", "--wait",
+                               "--quiet", "true"], check=False, timeout=60).returncode == 0
     mark = f"lxdmig-mark-{time.monotonic_ns()}"
     inside(host, "logger", mark)
     deadline = time.monotonic() + 10

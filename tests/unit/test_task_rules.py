@@ -7,7 +7,7 @@ import os
 
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, empty_ramfs, fd_problems, mount_problems, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
+    Mount, Task, empty_ramfs, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
     unit_of,
 )
 
@@ -77,3 +77,13 @@ def test_mountinfo_parsing_unescapes_points() -> None:
 def test_reading_this_process() -> None:
     (me,) = read_tasks([os.getpid(), 2 ** 22 + 1])  # the second does not exist
     assert me.pid == os.getpid() and me.mounts and me.uids[0] == os.getuid()
+
+
+def test_systemd_newer_than_proven_is_refused() -> None:
+    maps = "7f00-7f10 r-xp 0 fe:00 1 /usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-257.so\n"
+    assert systemd_version(maps) == 257 and systemd_version("7f00 /usr/lib/libc.so.6\n") is None
+    assert systemd_version("/lib/systemd/libsystemd-shared-252.so\n") == 252
+    init = task(1, "systemd", "init.scope")
+    (problem,) = systemd_problems(init, 257)
+    assert problem.severity is Severity.FAIL and "systemd 257" in problem.message
+    assert systemd_problems(init, 252) == [] and systemd_problems(task(1, "init", ""), 257) == []
