@@ -106,8 +106,9 @@ class Target:
 
 
 def targets(rows: Sequence[Row], tcp_mb_s: float | None) -> list[Target]:
-    """The issue's targets, measured on the host rows (VM rows are emulated)."""
-    host = [r for r in rows if r.where == "host"]
+    """The issue's targets, measured on the host rows of the workload containers (VM rows are emulated;
+    the real system containers' rows have no memory size to compare)."""
+    host = [r for r in rows if r.where == "host" and r.memory_mib > 0]
 
     def find(subject: str, mode: str, mib: int, rate: float | None = None) -> Row | None:
         for r in host:
