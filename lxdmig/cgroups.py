@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lxdmig import proc
+
 
 def own_cgroup_dirs() -> list[Path]:
     """The directories of this process's cgroup in every mounted hierarchy."""
@@ -70,13 +72,7 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 
 def unified_mount(mountinfo: str | None = None) -> Path | None:
     """Where the cgroup2 hierarchy is mounted (its root) in this mount namespace, if anywhere."""
-    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if rfields and rfields[0] == "cgroup2" and fields[3] == "/":
-            return Path(fields[4])
-    return None
+    return next((Path(m.point) for m in _root_mounts(mountinfo) if m.fstype == "cgroup2"), None)
 
 
 def payload_path(cgroup_text: str) -> str | None:
@@ -134,14 +130,13 @@ def delegate_root(top: Path, gid: int) -> None:
 
 def hierarchy_roots(mountinfo: str | None = None) -> list[Path]:
     """The mount points of every cgroup hierarchy mounted at its root in this mount namespace."""
+    return [Path(m.point) for m in _root_mounts(mountinfo) if m.fstype in ("cgroup", "cgroup2")]
+
+
+def _root_mounts(mountinfo: str | None) -> list[proc.MountEntry]:
+    """The mounts of this mount namespace (or of ``mountinfo``) that show their file system's root."""
     text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
-    roots = []
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if rfields and rfields[0] in ("cgroup", "cgroup2") and fields[3] == "/":
-            roots.append(Path(fields[4]))
-    return roots
+    return [m for m in proc.mountinfo(text) if m.root == "/"]
 
 
 def first_free(candidates: list[str], roots: list[Path]) -> str | None:

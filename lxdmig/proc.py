@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -162,6 +163,31 @@ def parent(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/PID/mountinfo."""
+
+    root: str  # the path of the mount's root within its file system
+    point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mountinfo(text: str) -> list[MountEntry]:
+    """The mounts of a mountinfo file (``/proc/PID/mountinfo``), octal escapes (spaces...) undone."""
+    out = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 2:
+            out.append(MountEntry(_unescape(fields[3]), _unescape(fields[4]), rest[0], rest[1]))
+    return out
 
 
 def descendants(pid: int) -> list[int]:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxdmig import proc
 from lxdmig.backends.base import Problem, Severity
 
 PREPARE_HINT = "`lxdmig prepare` on this container makes it movable"
@@ -208,18 +209,6 @@ def _ids(status: str, key: str) -> tuple[int, ...]:
     return ()
 
 
-def parse_mountinfo(text: str) -> list[tuple[str, str, str]]:
-    """(mount point, fs type, source) of each line of a mountinfo file."""
-    out = []
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if len(fields) >= 5 and len(rest) >= 2:
-            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
-            out.append((point, rest[0], rest[1]))
-    return out
-
-
 def _is_empty(pid: int, point: str) -> bool:
     try:
         return not os.listdir(f"/proc/{pid}/root{point}")
@@ -240,8 +229,8 @@ def read_task(pid: int, *, mounts: bool) -> Task:
             continue
     found: tuple[Mount, ...] = ()
     if mounts:
-        found = tuple(Mount(point, fstype, source, _is_empty(pid, point) if fstype == "ramfs" else False)
-                      for point, fstype, source in parse_mountinfo((base / "mountinfo").read_text()))
+        found = tuple(Mount(m.point, m.fstype, m.source, _is_empty(pid, m.point) if m.fstype == "ramfs" else False)
+                      for m in proc.mountinfo((base / "mountinfo").read_text()))
     namespaces = {}
     for kind in NESTED_NAMESPACES:
         try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
+from lxdmig import proc
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, empty_ramfs, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, parse_mountinfo, read_tasks, rlimit_problems,
+    Mount, Task, empty_ramfs, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, read_tasks, rlimit_problems,
     unit_of,
 )
 
@@ -71,7 +72,7 @@ def test_unit_from_cgroup_v1_and_v2_lines() -> None:
 
 def test_mountinfo_parsing_unescapes_points() -> None:
     line = "36 35 0:32 / /run/cred\\040x rw,nosuid - ramfs ramfs rw,mode=700\n"
-    assert parse_mountinfo(line) == [("/run/cred x", "ramfs", "ramfs")]
+    assert proc.mountinfo(line) == [proc.MountEntry("/", "/run/cred x", "ramfs", "ramfs")]
 
 
 def test_reading_this_process() -> None:
