@@ -342,8 +342,9 @@ class LxcBackend(Backend):
             raise BackendError(f"{container}: {e}") from None
         if root_ids is not None:
             _open_images_to(root_ids, directory)
-        extra = self._cgroup_root_options(items, container)
-        extra += self._cgroup_hook_options(container, directory, root_ids, extra)
+        cgroup = self._restored_cgroup(items, container)
+        extra = [f"cgroup-root {cgroup}"] if cgroup is not None else []
+        extra += self._cgroup_hook_options(container, directory, root_ids, cgroup)
         options = directory / "criu-restore.conf"
         options.write_text(config_file.read_text() + "".join(f"{line}\n" for line in extra))
         if root_ids is None:
@@ -356,8 +357,8 @@ class LxcBackend(Backend):
         self.unfreeze(container)
 
     @staticmethod
-    def _cgroup_root_options(items: list[tuple[str, str]], container: str) -> list[str]:
-        """A default ``cgroup-root``: where liblxc will put the container's cgroup on this host.
+    def _restored_cgroup(items: list[tuple[str, str]], container: str) -> str | None:
+        """Where liblxc will put the container's cgroup on this host: CRIU's default ``cgroup-root``.
 
         liblxc re-roots the hierarchies it names by controller; CRIU restores
         any other (the cgroup2 hierarchy of a hybrid host, which systemd
@@ -370,18 +371,17 @@ class LxcBackend(Backend):
         """
         base = cgroup_base(items, Path("/proc/self/cgroup").read_text())
         if base is None:
-            return []
-        payload = cgroups.first_free(payload_candidates(base, container), cgroups.hierarchy_roots())
-        return [f"cgroup-root {payload}"] if payload is not None else []
+            return None
+        return cgroups.first_free(payload_candidates(base, container), cgroups.hierarchy_roots())
 
     def _cgroup_hook_options(self, container: str, directory: Path, root_ids: tuple[int, int] | None,
-                             cgroup_root: list[str]) -> list[str]:
+                             cgroup: str | None) -> list[str]:
         """The CRIU option that runs cgroup_hook for this restore (none if the source sent no subtree)."""
         dirs, source_root, root_mode = self._cgroup2_dirs.pop(container, ([], "", 0o755))
         if not dirs:
             return []
         # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
-        root = cgroup_root[0].split(" ", 1)[1] if cgroup_root else source_root
+        root = cgroup if cgroup is not None else source_root
         # Owners: the container's root where the source had any other owner than host root (a peer
         # names paths; it cannot choose owners).
         container_root = list(root_ids or (0, 0))

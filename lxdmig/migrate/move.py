@@ -369,6 +369,7 @@ class Mover:
         directory = self.work / "dump"
         directory.mkdir()
         chain = ["--prev-images-dir", parent, "--track-mem"] if parent else []
+        local_pages = self.local_pages and parent is None  # (a chained dump's parent is on the page server)
         child: proc.Child | None = None
         start = time.monotonic()
         if lazy:
@@ -382,7 +383,7 @@ class Mover:
             child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout)
             self.undo.push("stop the lazy page server", child.stop)
             self.lazy_endpoint = (address, port)
-        elif self.local_pages and parent is None:
+        elif local_pages:
             # Pages into local images, sent over lxdmig's own TLS connection with the rest.
             config = self._criu_config(directory, [])
             self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
@@ -404,7 +405,7 @@ class Mover:
             self.report.final_pages_written = stats.pages_written
             self.report.final_pages_lazy = stats.pages_lazy
             self.report.frozen_dump_ms = stats.frozen_time_us / 1000
-            if not lazy and not (self.local_pages and parent is None):  # else counted as uploaded
+            if not lazy and not local_pages:  # else counted as uploaded
                 self.report.bytes_sent += stats.pages_written * policy.PAGE
         self.say(f"final dump in {dump_s:.2f} s" + (f": {stats.pages_written} pages sent" if stats and not lazy else
                                                     ": memory stays here, served on demand" if lazy else "")
