@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lxdmig import cgroups, criu, kernel, proc
+from lxdmig import cgroups, criu, kernel, proc, psi
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -130,6 +130,7 @@ class LxcBackend(Backend):
                 + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])
                 + task_rules.mount_problems(tasks)
                 + task_rules.fd_problems(tasks)
+                + task_rules.pressure_problems(psi.watches(pids))
                 + (task_rules.systemd_problems(tasks[0], task_rules.systemd_version(_maps(init))) if tasks else [])
                 + task_rules.rlimit_problems(tasks, privileged=privileged,
                                              cap_sys_resource=kernel.has_cap_sys_resource()))
@@ -253,7 +254,13 @@ class LxcBackend(Backend):
             argv += ["--predump-dir", parent]
         self._criu_step(argv, directory, config_file, timeout, "pre-dump")
 
+    def _record_watches(self, container: str, directory: Path) -> None:
+        """The tasks' pressure triggers, which CRIU does not carry, beside the images (see psi)."""
+        init = self.init_pid(container)
+        psi.record(directory, [init, *proc.descendants(init)])
+
     def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+        self._record_watches(container, directory)
         # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
         # so they stay frozen, ready to thaw if the move fails.
         self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump")
@@ -266,6 +273,7 @@ class LxcBackend(Backend):
             raise CriuError(f"CRIU {what} failed: {_criu_reason(directory, what) or e}") from None
 
     def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
+        self._record_watches(container, directory)
         ready_r, ready_w = os.pipe()
         lazy_conf = directory / "criu-lazy.conf"
         lazy_conf.write_text(config_file.read_text() + f"status-fd {ready_w}\n")
@@ -340,6 +348,10 @@ class LxcBackend(Backend):
             root_ids = root_id_map(items)
         except ValueError as e:
             raise BackendError(f"{container}: {e}") from None
+        try:
+            watches = psi.recorded(directory)
+        except ValueError as e:
+            raise BackendError(f"{container}: {e}") from None
         if root_ids is not None:
             _open_images_to(root_ids, directory)
         cgroup = self._restored_cgroup(items, container)
@@ -353,7 +365,10 @@ class LxcBackend(Backend):
         else:
             self._restore_unprivileged(container, items, directory, options, timeout)
         # The source was frozen when it was dumped, and CRIU restores the
-        # freezer cgroup's state with the rest: thaw the restored copy.
+        # freezer cgroup's state with the rest: re-arm the pressure triggers
+        # before the tasks poll them, then thaw the restored copy.
+        for failure in psi.rearm(self.init_pid(container), watches):
+            log.warning("%s: pressure trigger not re-armed (that task may spin): %s", container, failure)
         self.unfreeze(container)
 
     @staticmethod

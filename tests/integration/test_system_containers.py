@@ -1,8 +1,8 @@
-"""Real system containers: Debian 12 with systemd as init and services from their packages, with their
+"""Real system containers: Debian 12 and 13 with systemd as init and services from their packages, with their
 stock units, unprivileged, moved live while a real client of one of them stays connected.
 
-The container is built from the cached debian-12 image (testbed.images). The tests run in order on
-one container: the preflight names each obstacle of the stock container before anything is frozen,
+The container is built from the cached debian-12, then the debian-13 image (testbed.images). The
+tests run in order on one container of each: the preflight names each obstacle of the stock container before anything is frozen,
 ``lxdmig prepare --dry-run`` changes nothing, ``lxdmig prepare`` makes it movable, then a Redis
 client in host b's network namespace sends INCR every 10 ms over one connection while the container
 moves a -> b -> a; every reply must be the previous plus one (no reconnect, no lost or doubled
@@ -22,21 +22,24 @@ from pathlib import Path
 
 import pytest
 
-from lxdmig import prepare
+from lxdmig import prepare, proc
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers
 from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.layout import Host
 
 A, B = Host("a"), Host("b")
-SERVICES = ("redis-server.service", "postgresql@15-main.service", "nginx.service", "ssh.service",
-            "systemd-journald.service", "systemd-logind.service", "dbus.service")
+POSTGRESQL = {"debian-12": 15, "debian-13": 17}  # the release's PostgreSQL major version
 NAME = f"sys{os.getpid() % 10000}"
+SERVICES: tuple[str, ...] = ()
 
 
-@pytest.fixture(scope="module")
-def system(testbed: None) -> Iterator[str]:
-    containers.create_system(A, NAME, "debian-12")
+@pytest.fixture(scope="module", params=sorted(POSTGRESQL))
+def system(testbed: None, request: pytest.FixtureRequest) -> Iterator[str]:
+    global SERVICES
+    SERVICES = ("redis-server.service", f"postgresql@{POSTGRESQL[request.param]}-main.service", "nginx.service",
+                "ssh.service", "systemd-journald.service", "systemd-logind.service", "dbus.service")
+    containers.create_system(A, NAME, request.param)
     try:
         yield NAME
     finally:
@@ -89,6 +92,30 @@ def test_prepare_makes_it_movable(system: str) -> None:
     assert again.stdout.strip() == f"{system}: nothing to change"
 
 
+def busy_tasks(host: Host, comms: tuple[str, ...], seconds: float = 1.0) -> list[str]:
+    """The container's processes of these names that ran more than half of ``seconds``."""
+    init = int(host_command(host, ["lxc-info", "-P", str(host.lxcpath), "-n", NAME, "-p", "-H"]).stdout)
+    pids = [init, *proc.descendants(init)]
+
+    def cpu_ticks() -> dict[int, tuple[str, int]]:
+        ticks = {}
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            ticks[pid] = (comm, int(fields[11]) + int(fields[12]))  # utime + stime
+        return ticks
+
+    before = cpu_ticks()
+    time.sleep(seconds)
+    after = cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    return [f"{comm} ({pid})" for pid, (comm, ticks) in after.items()
+            if comm in comms and pid in before and (ticks - before[pid][1]) / hz > seconds / 2]
+
+
 def assert_system_healthy(host: Host) -> None:
     # systemd finished no job with a failure, every service runs, and journald still writes.
     assert inside(host, "systemctl", "is-system-running") == "running", inside(host, "systemctl", "--failed")
@@ -96,6 +123,9 @@ def assert_system_healthy(host: Host) -> None:
     # systemd still runs jobs and makes cgroups: a transient service starts and finishes.
     assert host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", NAME, "--", "systemd-run", "--wait",
                                "--quiet", "true"], check=False, timeout=60).returncode == 0
+    # No systemd process spins (a pressure trigger CRIU left behind makes them poll in a busy loop).
+    spinning = busy_tasks(host, ("systemd", "systemd-journal", "systemd-logind"))
+    assert not spinning, f"busy after the move on {host.name}: {spinning}"
     mark = f"lxdmig-mark-{time.monotonic_ns()}"
     inside(host, "logger", mark)
     deadline = time.monotonic() + 10
