@@ -204,6 +204,25 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def ns_pid(pid: int) -> int:
+    """``pid`` as its own PID namespace numbers it (the last NSpid field of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    raise ValueError(f"no NSpid in /proc/{pid}/status")
+
+
+def by_ns_pid(init_pid: int) -> dict[int, int]:
+    """The tasks of a container (``init_pid`` and below), host PID by the container's own PID."""
+    found = {}
+    for pid in [init_pid, *descendants(init_pid)]:
+        try:
+            found[ns_pid(pid)] = pid
+        except (OSError, ValueError):
+            continue  # gone
+    return found
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Processes whose command line contains ``text`` (e.g. a migration's directory)."""
     found = []

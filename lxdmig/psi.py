@@ -77,14 +77,6 @@ def trigger_of(environ: bytes, maps: str) -> tuple[str, bool]:
     return SD_EVENT_DEFAULT, "libsystemd" in maps
 
 
-def _ns_pid(pid: int) -> int:
-    """``pid`` as its own PID namespace numbers it (the last NSpid field)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return int(line.split()[-1])
-    raise ValueError(f"no NSpid in /proc/{pid}/status")
-
-
 def watches(pids: Iterable[int]) -> list[Watch]:
     """The open pressure files of these tasks (host PIDs), with their triggers."""
     found = []
@@ -97,7 +89,7 @@ def watches(pids: Iterable[int]) -> list[Watch]:
                 continue
             trigger, known = trigger_of(Path(f"/proc/{pid}/environ").read_bytes(),
                                         Path(f"/proc/{pid}/maps").read_text())
-            ns_pid = _ns_pid(pid)
+            ns_pid = proc.ns_pid(pid)
         except (OSError, ValueError):
             continue  # gone
         found += [Watch(ns_pid, fd, target, trigger, known) for fd, target in open_files]
@@ -157,12 +149,7 @@ def rearm(init_pid: int, wanted: list[Watch]) -> list[str]:
     PID). Returns what could not be re-armed, one line each."""
     if not wanted:
         return []
-    hosts: dict[int, int] = {}
-    for pid in [init_pid, *proc.descendants(init_pid)]:
-        try:
-            hosts[_ns_pid(pid)] = pid
-        except (OSError, ValueError):
-            continue
+    hosts = proc.by_ns_pid(init_pid)
     failed = []
     for watch in wanted:
         where = f"pid {watch.pid} fd {watch.fd} ({watch.path})"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lxdmig import cgroups, criu, kernel, proc, psi
+from lxdmig import cgroups, criu, kernel, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -149,8 +149,8 @@ class LxcBackend(Backend):
 
     def criu_dump_options(self, container: str) -> list[str]:
         init = self.init_pid(container)
-        if task_rules.empty_ramfs(task_rules.read_tasks([init, *proc.descendants(init)])):
-            return ["--enable-fs", "ramfs"]  # (a ramfs with files in it fails the preflight)
+        if task_rules.ramfs_mounts(task_rules.read_tasks([init, *proc.descendants(init)])):
+            return ["--enable-fs", "ramfs"]  # new empty ones; lxdmig carries the files (_record_beside_images)
         return []
 
     def trial_dump(self, container: str, directory: str) -> None:
@@ -254,13 +254,19 @@ class LxcBackend(Backend):
             argv += ["--predump-dir", parent]
         self._criu_step(argv, directory, config_file, timeout, "pre-dump")
 
-    def _record_watches(self, container: str, directory: Path) -> None:
-        """The tasks' pressure triggers, which CRIU does not carry, beside the images (see psi)."""
+    def _record_beside_images(self, container: str, directory: Path) -> None:
+        """What CRIU does not carry, beside the images (the tasks are frozen): the tasks' pressure
+        triggers (psi) and the files in their ramfs mounts (ramfs)."""
         init = self.init_pid(container)
-        psi.record(directory, [init, *proc.descendants(init)])
+        pids = [init, *proc.descendants(init)]
+        psi.record(directory, pids)
+        try:
+            ramfs.record(directory, pids)
+        except (ramfs.RamfsError, OSError, ValueError) as e:
+            raise BackendError(f"cannot read {container!r}'s ramfs files (credentials) to carry them: {e}") from None
 
     def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
-        self._record_watches(container, directory)
+        self._record_beside_images(container, directory)
         # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
         # so they stay frozen, ready to thaw if the move fails.
         self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump")
@@ -273,7 +279,7 @@ class LxcBackend(Backend):
             raise CriuError(f"CRIU {what} failed: {_criu_reason(directory, what) or e}") from None
 
     def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
-        self._record_watches(container, directory)
+        self._record_beside_images(container, directory)
         ready_r, ready_w = os.pipe()
         lazy_conf = directory / "criu-lazy.conf"
         lazy_conf.write_text(config_file.read_text() + f"status-fd {ready_w}\n")
@@ -350,6 +356,7 @@ class LxcBackend(Backend):
             raise BackendError(f"{container}: {e}") from None
         try:
             watches = psi.recorded(directory)
+            ramfs_files = ramfs.take(directory)  # (secrets: out of the images before they are opened to it)
         except ValueError as e:
             raise BackendError(f"{container}: {e}") from None
         if root_ids is not None:
@@ -367,7 +374,13 @@ class LxcBackend(Backend):
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: re-arm the pressure triggers
         # before the tasks poll them, then thaw the restored copy.
-        for failure in psi.rearm(self.init_pid(container), watches):
+        init = self.init_pid(container)
+        try:
+            ramfs.put_back(init, ramfs_files)
+        except ramfs.RamfsError as e:
+            self.stop(container)  # never thawed without its credentials
+            raise BackendError(f"{container}: could not put its ramfs files (credentials) back: {e}") from None
+        for failure in psi.rearm(init, watches):
             log.warning("%s: pressure trigger not re-armed (that task may spin): %s", container, failure)
         self.unfreeze(container)
 

@@ -12,13 +12,15 @@ where there is one, and what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lxdmig import proc, psi
+from lxdmig import proc, psi, ramfs
 from lxdmig.backends.base import Problem, Severity
 
 PREPARE_HINT = "`lxdmig prepare` on this container makes it movable"
@@ -37,6 +39,7 @@ class Mount:
     fstype: str
     source: str
     empty: bool  # nothing in it (as the host sees it through /proc/PID/root)
+    file_bytes: int = 0  # a ramfs: the size of its files; -1 if it holds anything but files and directories
 
 
 @dataclass(frozen=True)
@@ -102,29 +105,39 @@ def unsupported_mounts(tasks: list[Task]) -> list[tuple[Task, Mount]]:
     return out
 
 
-def empty_ramfs(tasks: list[Task]) -> list[Mount]:
-    """The empty ramfs mounts: CRIU may mount new ones in their place (``--enable-fs ramfs``), nothing
-    is lost (systemd's credential directories when the container manager passes no credentials)."""
-    return [mount for _, mount in unsupported_mounts(tasks) if mount.fstype == "ramfs" and mount.empty]
+def ramfs_mounts(tasks: list[Task]) -> list[Mount]:
+    """The ramfs mounts: CRIU mounts new empty ones in their place (``--enable-fs ramfs``) and lxdmig
+    copies the files of those that hold any (systemd's credentials: lxdmig.ramfs)."""
+    return [mount for _, mount in unsupported_mounts(tasks) if mount.fstype == "ramfs"]
+
+
+def _listed(mounts: list[Mount]) -> str:
+    return ", ".join(m.point for m in mounts[:3]) + (f" and {len(mounts) - 3} more" if len(mounts) > 3 else "")
 
 
 def mount_problems(tasks: list[Task]) -> list[Problem]:
-    """Mounts of file systems CRIU does not dump: one WARN for all the empty ramfs mounts (restored
-    empty), a FAIL for any other."""
+    """Mounts of file systems CRIU does not dump: a WARN for the ramfs mounts (lxdmig carries them),
+    a FAIL for a ramfs too big to carry and for any other."""
     out = []
-    empty = empty_ramfs(tasks)
+    mounts = ramfs_mounts(tasks)
+    empty = [m for m in mounts if m.empty]
+    full = [m for m in mounts if not m.empty and 0 <= m.file_bytes <= ramfs.LIMIT]
     if empty:
-        shown = ", ".join(m.point for m in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
-        out.append(Problem(Severity.WARN, f"{len(empty)} empty ramfs mount(s) ({shown}): CRIU restores them as "
-                                          "new empty ramfs mounts, nothing is lost"))
+        out.append(Problem(Severity.WARN, f"{len(empty)} empty ramfs mount(s) ({_listed(empty)}): CRIU restores "
+                                          "them as new empty ramfs mounts, nothing is lost"))
+    if full:
+        out.append(Problem(Severity.WARN, f"{len(full)} ramfs mount(s) with files ({_listed(full)}; "
+                                          f"{sum(m.file_bytes for m in full)} bytes, systemd keeps a unit's "
+                                          "credentials there): CRIU does not carry their contents, lxdmig copies "
+                                          "the files while the container is frozen (over its TLS connection)"))
     for task, mount in unsupported_mounts(tasks):
         where = f"{mount.point} ({mount.fstype}, seen by {_who(task)})"
-        if mount in empty:
+        if mount in empty or mount in full:
             continue
         if mount.fstype == "ramfs":
-            out.append(Problem(Severity.FAIL, f"{where} is a ramfs with files in it: CRIU cannot carry its "
-                                              "contents (systemd keeps a unit's credentials there): stop that "
-                                              "unit, or run it without credentials, before the move"))
+            out.append(Problem(Severity.FAIL, f"{where} holds more than lxdmig carries "
+                                              f"({ramfs.LIMIT >> 20} MiB), or something other than files and "
+                                              "directories: stop the unit that uses it before the move"))
         else:
             out.append(Problem(Severity.FAIL, f"{where}: CRIU cannot dump a {mount.fstype} mount; unmount "
                                               "it before the move"))
@@ -217,11 +230,23 @@ def _ids(status: str, key: str) -> tuple[int, ...]:
     return ()
 
 
-def _is_empty(pid: int, point: str) -> bool:
+def _ramfs(pid: int, point: str) -> Mount:
+    """A ramfs mount, looked at from outside (lxdmig.ramfs reads what it carries from inside)."""
+    total, empty = 0, True
     try:
-        return not os.listdir(f"/proc/{pid}/root{point}")
+        for top, dirs, files in os.walk(f"/proc/{pid}/root{point}"):
+            for name in dirs + files:
+                empty = False
+                st = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                elif not stat.S_ISDIR(st.st_mode):
+                    total = -1
+            if total < 0:
+                break
     except OSError:
-        return False  # cannot tell: treat as holding something
+        return Mount(point, "ramfs", "", False, -1)  # cannot tell: treat as holding something odd
+    return Mount(point, "ramfs", "", empty, total)
 
 
 def read_task(pid: int, *, mounts: bool) -> Task:
@@ -237,7 +262,8 @@ def read_task(pid: int, *, mounts: bool) -> Task:
             continue
     found: tuple[Mount, ...] = ()
     if mounts:
-        found = tuple(Mount(m.point, m.fstype, m.source, _is_empty(pid, m.point) if m.fstype == "ramfs" else False)
+        found = tuple(dataclasses.replace(_ramfs(pid, m.point), source=m.source) if m.fstype == "ramfs"
+                      else Mount(m.point, m.fstype, m.source, False)
                       for m in proc.mountinfo((base / "mountinfo").read_text()))
     namespaces = {}
     for kind in NESTED_NAMESPACES:

@@ -243,9 +243,25 @@ lxc.cap.drop = sys_module mac_admin mac_override sys_time sys_rawio
 """ + _nic_config(addr) + ("" if privileged else idmap_config())
 
 
-def create_system(host: Host, name: str, image: str, *, privileged: bool = False) -> ipaddress.IPv4Address:
+def stock_config(host: Host, name: str, addr: ipaddress.IPv4Address, *, privileged: bool) -> str:
+    """An LXC config as LXC's templates write one (LXC's common.conf and userns.conf: four ttys, a
+    console, LXC's seccomp policy), with the test bed's root filesystem, address and cgroup placement:
+    what `lxdmig prepare` meets on a container it did not make."""
+    return f"""\
+# lxdmig test bed container {name} on host {host.name}, configured as LXC's templates do
+lxc.include = /usr/share/lxc/config/common.conf
+{"" if privileged else "lxc.include = /usr/share/lxc/config/userns.conf"}
+lxc.uts.name = {name}
+lxc.rootfs.path = dir:{host.lxcpath / name / 'rootfs'}
+lxc.cgroup.relative = 1
+""" + _nic_config(addr) + ("" if privileged else idmap_config())
+
+
+def create_system(host: Host, name: str, image: str, *, privileged: bool = False,
+                  stock: bool = False) -> ipaddress.IPv4Address:
     """Create and start a system container from a Debian image (built once, cached: testbed.images);
-    wait until systemd has finished booting it."""
+    wait until systemd has finished booting it. ``stock``: with the LXC config LXC's templates write
+    (stock_config) instead of the test bed's."""
     check_name(name)
     cdir = host.lxcpath / name
     if cdir.exists():
@@ -257,7 +273,8 @@ def create_system(host: Host, name: str, image: str, *, privileged: bool = False
         cdir.chmod(0o700 if privileged else 0o711)
         images.install_rootfs(rootfs, cdir / "rootfs", uid_shift=0 if privileged else ID_SHIFT)
         (cdir / "rootfs/etc/hostname").write_text(f"{name}\n")
-        (cdir / "config").write_text(system_config(host, name, addr, privileged=privileged))
+        make_config = stock_config if stock else system_config
+        (cdir / "config").write_text(make_config(host, name, addr, privileged=privileged))
         _start(host, name)
         state = system_state(host, name, wait=True)
         if state not in ("running", "degraded"):
@@ -266,6 +283,12 @@ def create_system(host: Host, name: str, image: str, *, privileged: bool = False
         destroy(host, name)
         raise
     return addr
+
+
+def attach(host: Host, name: str, *argv: str, timeout: float = 60) -> str:
+    """The output of ``argv`` run inside container ``name`` (lxc-attach; not checked)."""
+    return host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", name, "--", *argv], check=False,
+                        timeout=timeout).stdout.strip()
 
 
 def system_state(host: Host, name: str, *, wait: bool = False) -> str:

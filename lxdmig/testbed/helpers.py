@@ -62,6 +62,11 @@ def lxdmig_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "lxdmig", *args]
 
 
+def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
+    """``lxdmig ARGS`` as ``host``, as an operator there would run it (not checked: callers look)."""
+    return host_command(host, lxdmig_argv(*args), check=False, timeout=timeout)
+
+
 def start(host: Host, extra_env: dict[str, str] | None = None) -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)

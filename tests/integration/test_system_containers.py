@@ -6,7 +6,8 @@ tests run in order on one container of each: the preflight names each obstacle o
 ``lxdmig prepare --dry-run`` changes nothing, ``lxdmig prepare`` makes it movable, then a Redis
 client in host b's network namespace sends INCR every 10 ms over one connection while the container
 moves a -> b -> a; every reply must be the previous plus one (no reconnect, no lost or doubled
-write), and on each destination systemd must be running, journald writing and every service up.
+write), and on each destination systemd must be running, journald writing and every service up
+(one with a credential, which lxdmig carries: CRIU does not).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -47,14 +49,11 @@ def system(testbed: None, request: pytest.FixtureRequest) -> Iterator[str]:
             containers.destroy(host, NAME)
 
 
-def lxdmig(host: Host, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    result = host_command(host, helpers.lxdmig_argv(*args), check=False, timeout=timeout)
-    return subprocess.CompletedProcess(result.argv, result.returncode, result.stdout, result.stderr)
+lxdmig = helpers.run_lxdmig
 
 
 def inside(host: Host, *argv: str) -> str:
-    return host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", NAME, "--", *argv],
-                        check=False, timeout=60).stdout.strip()
+    return containers.attach(host, NAME, *argv)
 
 
 def dropin(host: Host) -> Path:
@@ -174,6 +173,12 @@ class Clients:
         # A timer armed before the moves must fire after them (systemd's timerfds are carried).
         inside(A, "systemd-run", "--quiet", "--unit=lxdmig-timer", f"--on-active={seconds // 2}",
                "--timer-property=AccuracySec=1s", "touch", "/run/lxdmig-timer-fired")  # (default: within 1 min)
+        # A service with a credential (systemd keeps it in a ramfs, which CRIU does not carry) must still
+        # read it after the moves.
+        self.secret = secrets.token_hex(16)
+        inside(A, "systemd-run", "--quiet", "--unit=lxdmig-cred", f"--property=SetCredential=token:{self.secret}",
+               "sh", "-c", 'while :; do cat "$CREDENTIALS_DIRECTORY/token" > /run/cred.tmp; mv /run/cred.tmp '
+                           '/run/lxdmig-cred-seen; sleep 0.5; done')
         pg = ["-h", self.address, "-U", "postgres"]
         host_command(B, ["pgbench", "-i", "-s", "1", "-q", *pg, "postgres"], timeout=120)
         self.redis = self._start(sys.executable, "-m", "lxdmig.testbed.clients", "redis", self.address,
@@ -227,6 +232,11 @@ class Clients:
         bench = (self.tmp / "pgbench.out").read_text(errors="replace")
         if "number of failed transactions: 0 " not in bench:
             wrong.append(f"pgbench: {bench[-400:]}")
+        inside(A, "rm", "/run/lxdmig-cred-seen")
+        time.sleep(1.5)
+        if inside(A, "cat", "/run/lxdmig-cred-seen") != self.secret:
+            wrong.append(f"the credential service reads {inside(A, 'cat', '/run/lxdmig-cred-seen')!r} after the "
+                         f"moves ({inside(A, 'systemctl', 'is-active', 'lxdmig-cred')})")
         if inside(A, "sh", "-c", "test -e /run/lxdmig-timer-fired && echo yes") != "yes":
             wrong.append("the timer armed before the moves did not fire after them")
         got = self.tmp / "big.bin"

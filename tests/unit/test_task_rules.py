@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from lxdmig import proc
+from lxdmig import proc, ramfs
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, empty_ramfs, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, read_tasks, rlimit_problems,
+    Mount, Task, ramfs_mounts, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, read_tasks, rlimit_problems,
     unit_of,
 )
 
@@ -32,17 +32,21 @@ def test_nested_namespaces_name_the_unit_and_kind_once() -> None:
     assert nested_namespace_problems([init, tasks[-1]], init) == []
 
 
-def test_ramfs_empty_is_carried_full_fails_other_unsupported_fs_fail() -> None:
+def test_ramfs_is_carried_unless_too_big_other_unsupported_fs_fail() -> None:
     empty = Mount("/run/credentials/a.service", "ramfs", "ramfs", empty=True)
-    full = Mount("/run/credentials/b.service", "ramfs", "ramfs", empty=False)
+    full = Mount("/run/credentials/b.service", "ramfs", "ramfs", empty=False, file_bytes=20)
+    huge = Mount("/run/credentials/c.service", "ramfs", "ramfs", empty=False, file_bytes=ramfs.LIMIT + 1)
+    odd = Mount("/run/credentials/d.service", "ramfs", "ramfs", empty=False, file_bytes=-1)
     nfs = Mount("/srv", "nfs4", "server:/srv", empty=False)
     fine = Mount("/tmp", "tmpfs", "tmpfs", empty=True)
-    tasks = [task(1, mounts=(empty, full, nfs, fine)), task(2, mounts=(empty,))]
+    tasks = [task(1, mounts=(empty, full, huge, odd, nfs, fine)), task(2, mounts=(empty,))]
     found = mount_problems(tasks)
-    assert [p.severity for p in found] == [Severity.WARN, Severity.FAIL, Severity.FAIL]
+    assert [p.severity for p in found] == [Severity.WARN, Severity.WARN, Severity.FAIL, Severity.FAIL,
+                                           Severity.FAIL]
     assert "1 empty ramfs mount(s) (/run/credentials/a.service)" in found[0].message
-    assert "/run/credentials/b.service" in found[1].message and "nfs4" in found[2].message
-    assert empty_ramfs(tasks) == [empty]
+    assert "1 ramfs mount(s) with files (/run/credentials/b.service; 20 bytes" in found[1].message
+    assert "c.service" in found[2].message and "d.service" in found[3].message and "nfs4" in found[4].message
+    assert ramfs_mounts(tasks) == [empty, full, huge, odd]
 
 
 def test_bpf_and_io_uring_fds_fail_per_process_and_kind() -> None:
