@@ -10,13 +10,22 @@ that run in namespaces of their own are restarted to leave them. That is
 the trade-off, said plainly in docs/system-containers.md: a service
 compromised inside the container sees the rest of the container.
 
-``plan()`` decides from what the preflight found (pure; unit-tested);
-``LxcPreparer`` carries it out on an LXC container, one line per change.
+An LXC container made from a template also has LXC settings CRIU cannot
+checkpoint (the ttys and console the host lends it; for a privileged one,
+a seccomp policy that lets systemd load BPF programs): ``config_plan()``
+sets them in its config, marked so that ``--undo`` puts the old lines
+back. They take effect when the container restarts, which happens only
+with ``--restart``, said first.
+
+``plan()`` and ``config_plan()`` decide from what the preflight found
+(pure; unit-tested); ``LxcPreparer`` carries it out on an LXC container,
+one line per change.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,12 +74,93 @@ def plan(*, systemd: bool, dropin_present: bool, nested_units: list[str]) -> lis
     return changes
 
 
-def undo_plan(*, dropin_present: bool) -> list[Change]:
-    if not dropin_present:
-        return []
-    return [Change(f"remove /{DROPIN}", "the services' own sandboxing settings apply again"),
-            Change("systemctl daemon-reload", "systemd forgets the drop-in; each service gets its sandboxing "
-                                              "back when it next restarts")]
+UNDO_CONFIG = "put back the LXC config lines lxdmig prepare changed"
+
+
+def undo_plan(*, dropin_present: bool, config_marked: bool = False) -> list[Change]:
+    changes = []
+    if dropin_present:
+        changes += [Change(f"remove /{DROPIN}", "the services' own sandboxing settings apply again"),
+                    Change("systemctl daemon-reload", "systemd forgets the drop-in; each service gets its sandboxing "
+                                                      "back when it next restarts")]
+    if config_marked:
+        changes.append(Change(UNDO_CONFIG, "ttys, console and seccomp policy as they were (from the next start)"))
+    return changes
+
+
+# --- the LXC config (takes effect when the container restarts) ---------------------------------------
+
+SECCOMP_FILE = "lxdmig.seccomp"  # beside the container's config
+OURS = "# lxdmig prepare sets:"  # the line before each line prepare adds (LXC has no end-of-line comments)
+WAS = "# lxdmig prepare (was: "  # begins each line prepare commented out
+
+
+def denies_bpf(policy: str | None) -> bool:
+    """Whether an LXC seccomp policy (version 2 text) denies bpf()."""
+    if not policy:
+        return False
+    lines = [line.split("#", 1)[0].strip() for line in policy.splitlines()]
+    return lines[1:2] in (["denylist"], ["blacklist"]) and any(line.split()[:1] == ["bpf"] for line in lines)
+
+
+def with_bpf_denied(policy: str | None) -> str:
+    """An LXC seccomp policy: ``policy`` (a deny list, or none) with bpf() denied as well."""
+    if not policy:
+        return "2\ndenylist\n[all]\nbpf errno 1\n"
+    lines = policy.splitlines()
+    if lines[:1] != ["2"] or lines[1:2] not in (["denylist"], ["blacklist"]):
+        raise ValueError("the container's seccomp policy is not a version 2 deny list: deny bpf() in it yourself")
+    return policy.rstrip("\n") + "\n[all]\nbpf errno 1\n"
+
+
+def config_plan(items: list[tuple[str, str]], *, privileged: bool, systemd: bool, policy: str | None,
+                container_dir: Path) -> list[Change]:
+    """The LXC config settings that stop CRIU, as ``set KEY = VALUE`` changes (a pure function of the
+    config as liblxc reads it, includes followed, and of its seccomp policy's text)."""
+    values = dict(items)
+    changes = []
+    if values.get("lxc.tty.max", "0") not in ("", "0"):
+        changes.append(Change("set lxc.tty.max = 0", f"CRIU cannot checkpoint the {values['lxc.tty.max']} ttys the "
+                                                     "host lends the container (lxc-console logins on them go; "
+                                                     "lxc-attach stays)"))
+    if values.get("lxc.console.path", "") != "none":
+        changes.append(Change("set lxc.console.path = none", "CRIU cannot checkpoint the console the host lends the "
+                                                             "container (its console output goes nowhere; "
+                                                             "lxc-attach stays)"))
+    if privileged and systemd and not denies_bpf(policy):
+        changes.append(Change(f"set lxc.seccomp.profile = {container_dir / SECCOMP_FILE}",
+                              "systemd in a privileged container loads BPF programs, which CRIU cannot dump: "
+                              "bpf() denied (the policy it had, plus bpf), systemd runs without them (no "
+                              "BPF-based IP filtering, accounting or device policy per unit)"))
+    return changes
+
+
+def restart_change(name: str) -> Change:
+    return Change(f"restart {name}", "LXC applies its config when a container starts: the whole container "
+                                     "stops and starts again (its clients lose their connections)")
+
+
+def set_line(text: str, key: str, value: str) -> str:
+    """The config text with ``key = value`` (marked as lxdmig's), the key's own lines commented out."""
+    out = []
+    for line in text.splitlines():
+        if line.partition("=")[0].strip() == key and not line.lstrip().startswith("#"):
+            out.append(f"{WAS}{line})")
+        else:
+            out.append(line)
+    return "\n".join(out) + f"\n{OURS}\n{key} = {value}\n"
+
+
+def unset_lines(text: str) -> str:
+    """The config text without what set_line() changed."""
+    out: list[str] = []
+    skip = False
+    for line in text.splitlines():
+        if skip or line == OURS:
+            skip = not skip  # (the marker, then the line it marks)
+            continue
+        out.append(line[len(WAS):-1] if line.startswith(WAS) and line.endswith(")") else line)
+    return "\n".join(out) + "\n"
 
 
 class Preparer(Protocol):
@@ -106,7 +196,7 @@ class LxcPreparer:
             raise BackendError(f"no LXC container {name!r} in {lxcpath}")
         items = read_config(config)
         try:
-            self.root_ids = root_id_map(items) or (0, 0)
+            mapped = root_id_map(items)
         except ValueError as e:
             raise BackendError(f"{name}: {e}") from None
         rootfs = dict(items).get("lxc.rootfs.path", "")
@@ -115,6 +205,32 @@ class LxcPreparer:
             raise BackendError(f"{name}: lxdmig prepare needs a directory root filesystem (lxc.rootfs.path = "
                                f"{rootfs or 'unset'})")
         self.rootfs = Path(rootfs)
+        self.config = config
+        self.items = items
+        self.privileged = mapped is None
+        self.root_ids = mapped or (0, 0)
+
+    def policy(self) -> str | None:
+        """The text of the seccomp policy the container's config names (None: no policy)."""
+        path = dict(self.items).get("lxc.seccomp.profile", "")
+        try:
+            return Path(path).read_text() if path else None
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot read its seccomp policy: {e}") from None
+
+    def config_changes(self) -> list[Change]:
+        try:
+            return config_plan(self.items, privileged=self.privileged, systemd=self.systemd, policy=self.policy(),
+                               container_dir=self.config.parent)
+        except ValueError as e:
+            raise BackendError(f"{self.name}: {e}") from None
+
+    def restart_pending(self, init_pid: int) -> bool:
+        """Whether lxdmig changed the config since the container started (the changes wait for a restart)."""
+        return self.config_marked() and self.config.stat().st_mtime > os.stat(f"/proc/{init_pid}").st_ctime
+
+    def config_marked(self) -> bool:
+        return any(line == OURS or line.startswith(WAS) for line in self.config.read_text().splitlines())
 
     @property
     def systemd(self) -> bool:
@@ -138,8 +254,36 @@ class LxcPreparer:
             self.dropin.unlink(missing_ok=True)
         elif change.what.startswith("systemctl "):
             self._attach(["systemctl", *change.what.split()[1:]])
+        elif change.what.startswith("set "):
+            key, _, value = change.what[len("set "):].partition(" = ")
+            if key == "lxc.seccomp.profile":
+                Path(value).write_text(with_bpf_denied(self.policy()))
+            self.config.write_text(set_line(self.config.read_text(), key, value))
+        elif change.what == UNDO_CONFIG:
+            self.config.write_text(unset_lines(self.config.read_text()))
+            (self.config.parent / SECCOMP_FILE).unlink(missing_ok=True)
+        elif change.what == f"restart {self.name}":
+            self._restart()
         else:
             raise ValueError(f"unknown change {change.what!r}")
+
+    def _restart(self) -> None:
+        where = ["-P", str(self.lxcpath), "-n", self.name]
+        try:
+            proc.run(["lxc-stop", *where, "-t", "60"], timeout=_T)
+            proc.run(["lxc-start", *where], timeout=_T)
+        except CommandError as e:
+            raise BackendError(f"{self.name}: restart failed: {e}") from None
+        # Until systemd has booted it, a preflight would see services half started. (lxc-attach fails
+        # until the container's init is there.)
+        deadline = time.monotonic() + _T
+        while time.monotonic() < deadline:
+            state = proc.run(["lxc-attach", *where, "--", "systemctl", "is-system-running", "--wait"],
+                             timeout=_T, check=False).stdout.strip()
+            if state and state not in ("initializing", "starting", "offline", "unknown"):
+                return
+            time.sleep(0.5)
+        raise BackendError(f"{self.name}: restarted, but systemd did not finish booting it within {_T:.0f} s")
 
     def _write_dropin(self) -> None:
         # Create each missing directory as the container's root, never following a symlink the

@@ -20,8 +20,8 @@ from lxdmig import cgroups, criu, kernel, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
-    cgroup_base, cgroup_plan, config_problems, device_problems, freezer_files, network_unlock_commands,
-    nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map, session_problems, veth_nics,
+    cgroup_base, cgroup_plan, config_problems, device_problems, freezer_files, lent_terminal_problems,
+    network_unlock_commands, nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map, session_problems, veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -124,7 +124,13 @@ class LxcBackend(Backend):
             privileged = root_id_map(items) is None
         except ValueError as e:
             return [Problem(Severity.FAIL, f"{container}: {e}")]
-        return (config_problems(items, apparmor=_apparmor_enabled())
+        configured = config_problems(items, apparmor=_apparmor_enabled())
+        try:
+            mounts = [(m.point, m.fstype) for m in proc.mountinfo(Path(f"/proc/{init}/mountinfo").read_text())]
+        except OSError:
+            mounts = []
+        named = any(p.message.startswith(("lxc.tty.max", "lxc.console.path")) for p in configured)
+        return (configured + lent_terminal_problems(mounts, named)
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
                 + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])

@@ -17,15 +17,24 @@ from lxdmig.backends.base import Problem, Severity
 _PLAIN_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
 
 
-def read_config(path: Path) -> list[tuple[str, str]]:
-    """``key = value`` lines of an LXC config, in order (includes not followed)."""
+def read_config(path: Path, *, depth: int = 0) -> list[tuple[str, str]]:
+    """``key = value`` lines of an LXC config, in order, with what its ``lxc.include`` lines bring in
+    where they stand (a file, or a directory's ``*.conf`` files in name order), as liblxc reads it: a
+    container from a template takes ``lxc.tty.max`` and its seccomp policy from LXC's common.conf."""
     items = []
     for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        items.append((key.strip(), value.strip()))
+        key, value = key.strip(), value.strip()
+        if key == "lxc.include":
+            included = Path(value)
+            files = sorted(included.glob("*.conf")) if included.is_dir() else [included] if included.is_file() else []
+            for file in files if depth < 8 else []:  # (deeper is a loop)
+                items += read_config(file, depth=depth + 1)
+            continue
+        items.append((key, value))
     return items
 
 
@@ -119,10 +128,11 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
     # (sshd and systemd's PrivateDevices= need one); lxc.tty.max ttys are the host's ptys.
     if values.get("lxc.tty.max", "0") not in ("", "0"):
         out.append(Problem(Severity.FAIL, f"lxc.tty.max = {values['lxc.tty.max']}: CRIU cannot checkpoint the "
-                                          "ttys the host lends a container; set lxc.tty.max = 0"))
+                                          "ttys the host lends a container; set lxc.tty.max = 0 (`lxdmig prepare "
+                                          "--restart` does)"))
     if values.get("lxc.console.path", "") != "none":
         out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
-                                          "console; set lxc.console.path = none"))
+                                          "console; set lxc.console.path = none (`lxdmig prepare --restart` does)"))
     if not apparmor and values.get("lxc.apparmor.profile", "") not in ("", "unconfined"):
         out.append(Problem(Severity.FAIL, f"lxc.apparmor.profile = {values['lxc.apparmor.profile']} but the "
                                           "kernel has no AppArmor: restore would fail"))
@@ -133,6 +143,21 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
             out.append(Problem(Severity.WARN, f"bind mount of {words[0]}: that path must exist on the "
                                               "destination too"))
     return out
+
+
+_LENT_TERMINAL = re.compile(r"/dev/(lxc/)?(console|tty[0-9]+)")
+
+
+def lent_terminal_problems(mounts: list[tuple[str, str]], config_named: bool) -> list[Problem]:
+    """ttys and a console the container was started with (``(mount point, fstype)`` from its init's
+    mountinfo): CRIU cannot checkpoint them. They stay until the container restarts even when its
+    config no longer asks for them; ``config_named``: config_problems already named them."""
+    lent = [point for point, fstype in mounts if fstype == "devpts" and _LENT_TERMINAL.fullmatch(point)]
+    if not lent or config_named:
+        return []
+    return [Problem(Severity.FAIL, f"the container still has the terminals it started with ({', '.join(lent)}), "
+                                   "which CRIU cannot checkpoint; its config no longer asks for them: restart it "
+                                   "(`lxdmig prepare --restart` does)")]
 
 
 def session_problems(pids: list[int], stat_of: dict[int, tuple[str, int]]) -> list[Problem]:
@@ -158,7 +183,7 @@ def process_stat(pid: int) -> tuple[str, int]:
 
 
 def device_problems(pids: list[int]) -> list[Problem]:
-    out = []
+    out: list[Problem] = []
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -169,7 +194,8 @@ def device_problems(pids: list[int]) -> list[Problem]:
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if target.startswith("/dev/") and target not in _PLAIN_DEVICES and not target.startswith("/dev/pts/"):
+            if (target.startswith("/dev/") and target not in _PLAIN_DEVICES and not target.startswith("/dev/pts/")
+                    and not any(p.message.startswith(f"process {pid} has {target} open") for p in out)):
                 out.append(Problem(Severity.WARN, f"process {pid} has {target} open: CRIU may not be able to "
                                                   "dump this device"))
     return out

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "busybox workload; the image is built once and cached")
     c.add_argument("--privileged", action="store_true",
                    help="no user namespace (default: unprivileged, root mapped to host uid 100000)")
+    c.add_argument("--stock-config", action="store_true",
+                   help="with --image: the LXC config LXC's templates write (common.conf, userns.conf: ttys, "
+                        "a console, LXC's seccomp policy) instead of the test bed's")
     d = sub.add_parser("destroy", help="stop and delete a container on a host")
     d.add_argument("host", choices=HOSTS)
     d.add_argument("name")
@@ -121,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hosts.require_up()
             spec = containers.WorkloadSpec(args.memory_mib, args.dirty_rate, args.tick_ms)
             if args.image:
-                addr = containers.create_system(Host(args.host), args.name, args.image, privileged=args.privileged)
+                addr = containers.create_system(Host(args.host), args.name, args.image, privileged=args.privileged,
+                                                stock=args.stock_config)
             else:
                 addr = containers.create(Host(args.host), args.name, spec, privileged=args.privileged)
             print(f"container {args.name} running on host {args.host}, address {addr}")

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from lxdmig.prepare import DROPIN, DROPIN_SETTINGS, DROPIN_TEXT, plan, undo_plan
+from pathlib import Path
+
+import pytest
+
+from lxdmig.prepare import (
+    DROPIN, DROPIN_SETTINGS, DROPIN_TEXT, OURS, SECCOMP_FILE, UNDO_CONFIG, WAS, config_plan, denies_bpf, plan,
+    set_line, undo_plan, unset_lines, with_bpf_denied,
+)
 
 
 def test_a_stock_systemd_container_gets_the_dropin_and_its_sandboxed_services_restarted() -> None:
@@ -30,3 +37,37 @@ def test_the_dropin_turns_off_every_namespace_setting() -> None:
     for setting in ("PrivateUsers=no", "ProtectHostname=no", "PrivateIPC=no", "PrivateNetwork=no", "PrivateTmp=no",
                     "PrivateDevices=no", "ProtectSystem=no", "ReadWritePaths="):
         assert setting in DROPIN_SETTINGS and f"\n{setting}\n" in DROPIN_TEXT
+
+
+STOCK = [("lxc.tty.max", "4"), ("lxc.seccomp.profile", "/usr/share/lxc/config/common.seccomp"),
+         ("lxc.console.path", "")]
+COMMON = "2\ndenylist\nreject_force_umount  # comment\n[all]\nkexec_load errno 1\n"
+
+
+def test_lxc_settings_criu_cannot_checkpoint_are_set() -> None:
+    changes = config_plan(STOCK, privileged=False, systemd=True, policy=COMMON, container_dir=Path("/c"))
+    assert [c.what for c in changes] == ["set lxc.tty.max = 0", "set lxc.console.path = none"]
+    done = [("lxc.tty.max", "0"), ("lxc.console.path", "none")]
+    assert config_plan(STOCK + done, privileged=False, systemd=True, policy=COMMON, container_dir=Path("/c")) == []
+
+
+def test_a_privileged_systemd_container_gets_bpf_denied_on_top_of_its_policy() -> None:
+    [change] = config_plan([("lxc.console.path", "none")], privileged=True, systemd=True, policy=COMMON,
+                           container_dir=Path("/c"))
+    assert change.what == f"set lxc.seccomp.profile = /c/{SECCOMP_FILE}"
+    policy = with_bpf_denied(COMMON)
+    assert policy.startswith(COMMON) and denies_bpf(policy) and not denies_bpf(COMMON)
+    assert denies_bpf(with_bpf_denied(None))
+    assert config_plan([("lxc.console.path", "none")], privileged=True, systemd=True, policy=policy,
+                       container_dir=Path("/c")) == []
+    with pytest.raises(ValueError, match="deny list"):
+        with_bpf_denied("2\nallowlist\nread\n")
+
+
+def test_config_lines_are_marked_and_undone_exactly() -> None:
+    original = "lxc.include = /usr/share/lxc/config/common.conf\nlxc.tty.max = 4\n# lxc.tty.max = 9\nlxc.uts.name = c\n"
+    changed = set_line(set_line(original, "lxc.tty.max", "0"), "lxc.console.path", "none")
+    assert changed.splitlines()[1:3] == [f"{WAS}lxc.tty.max = 4)", "# lxc.tty.max = 9"]
+    assert changed.endswith(f"{OURS}\nlxc.tty.max = 0\n{OURS}\nlxc.console.path = none\n")
+    assert unset_lines(changed) == original
+    assert [c.what for c in undo_plan(dropin_present=False, config_marked=True)] == [UNDO_CONFIG]
