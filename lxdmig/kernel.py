@@ -90,3 +90,28 @@ def userfaultfd_for_user_namespaces() -> Iterator[None]:
             _uffd_users -= 1
             if _uffd_users == 0 and _uffd_saved != "1":
                 _UFFD_SYSCTL.write_text(f"{_uffd_saved}\n")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_GETFD = 438  # the same number on every architecture
+PROC_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, RAMFS_MAGIC = 0x9FA0, 0x63677270, 0x858458F6
+
+
+def checked(result: int, what: str = "") -> int:
+    """``result`` of a libc call made through ctypes; OSError (with errno) if it failed."""
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err))
+    return result
+
+
+def fs_magic(fd: int) -> int:
+    """The magic number of the file system ``fd`` is on (struct statfs begins with it)."""
+    buf = ctypes.create_string_buffer(256)
+    checked(int(_libc.fstatfs(fd, buf)), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A duplicate of another process's descriptor ``fd`` (the same open file)."""
+    return checked(int(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)), "pidfd_getfd")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import json
 import os
 import re
@@ -33,15 +32,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lxdmig import proc
+from lxdmig import kernel, proc
 
 RECORD = "psi-watches.json"  # in the final dump's image directory
 SD_EVENT_DEFAULT = "some 200000 2000000"  # systemd's MEMORY_PRESSURE_DEFAULT_{TYPE,THRESHOLD_USEC,WINDOW_USEC}
 _TRIGGER = re.compile(r"(some|full) [0-9]{1,12} [0-9]{1,12}")
 _PROC_FILE = re.compile(r"/proc/pressure/(cpu|memory|io|irq)")
 _CGROUP_FILE = re.compile(r"/.+/(cpu|memory|io|irq)\.pressure")
-_SYS_PIDFD_GETFD = 438  # the same number on every architecture
-_PSI_FILESYSTEMS = (0x9FA0, 0x63677270)  # PROC_SUPER_MAGIC, CGROUP2_SUPER_MAGIC
+_PSI_FILESYSTEMS = (kernel.PROC_SUPER_MAGIC, kernel.CGROUP2_SUPER_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -126,24 +124,6 @@ def recorded(directory: Path) -> list[Watch]:
     return out
 
 
-def _check(result: int) -> int:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
-
-
-def _pidfd_getfd(pidfd: int, fd: int) -> int:
-    return _check(int(ctypes.CDLL(None, use_errno=True).syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)))
-
-
-def _filesystem(fd: int) -> int:
-    """The magic number of the file system ``fd`` is on (struct statfs begins with it)."""
-    buf = ctypes.create_string_buffer(256)
-    _check(int(ctypes.CDLL(None, use_errno=True).fstatfs(fd, buf)))
-    return ctypes.c_long.from_buffer(buf).value
-
-
 def rearm(init_pid: int, wanted: list[Watch]) -> list[str]:
     """Write each trigger again into the restored tasks' pressure files (below ``init_pid``, a host
     PID). Returns what could not be re-armed, one line each."""
@@ -160,13 +140,13 @@ def rearm(init_pid: int, wanted: list[Watch]) -> list[str]:
         try:
             pidfd = os.pidfd_open(host_pid)
             try:
-                dup = _pidfd_getfd(pidfd, watch.fd)
+                dup = kernel.pidfd_getfd(pidfd, watch.fd)
             finally:
                 os.close(pidfd)
             try:
                 # Only a pressure file (the record comes from a peer): never write to any other file.
                 if (not is_pressure_file(os.readlink(f"/proc/self/fd/{dup}"))
-                        or _filesystem(dup) not in _PSI_FILESYSTEMS):
+                        or kernel.fs_magic(dup) not in _PSI_FILESYSTEMS):
                     failed.append(f"{where}: that descriptor is not a pressure file here")
                     continue
                 os.write(dup, watch.trigger.encode() + b"\0")

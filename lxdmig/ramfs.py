@@ -34,9 +34,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lxdmig import kernel
+
 RECORD = "ramfs-files.json"  # in the final dump's image directory
 LIMIT = 16 << 20  # bytes per container; systemd allows 1 MiB per credential
-_RAMFS_MAGIC = 0x858458F6
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 _SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # the same numbers on every architecture
 _OPEN_TREE_CLONE, _AT_EMPTY_PATH, _MOUNT_ATTR_RDONLY = 1, 0x1000, 0x1
@@ -49,10 +50,10 @@ class RamfsError(Exception):
 
 
 def _check(result: int, what: str) -> int:
-    if result < 0:
-        err = ctypes.get_errno()
-        raise RamfsError(f"{what}: {os.strerror(err)}")
-    return result
+    try:
+        return kernel.checked(result, what)
+    except OSError as e:
+        raise RamfsError(str(e.strerror)) from None
 
 
 def _enter_namespaces(host_pid: int) -> None:
@@ -72,15 +73,9 @@ def _enter_namespaces(host_pid: int) -> None:
     os.chdir("/")
 
 
-def _is_ramfs(fd: int) -> bool:
-    buf = ctypes.create_string_buffer(256)  # struct statfs begins with f_type
-    _check(int(_libc.fstatfs(fd, buf)), "fstatfs")
-    return ctypes.c_long.from_buffer(buf).value == _RAMFS_MAGIC
-
-
 def _open_dir(name: str, dir_fd: int | None = None) -> int:
     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    if not _is_ramfs(fd):
+    if kernel.fs_magic(fd) != kernel.RAMFS_MAGIC:
         os.close(fd)
         raise RamfsError(f"{name} is not on a ramfs")
     return fd

@@ -96,12 +96,9 @@ def _lxc_container(spec: WorkloadSpec) -> Iterator[str]:
     name = f"bench{_RUN}-{next(_names)}"
     # Privileged: the hand-made baselines restore with plain lxc-checkpoint, which cannot create a
     # veth pair across user namespaces on current kernels, and every row moves the same kind.
-    containers.create(A, name, spec, privileged=True)
-    try:
+    with containers.removed_after(name, A, B):
+        containers.create(A, name, spec, privileged=True)
         yield name
-    finally:
-        for host in (A, B):
-            containers.destroy(host, name)
 
 
 def _verified(host: Host, name: str) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -9,7 +10,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -319,7 +320,22 @@ def destroy(host: Host, name: str) -> None:
         return
     if lxc_state(host, name) not in ("STOPPED", "ABSENT"):
         host_command(host, ["lxc-stop", "-P", str(host.lxcpath), "-n", name, "-k"], check=False)
+        # Never remove the config of a container still running: its processes would live on, unseen,
+        # with an address the test bed would hand out again.
+        if (state := lxc_state(host, name)) not in ("STOPPED", "ABSENT"):
+            raise TestbedError(f"container {name} on host {host.name} is still {state} after lxc-stop -k")
     shutil.rmtree(cdir)
+
+
+@contextlib.contextmanager
+def removed_after(name: str, *hosts: Host) -> Iterator[str]:
+    """Yields ``name``; then container ``name`` is gone from each host, whatever happened (it may
+    have moved, or never been made)."""
+    try:
+        yield name
+    finally:
+        for host in hosts:
+            destroy(host, name)
 
 
 def list_containers(host: Host) -> list[str]:

@@ -58,7 +58,7 @@ KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 HOSTNAME_PLACEHOLDER = "lxdmig-image"  # the container's creator writes the real one
 DEBOOTSTRAP_TIMEOUT = 900.0  # about 1 min here; a slow mirror gets 15
 _DIGEST_RE = r"[0-9a-f]{16}"
-_MANIFEST = "image.json"
+MANIFEST = "image.json"
 # Where package maintainer scripts put their unit enablement links.
 _ETC_UNITS = "etc/systemd/system"
 
@@ -133,7 +133,7 @@ def build(image: str) -> Path:
     except OSError as e:
         raise ImageError(f"{image}: creating the image cache {root} failed: {e}") from None
     with _locked(root / f".{image}.lock"):
-        if (final / _MANIFEST).is_file():
+        if (final / MANIFEST).is_file():
             return final / "rootfs"
         _remove_leftovers(root, image, keep=None)
         log.info("building image %s (Debian %s) in %s; a few minutes, once per change of its inputs",
@@ -155,7 +155,7 @@ def build(image: str) -> Path:
                 "build_seconds": round(time.monotonic() - started, 1),
                 "etc_systemd_system_after_debootstrap": units,
             }
-            (work / _MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
+            (work / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
             work.chmod(0o755)
             os.rename(work, final)
         except BaseException:
@@ -167,9 +167,9 @@ def build(image: str) -> Path:
 
 def manifest(rootfs: Path) -> dict[str, object]:
     """What ``build`` recorded about the image whose root filesystem is ``rootfs``."""
-    data = json.loads((rootfs.parent / _MANIFEST).read_text())
+    data = json.loads((rootfs.parent / MANIFEST).read_text())
     if not isinstance(data, dict):
-        raise ImageError(f"{rootfs.parent / _MANIFEST} is not a JSON object")
+        raise ImageError(f"{rootfs.parent / MANIFEST} is not a JSON object")
     return data
 
 

@@ -26,12 +26,8 @@ A, B = Host("a"), Host("b")
 
 @pytest.fixture
 def name(testbed: None) -> Iterator[str]:
-    name = f"stk{os.getpid() % 10000}"
-    try:
+    with containers.removed_after(f"stk{os.getpid() % 10000}", A, B) as name:
         yield name
-    finally:
-        for host in (A, B):
-            containers.destroy(host, name)
 
 
 def fails(host: Host, name: str) -> list[str]:

@@ -41,12 +41,9 @@ def system(testbed: None, request: pytest.FixtureRequest) -> Iterator[str]:
     global SERVICES
     SERVICES = ("redis-server.service", f"postgresql@{POSTGRESQL[request.param]}-main.service", "nginx.service",
                 "ssh.service", "systemd-journald.service", "systemd-logind.service", "dbus.service")
-    containers.create_system(A, NAME, request.param)
-    try:
+    with containers.removed_after(NAME, A, B):
+        containers.create_system(A, NAME, request.param)
         yield NAME
-    finally:
-        for host in (A, B):
-            containers.destroy(host, NAME)
 
 
 lxdmig = helpers.run_lxdmig
