@@ -288,9 +288,14 @@ class Mover:
                   "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
         source = str(self.backend.container_dir(self.request.container)) + "/"
         excludes = [f"--exclude={pattern}" for pattern in self.backend.sync_excludes]
-        proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
-                  f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT,
-                 output_file=self.work / f"rsync-{which}.log")
+        with self._peer_watch(None):
+            result = proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
+                               f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT, check=False,
+                              output_file=self.work / f"rsync-{which}.log")
+        # 24: files vanished between rsync's listing and their transfer. Normal while the container
+        # runs (a service's temporary files); the final sync, with the container frozen, has the last word.
+        if result.returncode not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
+            raise proc.CommandFailed(result.argv, result.returncode, proc.tail(result.stderr))
         seconds = time.monotonic() - start
         sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
         self.report.bytes_sent += sent
@@ -544,14 +549,18 @@ class Mover:
         self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
 
     @contextlib.contextmanager
-    def _peer_watch(self, port: int) -> Iterator[None]:
-        """Watch the destination while CRIU streams pages to its page server on ``port``.
+    def _peer_watch(self, port: int | None) -> Iterator[None]:
+        """Watch the destination while CRIU streams pages to its page server on ``port``, or rsync
+        copies the root filesystem (``port`` None) through a connection of its own.
 
-        If the destination's helper stops answering (PEER_PING_TIMEOUT),
-        CRIU's connection to the page server is cut (``ss
-        -K``): CRIU then fails at once and cleans up after itself (network
-        lock, parasite), instead of writing into a dead connection until
-        its own timeout with the container frozen.
+        The pings also keep the migration's control connection busy: the
+        helper ends one that stays silent for its io_timeout, and an initial
+        sync of a big root filesystem takes longer than that. If the
+        destination's helper stops answering (PEER_PING_TIMEOUT), CRIU's
+        connection to the page server is cut (``ss -K``): CRIU then fails at
+        once and cleans up after itself (network lock, parasite), instead of
+        writing into a dead connection until its own timeout with the
+        container frozen. (rsync fails on its own when its tunnel breaks.)
         """
         stop = threading.Event()
         host = self._client().remote.host
@@ -563,8 +572,10 @@ class Mover:
                 except (LxdmigError, OSError) as e:
                     if stop.is_set():
                         return
-                    self.say(f"{self.request.remote} stopped answering ({e}); cutting CRIU's connection to it")
-                    proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10, check=False)
+                    if port is not None:
+                        self.say(f"{self.request.remote} stopped answering ({e}); cutting CRIU's connection to it")
+                        proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10,
+                                 check=False)
                     return
 
         watcher = threading.Thread(target=watch, name="peer-watch", daemon=True)
@@ -596,6 +607,9 @@ class Mover:
             client.close()
             self.say(f"rollback: the destination did not answer ({e}); it removes its copy when it sees the "
                      "connection closed")
+
+
+RSYNC_VANISHED = 24  # rsync's exit status: "some files vanished before they could be transferred"
 
 
 def _rsync_bytes_sent(log: Path) -> int:

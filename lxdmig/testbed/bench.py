@@ -279,26 +279,27 @@ def vm_samples() -> list[Sample]:
 
 # --- real system containers ----------------------------------------------------------
 
-REAL_SUBJECT = "lxdmig, Debian 12 system container (pause: the Redis client's longest wait)"
+REAL_IMAGES = {"debian-12": "Debian 12", "debian-13": "Debian 13"}
+
+
+def real_subject(image: str) -> str:
+    return f"lxdmig, {REAL_IMAGES[image]} system container (pause: the Redis client's longest wait)"
 
 
 @contextmanager
-def _system_container() -> Iterator[str]:
+def _system_container(image: str) -> Iterator[str]:
     name = f"real{_RUN}-{next(_names)}"
-    try:
-        containers.create_system(A, name, "debian-12")
+    with containers.removed_after(name, A, B):
+        containers.create_system(A, name, image)
         host_command(A, helpers.lxdmig_argv("prepare", name), timeout=300)
         yield name
-    finally:
-        for host in (A, B):
-            containers.destroy(host, name)
 
 
-def run_real(mode: str) -> Sample:
-    """A stock Debian 12 container (systemd, redis, postgresql, nginx, openssh; prepared) moved a -> b
+def run_real(mode: str, image: str = "debian-12") -> Sample:
+    """A stock Debian container (systemd, redis, postgresql, nginx, openssh; prepared) moved a -> b
     while a Redis client on host b sends INCR every 10 ms over one connection: its longest wait for a
     reply is the downtime; ok means every reply was the previous plus one, on the same connection."""
-    with _system_container() as name, tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
+    with _system_container(image) as name, tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         stop, out = Path(tmp) / "stop", Path(tmp) / "redis.json"
         client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis",
                                             str(containers.container_address(A, name)), "--until", str(stop),
@@ -315,11 +316,11 @@ def run_real(mode: str) -> Sample:
             client.wait(timeout=60)
         redis = json.loads(out.read_text())
     if result.returncode != 0:
-        return Sample("host", REAL_SUBJECT, mode, 0, 0.0, False, None, total,
+        return Sample("host", real_subject(image), mode, 0, 0.0, False, None, total,
                       note=result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed")
     report = json.loads(result.stdout)
     ok = not redis["error"] and not redis["out_of_step"] and redis["replies"] > 0
-    return Sample("host", REAL_SUBJECT, report["mode"], 0, 0.0, ok, float(redis["max_wait_ms"]), round(total, 3),
+    return Sample("host", real_subject(image), report["mode"], 0, 0.0, ok, float(redis["max_wait_ms"]), round(total, 3),
                   int(report["bytes_sent"]), len(report["rounds"]), round(cpu, 3), float(report["downtime_ms"]),
                   note="" if ok else f"redis client: {redis['error'] or redis['out_of_step']}")
 
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="repetitions of each cell (default 3)")
     p.add_argument("--vm", action="store_true", help="add pre-copy and hybrid rows from the soft-dirty VM")
     p.add_argument("--real", action="store_true",
-                   help="add a stock Debian 12 system container moved with a Redis client connected "
+                   help="add stock Debian 12 and 13 system containers moved with a Redis client connected "
                         "(post-copy and stop-copy; --sizes '' for these rows alone)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -382,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:
             _say(f"no LXD rows: setting up LXD failed: {e}")
     if args.real:
-        cells += [(f"lxdmig {mode}, Debian 12 system container, #{rep + 1}",
-                   lambda m=mode: run_real(m))  # type: ignore[misc]
+        cells += [(f"lxdmig {mode}, {title} system container, #{rep + 1}",
+                   lambda m=mode, i=image: run_real(m, i))  # type: ignore[misc]
+                  for image, title in REAL_IMAGES.items()
                   for rep in range(args.reps) for mode in ("post-copy", "stop-copy") if mode in possible]
     for number, (label, run) in enumerate(cells, 1):
         _say(f"[{number}/{len(cells)}] {label}")

@@ -277,9 +277,18 @@ def create_system(host: Host, name: str, image: str, *, privileged: bool = False
         make_config = stock_config if stock else system_config
         (cdir / "config").write_text(make_config(host, name, addr, privileged=privileged))
         _start(host, name)
-        state = system_state(host, name, wait=True)
+        # systemctl fails ("Failed to connect to bus") until systemd has made its socket: slow under
+        # the VM's emulation.
+        deadline = time.monotonic() + 300
+        while (state := system_state(host, name, wait=True)).startswith("unknown") and time.monotonic() < deadline:
+            time.sleep(1)
         if state not in ("running", "degraded"):
-            raise TestbedError(f"systemd in {name} did not finish booting: {state}")
+            why = host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", name, "--", "systemctl",
+                                      "--failed", "--no-legend"], check=False, timeout=60)
+            log = (host.storage / f"lxc-start-{name}.log").read_text(errors="replace").splitlines()
+            raise TestbedError(f"systemd in {name} did not finish booting: {state}; lxc-info: "
+                               f"{lxc_state(host, name)}; failed units: {why.stdout.strip() or why.stderr.strip()}; "
+                               f"lxc-start's log ends: {' | '.join(log[-5:])}")
     except BaseException:
         destroy(host, name)
         raise
@@ -296,7 +305,8 @@ def system_state(host: Host, name: str, *, wait: bool = False) -> str:
     """What ``systemctl is-system-running`` says inside the container (``--wait``: once booted)."""
     argv = ["lxc-attach", "-P", str(host.lxcpath), "-n", name, "--", "systemctl", "is-system-running",
             *(["--wait"] if wait else [])]
-    return host_command(host, argv, check=False, timeout=180).stdout.strip() or "unknown"
+    result = host_command(host, argv, check=False, timeout=180)
+    return result.stdout.strip() or f"unknown ({result.stderr.strip()[-300:] or f'exit {result.returncode}'})"
 
 
 def _start(host: Host, name: str) -> None:

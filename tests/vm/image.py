@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.backends import liblxc_migrate
-from lxdmig.testbed import containers, images
+from lxdmig.testbed import containers
 from lxdmig.testbed.layout import workload_binary
 
 HERE = Path(__file__).resolve().parent
@@ -41,8 +41,7 @@ PACKAGES = [
     # CRIU's shared libraries (CRIU itself is the host's build, copied in)
     "libprotobuf-c1", "libnl-3-200", "libnet1", "libgnutls30", "libnftables1", "libbsd0", "libuuid1", "libcap2",
 ]
-MEMORY_MIB = 6144  # the initramfs (with a Debian system image), its tmpfs copy, two containers' roots
-SYSTEM_IMAGE = "debian-12"  # the system container image the guest moves (test_system_in_vm.py)
+MEMORY_MIB = 3072
 BOOT_MARK = "LXDMIG-VM-BOOTED"
 EXIT_MARK = "LXDMIG-VM-EXIT"
 
@@ -161,16 +160,6 @@ def overlay(out: Path, pytest_args: list[str]) -> None:
     shutil.rmtree(root)
 
 
-def system_image(out: Path) -> None:
-    """A cpio of the cached system container image (built here if missing) at the same path, so that
-    testbed.images finds it in the guest, which has no Debian mirror to build it from."""
-    entry = images.build(SYSTEM_IMAGE).parent.relative_to("/")
-    parents = [str(p) for p in reversed(entry.parents) if str(p) != "."]
-    found = proc.run(["find", str(entry / "rootfs"), str(entry / images.MANIFEST)], cwd="/", timeout=300).stdout
-    proc.run(["cpio", "-o", "-H", "newc", "--quiet", "-F", str(out)], timeout=600, cwd="/",
-             input_text="\n".join([*parents, str(entry)]) + "\n" + found)
-
-
 @dataclass(frozen=True)
 class Result:
     exit_code: int | None  # the guest pytest's status, None if it never got that far
@@ -187,10 +176,9 @@ def run(pytest_args: list[str], *, timeout: float = 2100.0, console_log: Path | 
     with tempfile.TemporaryDirectory(prefix="lxdmig-vm-") as tmp:
         tmpdir = Path(tmp)
         overlay(tmpdir / "overlay.cpio", pytest_args)
-        system_image(tmpdir / "system.cpio")
         initrd = tmpdir / "initrd.cpio"
         with open(initrd, "wb") as out:
-            for part in (image.initrd, tmpdir / "overlay.cpio", tmpdir / "system.cpio"):
+            for part in (image.initrd, tmpdir / "overlay.cpio"):
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
         log = console_log or tmpdir / "console.log"
