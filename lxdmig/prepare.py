@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from lxdmig import proc
 from lxdmig.backends import task_rules
-from lxdmig.backends.lxc_rules import read_config, root_id_map
+from lxdmig.backends.lxc_rules import lent_terminal_keys, read_config, root_id_map
 from lxdmig.errors import BackendError, CommandError
 
 DROPIN = Path("etc/systemd/system/service.d/50-lxdmig-movable.conf")
@@ -118,12 +118,13 @@ def config_plan(items: list[tuple[str, str]], *, privileged: bool, systemd: bool
     """The LXC config settings that stop CRIU, as ``set KEY = VALUE`` changes (a pure function of the
     config as liblxc reads it, includes followed, and of its seccomp policy's text)."""
     values = dict(items)
+    lent = lent_terminal_keys(values)
     changes = []
-    if values.get("lxc.tty.max", "0") not in ("", "0"):
+    if "lxc.tty.max" in lent:
         changes.append(Change("set lxc.tty.max = 0", f"CRIU cannot checkpoint the {values['lxc.tty.max']} ttys the "
                                                      "host lends the container (lxc-console logins on them go; "
                                                      "lxc-attach stays)"))
-    if values.get("lxc.console.path", "") != "none":
+    if "lxc.console.path" in lent:
         changes.append(Change("set lxc.console.path = none", "CRIU cannot checkpoint the console the host lends the "
                                                              "container (its console output goes nowhere; "
                                                              "lxc-attach stays)"))

@@ -124,13 +124,9 @@ class LxcBackend(Backend):
             privileged = root_id_map(items) is None
         except ValueError as e:
             return [Problem(Severity.FAIL, f"{container}: {e}")]
-        configured = config_problems(items, apparmor=_apparmor_enabled())
-        try:
-            mounts = [(m.point, m.fstype) for m in proc.mountinfo(Path(f"/proc/{init}/mountinfo").read_text())]
-        except OSError:
-            mounts = []
-        named = any(p.message.startswith(("lxc.tty.max", "lxc.console.path")) for p in configured)
-        return (configured + lent_terminal_problems(mounts, named)
+        init_mounts = [(m.point, m.fstype) for m in tasks[0].mounts] if tasks else []
+        return (config_problems(items, apparmor=_apparmor_enabled())
+                + lent_terminal_problems(init_mounts, items)
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
                 + (task_rules.nested_namespace_problems(tasks, tasks[0]) if tasks else [])

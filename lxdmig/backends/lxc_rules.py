@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,17 +121,25 @@ def cgroup_plan(value: object) -> list[tuple[str, int, int]]:
     return out
 
 
+def lent_terminal_keys(values: Mapping[str, str]) -> list[str]:
+    """The config keys by which the host lends the container terminals (ttys, a console) whose other
+    ends its LXC monitor holds: CRIU cannot checkpoint them."""
+    return [key for key, lent in (("lxc.tty.max", values.get("lxc.tty.max", "0") not in ("", "0")),
+                                  ("lxc.console.path", values.get("lxc.console.path", "") != "none")) if lent]
+
+
 def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
     """What in a container's LXC config stops CRIU (a pure function of the config)."""
     out = []
     values = dict(items)
     # lxc.pty.max only sizes the container's own devpts instance, which CRIU dumps with its ptys
     # (sshd and systemd's PrivateDevices= need one); lxc.tty.max ttys are the host's ptys.
-    if values.get("lxc.tty.max", "0") not in ("", "0"):
+    lent = lent_terminal_keys(values)
+    if "lxc.tty.max" in lent:
         out.append(Problem(Severity.FAIL, f"lxc.tty.max = {values['lxc.tty.max']}: CRIU cannot checkpoint the "
                                           "ttys the host lends a container; set lxc.tty.max = 0 (`lxdmig prepare "
                                           "--restart` does)"))
-    if values.get("lxc.console.path", "") != "none":
+    if "lxc.console.path" in lent:
         out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
                                           "console; set lxc.console.path = none (`lxdmig prepare --restart` does)"))
     if not apparmor and values.get("lxc.apparmor.profile", "") not in ("", "unconfined"):
@@ -148,12 +157,12 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
 _LENT_TERMINAL = re.compile(r"/dev/(lxc/)?(console|tty[0-9]+)")
 
 
-def lent_terminal_problems(mounts: list[tuple[str, str]], config_named: bool) -> list[Problem]:
+def lent_terminal_problems(mounts: list[tuple[str, str]], items: list[tuple[str, str]]) -> list[Problem]:
     """ttys and a console the container was started with (``(mount point, fstype)`` from its init's
     mountinfo): CRIU cannot checkpoint them. They stay until the container restarts even when its
-    config no longer asks for them; ``config_named``: config_problems already named them."""
+    config no longer asks for them (when it does, config_problems names them)."""
     lent = [point for point, fstype in mounts if fstype == "devpts" and _LENT_TERMINAL.fullmatch(point)]
-    if not lent or config_named:
+    if not lent or lent_terminal_keys(dict(items)):
         return []
     return [Problem(Severity.FAIL, f"the container still has the terminals it started with ({', '.join(lent)}), "
                                    "which CRIU cannot checkpoint; its config no longer asks for them: restart it "
@@ -184,6 +193,7 @@ def process_stat(pid: int) -> tuple[str, int]:
 
 def device_problems(pids: list[int]) -> list[Problem]:
     out: list[Problem] = []
+    seen: set[tuple[int, str]] = set()
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -195,7 +205,8 @@ def device_problems(pids: list[int]) -> list[Problem]:
             except OSError:
                 continue
             if (target.startswith("/dev/") and target not in _PLAIN_DEVICES and not target.startswith("/dev/pts/")
-                    and not any(p.message.startswith(f"process {pid} has {target} open") for p in out)):
+                    and (pid, target) not in seen):
+                seen.add((pid, target))
                 out.append(Problem(Severity.WARN, f"process {pid} has {target} open: CRIU may not be able to "
                                                   "dump this device"))
     return out

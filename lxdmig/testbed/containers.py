@@ -283,11 +283,10 @@ def create_system(host: Host, name: str, image: str, *, privileged: bool = False
         while (state := system_state(host, name, wait=True)).startswith("unknown") and time.monotonic() < deadline:
             time.sleep(1)
         if state not in ("running", "degraded"):
-            why = host_command(host, ["lxc-attach", "-P", str(host.lxcpath), "-n", name, "--", "systemctl",
-                                      "--failed", "--no-legend"], check=False, timeout=60)
+            failed = attach(host, name, "systemctl", "--failed", "--no-legend")
             log = (host.storage / f"lxc-start-{name}.log").read_text(errors="replace").splitlines()
             raise TestbedError(f"systemd in {name} did not finish booting: {state}; lxc-info: "
-                               f"{lxc_state(host, name)}; failed units: {why.stdout.strip() or why.stderr.strip()}; "
+                               f"{lxc_state(host, name)}; failed units: {failed}; "
                                f"lxc-start's log ends: {' | '.join(log[-5:])}")
     except BaseException:
         destroy(host, name)

@@ -52,7 +52,8 @@ def test_a_template_configured_container_is_prepared_restarted_moved_and_undone(
     assert f"{name} must restart" in first.stdout
     assert containers.attach(A, name, "cat", "/proc/1/stat").split()[21] == init_before  # not restarted
     # Not in effect yet: the running container still has its ttys, and the preflight says so.
-    assert any("still has the terminals it started with (/dev/tty1" in line for line in fails(A, name))
+    [lent] = [line for line in fails(A, name) if "still has the terminals it started with" in line]
+    assert "/dev/tty1" in lent and ("/dev/console" in lent) == console, lent
     pending = lxdmig(A, "prepare", name)
     assert pending.returncode == 0 and f"{name} must restart" in pending.stdout, pending.stdout
 
