@@ -17,17 +17,23 @@ sets them in its config, marked so that ``--undo`` puts the old lines
 back. They take effect when the container restarts, which happens only
 with ``--restart``, said first.
 
-``plan()`` and ``config_plan()`` decide from what the preflight found
-(pure; unit-tested); ``LxcPreparer`` carries it out on an LXC container,
-one line per change.
+A privileged LXD instance gets bpf() added to LXD's seccomp deny list
+(``security.syscalls.deny``) through LXD's API instead; the old value is
+kept in the instance's ``user.lxdmig.prepare`` key for ``--undo``.
+
+``plan()``, ``config_plan()`` and ``lxd_config_plan()`` decide from what
+the preflight found (pure; unit-tested); ``LxcPreparer`` and
+``LxdPreparer`` carry it out, one line per change.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lxdmig import proc
@@ -75,16 +81,20 @@ def plan(*, systemd: bool, dropin_present: bool, nested_units: list[str]) -> lis
 
 
 UNDO_CONFIG = "put back the LXC config lines lxdmig prepare changed"
+UNDO_LXD_CONFIG = "put back the LXD instance keys lxdmig prepare changed"
+UNDOES_CONFIG = {UNDO_CONFIG: "ttys, console and seccomp policy as they were (from the next start)",
+                 UNDO_LXD_CONFIG: "its seccomp deny list as it was (from the next start)"}
 
 
-def undo_plan(*, dropin_present: bool, config_marked: bool = False) -> list[Change]:
+def undo_plan(*, dropin_present: bool, config_undo: str | None = None) -> list[Change]:
+    """``config_undo``: UNDO_CONFIG or UNDO_LXD_CONFIG when prepare changed the container's config."""
     changes = []
     if dropin_present:
         changes += [Change(f"remove /{DROPIN}", "the services' own sandboxing settings apply again"),
                     Change("systemctl daemon-reload", "systemd forgets the drop-in; each service gets its sandboxing "
                                                       "back when it next restarts")]
-    if config_marked:
-        changes.append(Change(UNDO_CONFIG, "ttys, console and seccomp policy as they were (from the next start)"))
+    if config_undo is not None:
+        changes.append(Change(config_undo, UNDOES_CONFIG[config_undo]))
     return changes
 
 
@@ -136,9 +146,32 @@ def config_plan(items: list[tuple[str, str]], *, privileged: bool, systemd: bool
     return changes
 
 
-def restart_change(name: str) -> Change:
-    return Change(f"restart {name}", "LXC applies its config when a container starts: the whole container "
+def restart_change(name: str, manager: str = "LXC") -> Change:
+    return Change(f"restart {name}", f"{manager} applies its config when a container starts: the whole container "
                                      "stops and starts again (its clients lose their connections)")
+
+
+# --- an LXD instance's config (through LXD's API; takes effect when it restarts) ----------------------
+
+LXD_DENY = "security.syscalls.deny"  # lines LXD appends to its default deny list, verbatim
+LXD_WAS = "user.lxdmig.prepare"  # JSON: the keys prepare changed and their old values, and when
+
+
+def lxd_config_plan(config: dict[str, str], *, systemd: bool) -> list[Change]:
+    """The LXD instance keys that stop CRIU, as ``set KEY ...`` changes (a pure function of the
+    instance's expanded config): a privileged instance's systemd loads BPF programs unless LXD's deny
+    list has bpf()."""
+    privileged = config.get("security.privileged", "").lower() in ("true", "1", "yes", "on")
+    if not (privileged and systemd) or denies_bpf(f"2\ndenylist\n{config.get(LXD_DENY, '')}"):
+        return []
+    for exclusive in ("raw.seccomp", "security.syscalls.allow"):
+        if exclusive in config:
+            raise ValueError(f"it sets {exclusive}, which LXD does not combine with {LXD_DENY}: deny bpf() in it "
+                             "yourself (systemd loads BPF programs, which CRIU cannot dump)")
+    return [Change(f"set {LXD_DENY} += bpf errno 1",
+                   "systemd in a privileged container loads BPF programs, which CRIU cannot dump: bpf() denied "
+                   "(LXD's deny list plus bpf), systemd runs without them (no BPF-based IP filtering, accounting "
+                   "or device policy per unit)")]
 
 
 def set_line(text: str, key: str, value: str) -> str:
@@ -168,6 +201,8 @@ class Preparer(Protocol):
     """Carries out a plan on one running container."""
 
     name: str
+    manager: str  # who applies the container's config when it starts: LXC or LXD
+    config_undo: str  # the change that puts back the config prepare changed
 
     @property
     def systemd(self) -> bool: ...
@@ -176,7 +211,18 @@ class Preparer(Protocol):
 
     def nested_units(self, init_pid: int) -> list[str]: ...
 
+    def config_changes(self) -> list[Change]: ...
+
+    def config_marked(self) -> bool: ...
+
+    def restart_pending(self, init_pid: int) -> bool: ...
+
     def apply(self, change: Change) -> None: ...
+
+
+def started_at(init_pid: int) -> float:
+    """When the container's init started (the ctime of its /proc directory)."""
+    return os.stat(f"/proc/{init_pid}").st_ctime
 
 
 def nested_units(init_pid: int) -> list[str]:
@@ -186,9 +232,25 @@ def nested_units(init_pid: int) -> list[str]:
     return [unit for i, unit in enumerate(units) if unit.endswith(".service") and unit not in units[:i]]
 
 
+def wait_for_systemd(name: str, run: Callable[[list[str]], str]) -> None:
+    """Wait until systemd has booted a restarted container: until then a preflight would see services
+    half started. ``run`` runs a command in the container and returns its output (it fails until the
+    container's init is there)."""
+    deadline = time.monotonic() + _T
+    while time.monotonic() < deadline:
+        state = run(["systemctl", "is-system-running", "--wait"]).strip()
+        if state and state not in ("initializing", "starting", "offline", "unknown"):
+            return
+        time.sleep(0.5)
+    raise BackendError(f"{name}: restarted, but systemd did not finish booting it within {_T:.0f} s")
+
+
 class LxcPreparer:
     """Carries out a plan on a running LXC container: files through its root filesystem (owned by its
     mapped root), systemctl through lxc-attach."""
+
+    manager = "LXC"
+    config_undo = UNDO_CONFIG
 
     def __init__(self, lxcpath: Path, name: str) -> None:
         self.lxcpath, self.name = lxcpath, name
@@ -228,7 +290,7 @@ class LxcPreparer:
 
     def restart_pending(self, init_pid: int) -> bool:
         """Whether lxdmig changed the config since the container started (the changes wait for a restart)."""
-        return self.config_marked() and self.config.stat().st_mtime > os.stat(f"/proc/{init_pid}").st_ctime
+        return self.config_marked() and self.config.stat().st_mtime > started_at(init_pid)
 
     def config_marked(self) -> bool:
         return any(line == OURS or line.startswith(WAS) for line in self.config.read_text().splitlines())
@@ -275,16 +337,8 @@ class LxcPreparer:
             proc.run(["lxc-start", *where], timeout=_T)
         except CommandError as e:
             raise BackendError(f"{self.name}: restart failed: {e}") from None
-        # Until systemd has booted it, a preflight would see services half started. (lxc-attach fails
-        # until the container's init is there.)
-        deadline = time.monotonic() + _T
-        while time.monotonic() < deadline:
-            state = proc.run(["lxc-attach", *where, "--", "systemctl", "is-system-running", "--wait"],
-                             timeout=_T, check=False).stdout.strip()
-            if state and state not in ("initializing", "starting", "offline", "unknown"):
-                return
-            time.sleep(0.5)
-        raise BackendError(f"{self.name}: restarted, but systemd did not finish booting it within {_T:.0f} s")
+        wait_for_systemd(self.name, lambda argv: proc.run(["lxc-attach", *where, "--", *argv], timeout=_T,
+                                                          check=False).stdout)
 
     def _write_dropin(self) -> None:
         # Create each missing directory as the container's root, never following a symlink the
@@ -313,6 +367,9 @@ class LxcPreparer:
 class LxdPreparer:
     """Carries out a plan on a running LXD instance through LXD's API (its file and exec endpoints):
     nothing is written behind the daemon's back."""
+
+    manager = "LXD"
+    config_undo = UNDO_LXD_CONFIG
 
     def __init__(self, client: Any, name: str) -> None:
         from pylxd.exceptions import NotFound
@@ -346,6 +403,29 @@ class LxdPreparer:
     def nested_units(self, init_pid: int) -> list[str]:
         return nested_units(init_pid)
 
+    def config_changes(self) -> list[Change]:
+        try:
+            return lxd_config_plan(dict(self.instance.expanded_config), systemd=self.systemd)
+        except ValueError as e:
+            raise BackendError(f"{self.name}: {e}") from None
+
+    def _was(self) -> dict[str, Any]:
+        try:
+            was = json.loads(self.instance.config.get(LXD_WAS, "{}"))
+        except ValueError:
+            was = None
+        if not isinstance(was, dict) or not isinstance(was.get("keys", {}), dict):
+            raise BackendError(f"{self.name}: its {LXD_WAS} key is not what lxdmig prepare wrote; fix the "
+                               f"instance's keys by hand and remove {LXD_WAS}")
+        return was
+
+    def config_marked(self) -> bool:
+        return LXD_WAS in self.instance.config
+
+    def restart_pending(self, init_pid: int) -> bool:
+        """Whether lxdmig changed the instance's keys since it started (the changes wait for a restart)."""
+        return self.config_marked() and float(self._was().get("at", 0)) > started_at(init_pid)
+
     def apply(self, change: Change) -> None:
         if change.what.startswith("write /"):
             self._run(["mkdir", "-p", f"/{DROPIN.parent}"])
@@ -354,5 +434,34 @@ class LxdPreparer:
             self.instance.files.delete(f"/{DROPIN}")
         elif change.what.startswith("systemctl "):
             self._run(["systemctl", *change.what.split()[1:]])
+        elif change.what.startswith(f"set {LXD_DENY} "):
+            config, was = self.instance.config, self._was()
+            keys = was.setdefault("keys", {})
+            keys.setdefault(LXD_DENY, config.get(LXD_DENY))  # (the value before prepare first changed it)
+            old = self.instance.expanded_config.get(LXD_DENY, "")  # (a profile's list too)
+            config[LXD_DENY] = (old.rstrip("\n") + "\n" if old.strip() else "") + "bpf errno 1\n"
+            config[LXD_WAS] = json.dumps({**was, "at": time.time()})
+            self._save()
+        elif change.what == UNDO_LXD_CONFIG:
+            config = self.instance.config
+            for key, value in self._was().get("keys", {}).items():
+                if value is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = str(value)
+            config.pop(LXD_WAS, None)
+            self._save()
+        elif change.what == f"restart {self.name}":
+            try:
+                self.instance.restart(timeout=60, force=False, wait=True)
+            except Exception as e:  # pylxd raises LXDAPIException and requests' errors
+                raise BackendError(f"{self.name}: restart failed: {e}") from None
+            wait_for_systemd(self.name, lambda argv: str(self.instance.execute(argv).stdout))
         else:
             raise ValueError(f"unknown change {change.what!r}")
+
+    def _save(self) -> None:
+        try:
+            self.instance.save(wait=True)
+        except Exception as e:  # pylxd raises LXDAPIException and requests' errors
+            raise BackendError(f"{self.name}: LXD refused the instance's new keys: {e}") from None

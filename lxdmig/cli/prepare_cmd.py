@@ -20,9 +20,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--dry-run", action="store_true", help="show the changes, change nothing")
     p.add_argument("--undo", action="store_true", help="revert what lxdmig prepare changed")
     p.add_argument("--restart", action="store_true",
-                   help="restart the container when its LXC config changed (settings CRIU cannot checkpoint: "
-                        "ttys, console, a privileged container's seccomp policy); without it lxdmig says "
-                        "that a restart is needed and restarts nothing")
+                   help="restart the container when its LXC config or LXD keys changed (settings CRIU cannot "
+                        "checkpoint: ttys, console, a privileged container's seccomp policy); without it lxdmig "
+                        "says that a restart is needed and restarts nothing")
     p.set_defaults(run=run)
 
 
@@ -37,20 +37,20 @@ def run(args: argparse.Namespace) -> ExitCode:
     else:
         preparer = prepare.LxcPreparer(conf.lxcpath, args.name)
     present = preparer.dropin_present()
-    lxc = preparer if isinstance(preparer, prepare.LxcPreparer) else None
     init_pid = backend.init_pid(args.name)  # type: ignore[attr-defined]
     if args.undo:
-        changes = prepare.undo_plan(dropin_present=present, config_marked=lxc is not None and lxc.config_marked())
+        changes = prepare.undo_plan(dropin_present=present,
+                                    config_undo=preparer.config_undo if preparer.config_marked() else None)
     else:
         changes = prepare.plan(systemd=preparer.systemd, dropin_present=present,
                                nested_units=preparer.nested_units(init_pid))
-        changes += lxc.config_changes() if lxc is not None else []
-    config_changed = (any(c.what.startswith("set ") or c.what == prepare.UNDO_CONFIG for c in changes)
-                      or (lxc is not None and lxc.restart_pending(init_pid)))
+        changes += preparer.config_changes()
+    config_changed = (any(c.what.startswith("set ") or c.what == preparer.config_undo for c in changes)
+                      or preparer.restart_pending(init_pid))
     if config_changed and args.restart:
         # The restart starts every service afresh: restarting single ones first would be for nothing.
         changes = [c for c in changes if not c.what.startswith("systemctl restart ")]
-        changes.append(prepare.restart_change(args.name))
+        changes.append(prepare.restart_change(args.name, preparer.manager))
     if not changes and not config_changed:
         print(f"{args.name}: nothing to {'undo' if args.undo else 'change'}")
         return ExitCode.OK
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> ExitCode:
         if not args.dry_run:
             preparer.apply(change)
     if config_changed and not args.restart:
-        print(f"{args.name} must restart for its LXC config changes to take effect; until then lxdmig check "
-              f"names them. `lxdmig prepare {args.name} --restart` restarts it (a stop and start of the whole "
-              "container)")
+        print(f"{args.name} must restart for its {preparer.manager} config changes to take effect; until then "
+              f"lxdmig check names them. `lxdmig prepare {args.name} --restart` restarts it (a stop and start of "
+              "the whole container)")
     return ExitCode.OK

@@ -174,15 +174,23 @@ def import_system_image(host: Host, image: str) -> str:
     return alias
 
 
-def create_system(host: Host, name: str, image: str = "debian-12") -> None:
-    """An unprivileged LXD instance of a Debian system image, started, systemd booted."""
+def create_system(host: Host, name: str, image: str = "debian-12", *, privileged: bool = False) -> None:
+    """An LXD instance of a Debian system image (unprivileged unless ``privileged``), started, systemd
+    booted."""
     alias = import_system_image(host, image)
-    options = [arg for key, value in SYSTEM_CONFIG.items() for arg in ("-c", f"{key}={value}")]
+    config = {**SYSTEM_CONFIG, **({"security.privileged": "true"} if privileged else {})}
+    options = [arg for key, value in config.items() for arg in ("-c", f"{key}={value}")]
     _lxc(host, "init", alias, name, *options, timeout=900)
     _lxc(host, "start", name, timeout=120)
-    booted = _lxc(host, "exec", name, "--", "systemctl", "is-system-running", "--wait", check=False, timeout=180)
+    # systemctl prints nothing ("Failed to connect to bus") until systemd has made its socket.
+    deadline = time.monotonic() + 300
+    while not (booted := exec_in(host, name, "systemctl", "is-system-running", "--wait", timeout=180)).stdout.strip():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
     if booted.stdout.strip() not in ("running", "degraded"):
-        raise TestbedError(f"systemd in LXD instance {name} did not finish booting: {booted.stdout.strip()}")
+        raise TestbedError(f"systemd in LXD instance {name} did not finish booting: "
+                           f"{(booted.stdout or booted.stderr).strip()}")
 
 
 def exec_in(host: Host, name: str, *argv: str, timeout: float = 60.0) -> proc.Completed:

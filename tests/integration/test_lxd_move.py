@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lxdmig import kernel, prepare
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers, helpers, lxd
 from lxdmig.testbed.containers import host_argv, host_command
@@ -234,3 +235,38 @@ def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pa
             lxd.delete(host, name)
     redis = json.loads(out.read_text())
     assert redis["error"] == "" and redis["out_of_step"] == [] and redis["replies"] > 100, redis
+
+
+def test_a_privileged_debian_system_instance_is_prepared_through_lxds_api(lxd_pair: None) -> None:
+    """systemd in a privileged instance loads BPF programs, which CRIU cannot dump: lxdmig check names
+    them, lxdmig prepare adds bpf() to LXD's deny list through LXD's API (and says the instance must
+    restart), --restart restarts it through the API, and --undo puts the key back. (Moving it also
+    needs a root that can read its non-root services' rlimits: on this host the preflight says so.)"""
+    name = "lxpriv"
+    for host in (A, B):
+        lxd.delete(host, name)
+    lxd.create_system(A, name, "debian-12", privileged=True)
+    try:
+        rc, out, _ = lxdmig(A, "check", "b", name)
+        assert rc == ExitCode.PREFLIGHT and "holds bpf-prog" in out, out
+        rc, said, err = lxdmig(A, "prepare", name)
+        assert rc == 0 and f"set {prepare.LXD_DENY} += bpf errno 1" in said and "must restart" in said, said + err
+        assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == "bpf errno 1"
+        assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]  # until it restarts
+        rc, said, err = lxdmig(A, "prepare", name, "--restart")
+        assert rc == 0 and said.splitlines()[-1].startswith(f"restart {name}: LXD applies"), said + err
+        assert lxc(A, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
+        rc, out, _ = lxdmig(A, "check", "b", name)
+        assert "bpf-prog" not in out, out
+        if kernel.has_cap_sys_resource():
+            assert rc == 0, out
+        else:
+            assert rc == ExitCode.PREFLIGHT and "CRIU cannot read its rlimits" in out, out
+        rc, said, err = lxdmig(A, "prepare", name, "--undo", "--restart")
+        assert rc == 0 and prepare.UNDO_LXD_CONFIG in said and f"restart {name}" in said, said + err
+        assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == ""
+        assert lxc(A, "config", "get", name, prepare.LXD_WAS).strip() == ""
+        assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]
+    finally:
+        for host in (A, B):
+            lxd.delete(host, name)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lxdmig.prepare import (
-    DROPIN, DROPIN_SETTINGS, DROPIN_TEXT, OURS, SECCOMP_FILE, UNDO_CONFIG, WAS, config_plan, denies_bpf, plan,
-    set_line, undo_plan, unset_lines, with_bpf_denied,
+    DROPIN, DROPIN_SETTINGS, DROPIN_TEXT, LXD_DENY, OURS, SECCOMP_FILE, UNDO_CONFIG, UNDO_LXD_CONFIG, WAS,
+    config_plan, denies_bpf, lxd_config_plan, plan, set_line, undo_plan, unset_lines, with_bpf_denied,
 )
 
 
@@ -70,4 +70,17 @@ def test_config_lines_are_marked_and_undone_exactly() -> None:
     assert changed.splitlines()[1:3] == [f"{WAS}lxc.tty.max = 4)", "# lxc.tty.max = 9"]
     assert changed.endswith(f"{OURS}\nlxc.tty.max = 0\n{OURS}\nlxc.console.path = none\n")
     assert unset_lines(changed) == original
-    assert [c.what for c in undo_plan(dropin_present=False, config_marked=True)] == [UNDO_CONFIG]
+    assert [c.what for c in undo_plan(dropin_present=False, config_undo=UNDO_CONFIG)] == [UNDO_CONFIG]
+
+
+def test_a_privileged_lxd_instance_gets_bpf_added_to_lxds_deny_list() -> None:
+    privileged = {"security.privileged": "true"}
+    [change] = lxd_config_plan(privileged, systemd=True)
+    assert change.what == f"set {LXD_DENY} += bpf errno 1"
+    assert lxd_config_plan({**privileged, LXD_DENY: "kexec_load errno 1\nbpf errno 1\n"}, systemd=True) == []
+    assert lxd_config_plan({**privileged, LXD_DENY: "kexec_load errno 1\n"}, systemd=True) == [change]
+    assert lxd_config_plan({}, systemd=True) == []  # unprivileged: its systemd cannot load BPF programs
+    assert lxd_config_plan(privileged, systemd=False) == []
+    with pytest.raises(ValueError, match="raw.seccomp"):
+        lxd_config_plan({**privileged, "raw.seccomp": "2\nallowlist\n"}, systemd=True)
+    assert [c.what for c in undo_plan(dropin_present=False, config_undo=UNDO_LXD_CONFIG)] == [UNDO_LXD_CONFIG]
