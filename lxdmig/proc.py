@@ -173,6 +173,7 @@ class MountEntry:
     point: str
     fstype: str
     source: str
+    options: tuple[str, ...] = ()  # the mount's own (per-mount) options: ro, nosuid, nosymfollow...
 
 
 def _unescape(field: str) -> str:
@@ -186,7 +187,8 @@ def mountinfo(text: str) -> list[MountEntry]:
         left, _, right = line.partition(" - ")
         fields, rest = left.split(), right.split()
         if len(fields) >= 5 and len(rest) >= 2:
-            out.append(MountEntry(_unescape(fields[3]), _unescape(fields[4]), rest[0], rest[1]))
+            out.append(MountEntry(_unescape(fields[3]), _unescape(fields[4]), rest[0], rest[1],
+                                  tuple(fields[5].split(",")) if len(fields) > 5 else ()))
     return out
 
 

@@ -20,7 +20,8 @@ owners are the container's own ids (mapped by each host's idmap), and
 every directory is checked to be a ramfs before anything is read or
 written. The restored mounts are read-only: the child writes through a
 detached clone of each (open_tree) made writable (mount_setattr), so the
-container's own mount stays read-only throughout.
+container's own mount stays read-only throughout. CRIU restores the mount
+without ``nosymfollow`` (systemd sets it): the child sets it again.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxdmig import kernel
+
+if TYPE_CHECKING:
+    from lxdmig import proc
 
 RECORD = "ramfs-files.json"  # in the final dump's image directory
 LIMIT = 16 << 20  # bytes per container; systemd allows 1 MiB per credential
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
 _SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # the same numbers on every architecture
-_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _MOUNT_ATTR_RDONLY = 1, 0x1000, 0x1
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSYMFOLLOW = 1, 0x1000, 0x1, 0x00200000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -97,12 +101,12 @@ def _run_child(action: str, host_pid: int, request: object) -> str:
         raise RamfsError(str(e)) from None
 
 
-def nonempty_mounts(pids: list[int]) -> dict[int, list[str]]:
+def nonempty_mounts(pids: list[int]) -> dict[int, list[proc.MountEntry]]:
     """The ramfs mounts with something in them, by a host PID of a task that sees them (one per
     mount namespace)."""
     from lxdmig import proc
 
-    found: dict[int, list[str]] = {}
+    found: dict[int, list[proc.MountEntry]] = {}
     seen = set()
     for pid in pids:
         try:
@@ -111,13 +115,13 @@ def nonempty_mounts(pids: list[int]) -> dict[int, list[str]]:
                 continue
             seen.add(mntns)
             with open(f"/proc/{pid}/mountinfo") as fh:
-                points = [m.point for m in proc.mountinfo(fh.read()) if m.fstype == "ramfs"]
+                ramfs = [m for m in proc.mountinfo(fh.read()) if m.fstype == "ramfs"]
             # (a look from outside, to skip the empty ones; what is carried is read from inside)
-            points = [p for p in points if os.listdir(f"/proc/{pid}/root{p}")]
+            ramfs = [m for m in ramfs if os.listdir(f"/proc/{pid}/root{m.point}")]
         except OSError:
             continue
-        if points:
-            found[pid] = points
+        if ramfs:
+            found[pid] = ramfs
     return found
 
 
@@ -127,11 +131,12 @@ def record(directory: Path, pids: list[int]) -> int:
 
     mounts: list[dict[str, Any]] = []
     files = 0
-    for pid, points in nonempty_mounts(pids).items():
-        read = json.loads(_run_child("read", pid, points))
-        for point in points:
-            entries = read[point]
-            mounts.append({"pid": proc.ns_pid(pid), "point": point, "entries": entries})
+    for pid, found in nonempty_mounts(pids).items():
+        read = json.loads(_run_child("read", pid, [m.point for m in found]))
+        for m in found:
+            entries = read[m.point]
+            mounts.append({"pid": proc.ns_pid(pid), "point": m.point, "entries": entries,
+                           "nosymfollow": "nosymfollow" in m.options})
             files += sum(not e["dir"] for e in entries)
     if not mounts:
         return 0
@@ -182,7 +187,8 @@ def take(directory: Path) -> list[dict[str, Any]]:
     for m in mounts:
         point = m.get("point") if isinstance(m, dict) else None
         if not (isinstance(m, dict) and isinstance(m.get("pid"), int) and m["pid"] > 0
-                and isinstance(point, str) and point.startswith("/") and _relative(point[1:])):
+                and isinstance(point, str) and point.startswith("/") and _relative(point[1:])
+                and isinstance(m.get("nosymfollow", False), bool)):
             raise ValueError(f"{RECORD}: not a mount: {m!r:.200}")
         try:
             _check_entries(m.get("entries"))
@@ -199,12 +205,13 @@ def put_back(init_pid: int, mounts: list[dict[str, Any]]) -> None:
     if not mounts:
         return
     hosts = proc.by_ns_pid(init_pid)
-    by_task: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    by_task: dict[int, dict[str, dict[str, Any]]] = {}
     for m in mounts:
         host_pid = hosts.get(m["pid"])
         if host_pid is None:
             raise RamfsError(f"{m['point']}: process {m['pid']} is not in the restored container")
-        by_task.setdefault(host_pid, {})[m["point"]] = m["entries"]
+        by_task.setdefault(host_pid, {})[m["point"]] = {"entries": m["entries"],
+                                                        "nosymfollow": m.get("nosymfollow", False)}
     for host_pid, request in by_task.items():
         _run_child("write", host_pid, request)
 
@@ -269,6 +276,13 @@ class _MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
+def _set_mount_attr(fd: int, set_: int, clear: int, what: str) -> None:
+    """Change the attributes of the mount ``fd`` is the root of."""
+    attr = _MountAttr(set_, clear, 0, 0)
+    _check(int(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))),
+           what)
+
+
 def _writable_clone(point: str) -> int:
     """A detached, writable clone of the (read-only) mount at ``point``."""
     fd = _open_dir(point)
@@ -277,14 +291,20 @@ def _writable_clone(point: str) -> int:
                       f"cloning the mount at {point}")
     finally:
         os.close(fd)
-    attr = _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0)
     try:
-        _check(int(_libc.syscall(_SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, ctypes.byref(attr),
-                                 ctypes.sizeof(attr))), f"making a clone of {point} writable")
+        _set_mount_attr(tree, 0, _MOUNT_ATTR_RDONLY, f"making a clone of {point} writable")
     except RamfsError:
         os.close(tree)
         raise
     return tree
+
+
+def _no_symlinks_followed(point: str) -> None:
+    fd = _open_dir(point)
+    try:
+        _set_mount_attr(fd, _MOUNT_ATTR_NOSYMFOLLOW, 0, f"setting nosymfollow on {point}")
+    finally:
+        os.close(fd)
 
 
 def _write_tree(point: str, entries: list[dict[str, Any]]) -> None:
@@ -323,8 +343,10 @@ def _child(argv: list[str]) -> int:
         if action == "read":
             json.dump({point: _read_tree(point) for point in request}, sys.stdout)
         elif action == "write":
-            for point, entries in request.items():
-                _write_tree(point, entries)
+            for point, mount in request.items():
+                _write_tree(point, mount["entries"])
+                if mount["nosymfollow"]:
+                    _no_symlinks_followed(point)
         else:
             raise RamfsError(f"unknown action {action!r}")
     except (RamfsError, OSError, ValueError, KeyError, IndexError, TypeError) as e:

@@ -53,6 +53,12 @@ def inside(host: Host, *argv: str) -> str:
     return containers.attach(host, NAME, *argv)
 
 
+def credential_mount_options(host: Host) -> str:
+    """The per-mount options of the test's credential ramfs (systemd: ro, nosuid, nodev, noexec, and
+    nosymfollow, which CRIU does not restore: lxdmig.ramfs sets it again)."""
+    return inside(host, "awk", '$5 == "/run/credentials/lxdmig-cred.service" { print $6 }', "/proc/1/mountinfo")
+
+
 def dropin(host: Host) -> Path:
     return host.lxcpath / NAME / "rootfs" / prepare.DROPIN
 
@@ -176,6 +182,11 @@ class Clients:
         inside(A, "systemd-run", "--quiet", "--unit=lxdmig-cred", f"--property=SetCredential=token:{self.secret}",
                "sh", "-c", 'while :; do cat "$CREDENTIALS_DIRECTORY/token" > /run/cred.tmp; mv /run/cred.tmp '
                            '/run/lxdmig-cred-seen; sleep 0.5; done')
+        deadline = time.monotonic() + 30  # (the service's own process mounts it, after systemd-run returns)
+        while not (cred_options := credential_mount_options(A)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "ro" in cred_options.split(","), f"no read-only credential mount: {cred_options!r}"
+        self.cred_options = cred_options
         pg = ["-h", self.address, "-U", "postgres"]
         host_command(B, ["pgbench", "-i", "-s", "1", "-q", *pg, "postgres"], timeout=120)
         self.redis = self._start(sys.executable, "-m", "lxdmig.testbed.clients", "redis", self.address,
@@ -234,6 +245,8 @@ class Clients:
         if inside(A, "cat", "/run/lxdmig-cred-seen") != self.secret:
             wrong.append(f"the credential service reads {inside(A, 'cat', '/run/lxdmig-cred-seen')!r} after the "
                          f"moves ({inside(A, 'systemctl', 'is-active', 'lxdmig-cred')})")
+        if (options := credential_mount_options(A)) != self.cred_options:
+            wrong.append(f"the credential mount's options were {self.cred_options!r}, now {options!r}")
         if inside(A, "sh", "-c", "test -e /run/lxdmig-timer-fired && echo yes") != "yes":
             wrong.append("the timer armed before the moves did not fire after them")
         got = self.tmp / "big.bin"

@@ -76,7 +76,7 @@ def test_unit_from_cgroup_v1_and_v2_lines() -> None:
 
 def test_mountinfo_parsing_unescapes_points() -> None:
     line = "36 35 0:32 / /run/cred\\040x rw,nosuid - ramfs ramfs rw,mode=700\n"
-    assert proc.mountinfo(line) == [proc.MountEntry("/", "/run/cred x", "ramfs", "ramfs")]
+    assert proc.mountinfo(line) == [proc.MountEntry("/", "/run/cred x", "ramfs", "ramfs", ("rw", "nosuid"))]
 
 
 def test_reading_this_process() -> None:
