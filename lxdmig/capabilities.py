@@ -28,6 +28,11 @@ class HostCapabilities:
     cap_sys_resource: bool
     backends: tuple[str, ...]
 
+    @classmethod
+    def withheld(cls) -> HostCapabilities:
+        """What a helper tells a stranger (an untrusted client) about its host: nothing."""
+        return cls("", "", "", "", "", {}, False, 0, False, ())
+
     @property
     def can_track_dirty_memory(self) -> bool:
         """Pre-copy and hybrid need this on the source."""

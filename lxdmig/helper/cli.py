@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     trust = sub.add_parser("trust", help="manage the hosts this helper trusts")
     tsub = trust.add_subparsers(dest="trust_command", metavar="ACTION", required=True)
-    add = tsub.add_parser("add", help="trust a host: issue a one-time token, or add its certificate")
+    add = tsub.add_parser("add", help="trust a host: issue a one-time token, or add its certificate",
+                          description="Trust a host: issue a one-time token, or add its certificate. " + TRUST_MEANS)
     add.add_argument("name", help="a name for the host being trusted")
     add.add_argument("--cert", type=Path, metavar="FILE", help="trust this PEM certificate instead of issuing a token")
     add.add_argument("--address", action="append", default=[], metavar="ADDR",
@@ -98,9 +99,15 @@ def _default_addresses(port: int) -> list[str]:
     return found
 
 
+TRUST_MEANS = ("A trusted host is root here: a migration from it brings the container's definition and root "
+               "filesystem, and this helper, running as root, creates and starts that container. Trust only "
+               "hosts whose root you would trust with this host.")
+
+
 def _trust_add(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     name = check_name(args.name)
+    print(f"note: {TRUST_MEANS}", file=sys.stderr)
     store = tls.TrustStore(conf.trust_dir)
     if args.cert is not None:
         try:

@@ -23,6 +23,7 @@ from lxdmig.backends import Backend
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.config import Config
 from lxdmig.errors import ConfigError
+from lxdmig.helper.gate import Connection, Gate
 from lxdmig.helper.migrations import Registry
 from lxdmig.helper.session import Session, remove_container
 from lxdmig.protocol.messages import RemoteBadRequest, RemoteUnsupported
@@ -124,6 +125,7 @@ class HelperServer:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._count = 0
+        self.gate = Gate()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -166,32 +168,50 @@ class HelperServer:
                     self.state.reload()
                     self.state.reprobe()
                     self.notifier.notify("READY=1", f"STATUS={self.state.idle_status()}")
+                self.gate.expire()
                 try:
                     conn, addr = listener.accept()
                 except TimeoutError:
                     continue
-                self._start_session(conn, f"{addr[0]}:{addr[1]}")
+                connection = Connection(conn, addr[0])
+                if not self.gate.admit(connection):
+                    log.warning("%s:%s: refused: %d connections of trusted hosts are open", addr[0], addr[1],
+                                self.gate.max_connections)
+                    conn.close()
+                    continue
+                self._start_session(connection, f"{addr[0]}:{addr[1]}")
         finally:
             listener.close()
         return self._shut_down()
 
-    def _start_session(self, conn: socket.socket, peer: str) -> None:
+    def _start_session(self, connection: Connection, peer: str) -> None:
         self._count += 1
-        thread = threading.Thread(target=self._session, args=(conn, peer), name=f"conn-{self._count}", daemon=True)
+        thread = threading.Thread(target=self._session, args=(connection, peer), name=f"conn-{self._count}",
+                                  daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _session(self, conn: socket.socket, peer: str) -> None:
+    def _session(self, connection: Connection, peer: str) -> None:
+        try:
+            self._serve_connection(connection, peer)
+        finally:
+            self.gate.closed(connection)
+
+    def _serve_connection(self, connection: Connection, peer: str) -> None:
+        conn = connection.sock
         conn.settimeout(_HANDSHAKE_TIMEOUT)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small replies, sent at once
         try:
-            sock = self.state.context().wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as e:
-            log.warning("%s: TLS handshake refused: %s", peer, getattr(e, "reason", None) or e)
-            conn.close()
+            sock = self.state.context().wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            connection.sock = sock  # (from here the gate shuts this one down)
+            sock.do_handshake()
+        except (ssl.SSLError, OSError, ValueError) as e:  # (ValueError: shut down by the gate meanwhile)
+            if not connection.evicted:
+                log.info("%s: TLS handshake refused: %s", peer, getattr(e, "reason", None) or e)
+            connection.sock.close()
             return
-        session = Session(self.state, sock, peer)
+        session = Session(self.state, sock, peer, on_trusted=lambda: self.gate.trusted(connection))
         key = id(session)
         with self._lock:
             self._sessions[key] = session

@@ -29,13 +29,14 @@ from cryptography.hazmat.primitives import serialization
 
 from lxdmig import proc, tls
 from lxdmig.backends import Backend
+from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
 from lxdmig.helper.migrations import Migration
 from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
 from lxdmig.helper.rsync_server import server_argv
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
-from lxdmig.protocol.framing import ConnectionClosed, Frame, ProtocolError
+from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
 from lxdmig.protocol.messages import (
     Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteTooLarge, RemoteUnsafePath,
     RemoteUntrusted, RemoteVersionMismatch,
@@ -51,7 +52,10 @@ log = logging.getLogger(__name__)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 RESTORE_TIMEOUT = 600.0
-_MAX_CERT = 16 * 1024
+_MAX_CERT = 8 * 1024  # a PEM certificate (an RSA-4096 one is under 2 KiB)
+# A stranger (no trusted certificate) may send hello, ping and trust-redeem: headers only, the largest
+# a certificate in JSON. Nothing larger is read from it (helper/gate.py bounds its time and number).
+PREAUTH_MAX_HEADER = 12 * 1024
 
 
 @dataclass
@@ -65,13 +69,15 @@ class _Upload:
 
 
 class Session:
-    def __init__(self, state: HelperState, sock: ssl.SSLSocket, peer: str) -> None:
+    def __init__(self, state: HelperState, sock: ssl.SSLSocket, peer: str,
+                 on_trusted: Callable[[], None] = lambda: None) -> None:
         self.state = state
         self.sock = sock
         self.peer = peer
-        self.channel = Channel(sock, timeout=state.config.io_timeout)
+        self.channel = Channel(sock, timeout=state.config.io_timeout, max_payload=0, max_header=PREAUTH_MAX_HEADER)
         self.fingerprint: str | None = None
         self.trusted = False
+        self.on_trusted = on_trusted
         self.migrations: set[str] = set()
         self.upload: _Upload | None = None
         self.handlers: dict[str, Callable[[Frame], dict[str, object]]] = {
@@ -103,18 +109,22 @@ class Session:
         except ConnectionClosed:
             log.debug("%s: connection closed", self.peer)
         except PeerTimeout as e:
-            log.warning("%s: %s; closing the connection", self.peer, e)
+            self._log_end(str(e))
         except ProtocolError as e:
-            log.warning("%s: %s; closing the connection", self.peer, e)
+            self._log_end(str(e))
             self._send_error(RemoteBadRequest(str(e)))
         except RemoteError as e:
-            log.warning("%s: %s; closing the connection", self.peer, e)
+            self._log_end(str(e))
             self._send_error(e)
         except Exception:
             log.exception("%s: internal error; closing the connection", self.peer)
             self._send_error(RemoteError("internal error in lxdmig-helper (see its log)"))
         finally:
             self._close()
+
+    def _log_end(self, why: str) -> None:
+        # A stranger's failures are its own business (and a flood of them must not flood the log).
+        log.log(logging.WARNING if self.trusted else logging.DEBUG, "%s: %s; closing the connection", self.peer, why)
 
     def _close(self) -> None:
         self._drop_upload()
@@ -145,6 +155,9 @@ class Session:
         except tls.TrustError:
             self.fingerprint = None  # first contact: may only redeem a token
         self.trusted = self.fingerprint is not None and self.fingerprint in self.state.trusted_fingerprints()
+        if self.trusted:
+            self.on_trusted()
+            self.channel.max_payload, self.channel.max_header = DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES
         frame = self.channel.receive()
         if frame.type != "hello":
             raise RemoteBadRequest(f"the first message must be hello, not {frame.type!r}")
@@ -153,9 +166,13 @@ class Session:
             raise RemoteVersionMismatch(
                 f"this helper speaks protocol {messages.PROTOCOL_VERSION}, the client {hello.protocol}: "
                 "install the same lxdmig version on both hosts")
-        log.info("%s: hello from %s (lxdmig %s, criu %s)%s", self.peer, hello.host.hostname,
-                 hello.host.lxdmig_version, hello.host.criu_version, "" if self.trusted else " (not trusted)")
-        self.channel.send(Hello(messages.PROTOCOL_VERSION, self.state.host(), self.trusted).header())
+        if self.trusted:
+            log.info("%s: hello from %r (lxdmig %r, criu %r)", self.peer, hello.host.hostname,
+                     hello.host.lxdmig_version, hello.host.criu_version)
+        else:
+            log.debug("%s: hello from a stranger calling itself %r", self.peer, hello.host.hostname)
+        host = self.state.host() if self.trusted else HostCapabilities.withheld()
+        self.channel.send(Hello(messages.PROTOCOL_VERSION, host, self.trusted).header())
 
     def _serve_one(self, frame: Frame) -> None:
         kind = frame.type

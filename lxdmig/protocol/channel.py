@@ -20,11 +20,11 @@ class TlsAlert(ProtocolError):
 
 
 class Channel:
-    def __init__(self, sock: socket.socket, *, timeout: float,
-                 max_payload: int = framing.DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, sock: socket.socket, *, timeout: float, max_payload: int = framing.DEFAULT_MAX_PAYLOAD,
+                 max_header: int = framing.MAX_HEADER_BYTES) -> None:
         self.sock = sock
         self.timeout = timeout
-        self.max_payload = max_payload
+        self.max_payload, self.max_header = max_payload, max_header
         self._send_lock = threading.Lock()
         sock.settimeout(timeout)
 
@@ -42,7 +42,7 @@ class Channel:
 
     def receive(self) -> Frame:
         try:
-            return framing.read_frame(self.sock, max_payload=self.max_payload)
+            return framing.read_frame(self.sock, max_payload=self.max_payload, max_header=self.max_header)
         except TimeoutError:
             raise PeerTimeout(f"no message from the peer within {self.timeout:g} s") from None
         except (ConnectionResetError, BrokenPipeError) as e:

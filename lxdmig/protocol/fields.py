@@ -17,6 +17,11 @@ def get_str(header: Mapping[str, object], key: str, *, max_len: int = MAX_STRING
         raise ProtocolError(f"field {key!r} is longer than {max_len} characters")
     if "\0" in value:
         raise ProtocolError(f"field {key!r} contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\ud800"); UTF-8 cannot
+            raise ProtocolError(f"field {key!r} is not valid Unicode") from None
     return value
 
 

@@ -5,9 +5,12 @@ A frame is a fixed 12-byte prefix, a JSON header and raw payload bytes::
     uint32 header_len | uint64 payload_len | header (UTF-8 JSON object) | payload
 
 The header always carries a string ``type``. Lengths are checked against
-limits before anything is allocated, so a hostile peer cannot make either
-side buffer more than ``MAX_HEADER_BYTES + max_payload`` for one frame, and
-a short read is never taken for a whole message.
+limits before anything is read, so a hostile peer cannot make either side
+buffer more than ``max_header + max_payload`` for one frame; buffers grow
+as bytes arrive (a frame that announces 16 MiB and stalls costs what it
+sent, not what it announced), and a short read is never taken for a whole
+message. The helper reads strangers' frames with far smaller limits
+(helper/session.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from lxdmig.errors import LxdmigError, ExitCode
 PREFIX = struct.Struct("!IQ")
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+_CHUNK = 64 * 1024  # the most read into a frame's buffer ahead of the bytes that arrived
 
 
 class ProtocolError(LxdmigError):
@@ -69,7 +73,7 @@ def encode(header: Mapping[str, object], payload: bytes = b"") -> bytes:
 def decode_header(raw: bytes) -> dict[str, object]:
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # (bad UTF-8 or JSON; an integer of over 4,300 digits)
         raise ProtocolError(f"frame header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
@@ -82,12 +86,12 @@ def _reject_constant(name: str) -> object:
     raise ProtocolError(f"frame header contains {name}, which is not JSON")
 
 
-def read_frame(sock: Reader, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
+def read_frame(sock: Reader, *, max_payload: int = DEFAULT_MAX_PAYLOAD, max_header: int = MAX_HEADER_BYTES) -> Frame:
     """Read exactly one frame; a timeout set on ``sock`` bounds every wait."""
     prefix = _read_exact(sock, PREFIX.size, at_start=True)
     header_len, payload_len = PREFIX.unpack(prefix)
-    if header_len == 0 or header_len > MAX_HEADER_BYTES:
-        raise FrameTooLarge(f"frame header length {header_len} is outside 1..{MAX_HEADER_BYTES}")
+    if header_len == 0 or header_len > max_header:
+        raise FrameTooLarge(f"frame header length {header_len} is outside 1..{max_header}")
     if payload_len > max_payload:
         raise FrameTooLarge(f"frame payload of {payload_len} bytes is over the limit of {max_payload}")
     header = decode_header(_read_exact(sock, header_len))
@@ -96,14 +100,13 @@ def read_frame(sock: Reader, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame
 
 
 def _read_exact(sock: Reader, n: int, *, at_start: bool = False) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
+    buf = bytearray()
+    chunk = memoryview(bytearray(min(n, _CHUNK)))
+    while (got := len(buf)) < n:
+        k = sock.recv_into(chunk, min(n - got, len(chunk)))
         if k == 0:
             if at_start and got == 0:
                 raise ConnectionClosed("the peer closed the connection")
             raise ConnectionClosed(f"the peer closed the connection in the middle of a frame ({got} of {n} bytes)")
-        got += k
+        buf += chunk[:k]
     return bytes(buf)

@@ -1,7 +1,8 @@
 """Fuzzing the real helper's request handling (F8): any header, for any request type, gets a clean answer.
 
 Hypothesis builds requests of every whitelisted type (and unknown ones)
-with fields of any JSON type and value, and sends them over a trusted TLS
+with fields of any JSON type and value (the field names the handlers read,
+lone surrogates, integers beyond 64 bits), and sends them over a trusted TLS
 connection to a real lxdmig-helper on loopback. Every reply must be the
 request's reply type or an ``error`` with a known code; the daemon must
 log no internal error, and keep serving another client afterwards.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +21,8 @@ from hypothesis import strategies as st
 
 from lxdmig import capabilities
 from lxdmig.client import HelperClient
+from lxdmig.helper.gate import STRANGER_SECONDS
+from lxdmig.helper.session import PREAUTH_MAX_HEADER
 from lxdmig.protocol import framing, messages
 from lxdmig.protocol.channel import Channel
 from lxdmig.remotes import Remote
@@ -26,13 +30,15 @@ from lxdmig.remotes import Remote
 from .test_helper_daemon import Daemon
 
 FIELDS = ("container", "source_dir", "backend", "definition", "migration", "name", "size", "directory", "lazy",
-          "source_address", "source_port", "argv", "networks", "parent", "token", "cert", "protocol", "sha256")
+          "source_address", "source_port", "argv", "networks", "parent", "secret", "certificate", "protocol",
+          "sha256", "host", "trusted")
 # rsync hands the connection to a relay, file-data is only valid inside an upload: both end the connection
 # when misused, which the test allows; everything else must leave the connection usable.
 ENDS_CONNECTION = {"rsync", "file-data"}
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
                            | st.text(max_size=40) | st.sampled_from(["lxc", "lxd", "../../etc", "/etc/passwd",
-                                                                     "c1", "a" * 5000, "{}", "-1"]),
+                                                                     "c1", "a" * 5000, "{}", "-1", "\ud800",
+                                                                     "a\udfffb", "-----BEGIN CERTIFICATE-----"]),
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                                         max_size=4),
                            max_leaves=8)
@@ -70,6 +76,35 @@ def test_any_request_gets_a_clean_answer(fuzzed: Any, header: dict[str, Any]) ->
             state["channel"] = daemon.raw("client", local)
     else:
         assert reply.type == messages.REQUESTS.get(header["type"]), (header, reply.header)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=headers)
+def test_any_request_from_a_stranger_gets_a_clean_answer(fuzzed: Any, header: dict[str, Any]) -> None:
+    """Without a certificate: what strangers may ask (ping, trust-redeem) is answered, the rest refused."""
+    daemon, local, state = fuzzed
+    if time.monotonic() - state.get("stranger_since", 0) > STRANGER_SECONDS / 2:  # (the helper's time limit)
+        state["stranger"], state["stranger_since"] = daemon.raw(None, local), time.monotonic()
+    channel: Channel = state["stranger"]
+    too_large = len(framing.encode(header)) - framing.PREFIX.size > PREAUTH_MAX_HEADER
+    try:
+        channel.send(header)
+        reply = channel.receive()
+    except (framing.ConnectionClosed, framing.ProtocolError, OSError):
+        assert header["type"] in ENDS_CONNECTION or too_large, header
+        state["stranger_since"] = 0
+        return
+    if reply.type == "error":
+        assert reply.header.get("code") in messages.ERROR_CODES and reply.header.get("code") != "internal", \
+            (header, reply.header)
+        if too_large:
+            assert "header length" in str(reply.header["message"]), reply.header
+        elif header["type"] not in messages.UNAUTHENTICATED_REQUESTS and header["type"] in messages.REQUESTS:
+            assert reply.header["code"] == "untrusted", (header, reply.header)
+        if header["type"] in ENDS_CONNECTION or too_large:
+            state["stranger_since"] = 0
+    else:
+        assert header["type"] == "ping" and reply.type == "pong", (header, reply.header)
 
 
 def test_the_daemon_still_serves_and_logged_no_internal_error(fuzzed: Any) -> None:

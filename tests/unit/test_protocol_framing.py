@@ -116,6 +116,7 @@ def test_getters_accept_the_right_types() -> None:
 
 @pytest.mark.parametrize("getter,value", [
     (fields.get_str, 1), (fields.get_str, None), (fields.get_str, "a\0b"), (fields.get_str, "x" * 5000),
+    (fields.get_str, "\ud800"),
     (fields.get_int, True), (fields.get_int, "1"), (fields.get_int, 1.0), (fields.get_int, -1),
     (fields.get_bool, 1), (fields.get_bool, "true"),
     (fields.get_str_list, "a"), (fields.get_str_list, [1]), (fields.get_str_list, ["a"] * 300),
@@ -124,3 +125,31 @@ def test_getters_accept_the_right_types() -> None:
 def test_getters_refuse_the_wrong_types(getter: object, value: object) -> None:
     with pytest.raises(ProtocolError, match="'f'"):
         getter({"f": value}, "f")  # type: ignore[operator]
+
+
+class Stalling(Chunked):
+    """A stream that ends early, recording the largest read it was asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, step=1 << 30)
+        self.largest = 0
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+        self.largest = max(self.largest, nbytes or len(buffer))
+        return super().recv_into(buffer, nbytes)
+
+
+def test_a_frame_that_announces_much_and_sends_little_costs_what_it_sent() -> None:
+    header = b'{"type":"x"}'
+    stream = Stalling(PREFIX.pack(len(header), 16 << 20) + header + b"abc")
+    with pytest.raises(ConnectionClosed, match="3 of 16777216"):
+        read_frame(stream)
+    assert stream.largest <= 64 * 1024
+
+
+def test_headers_beyond_what_python_reads_are_protocol_errors() -> None:
+    header = b'{"type":"x","n":' + b"9" * 5000 + b"}"
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        read_frame(Chunked(PREFIX.pack(len(header), 0) + header, 4096))
+    with pytest.raises(FrameTooLarge, match="outside 1..100"):
+        read_frame(Chunked(PREFIX.pack(101, 0) + b"{}", 4096), max_header=100)
