@@ -67,6 +67,11 @@ class Backend(abc.ABC):
         container, found without freezing it. Raises BackendError if it does
         not exist or is not running."""
 
+    def left_behind(self, container: str) -> list[Problem]:
+        """Processes of the running container that a dump would leave behind (CRIU dumps its init's
+        process tree only), as FAIL problems naming each; checked again once it is frozen."""
+        return []
+
     def criu_dump_options(self, container: str) -> list[str]:
         """Extra CRIU options this container's dumps need (e.g. ``--enable-fs ramfs`` for an empty
         ramfs that CRIU may restore as a new one), found as dump_problems() finds obstacles."""

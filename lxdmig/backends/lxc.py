@@ -135,7 +135,12 @@ class LxcBackend(Backend):
                 + task_rules.pressure_problems(psi.watches(pids))
                 + (task_rules.systemd_problems(tasks[0], task_rules.systemd_version(_maps(init))) if tasks else [])
                 + task_rules.rlimit_problems(tasks, privileged=privileged,
-                                             cap_sys_resource=kernel.has_cap_sys_resource()))
+                                             cap_sys_resource=kernel.has_cap_sys_resource())
+                + task_rules.stray_problems(task_rules.strays(init, pids)))
+
+    def left_behind(self, container: str) -> list[Problem]:
+        init = self.init_pid(container)
+        return task_rules.stray_problems(task_rules.strays(init, proc.descendants(init)))
 
     def local_pages_reason(self, container: str) -> str:
         # CRIU dumps System V shared memory from a child it forks into the container's IPC namespace,

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,76 @@ def nested_namespace_problems(tasks: list[Task], init: Task) -> list[Problem]:
                                    f"({NESTED_NAMESPACES[kind]}): CRIU cannot move nested {kind} namespaces; "
                                    f"{PREPARE_HINT}")
             for task, kind in nested(tasks, init)]
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A process in the container's PID namespace outside its init's process tree."""
+
+    pid: int  # as the host sees it
+    command: str
+    parent: int  # outside the container
+    parent_command: str
+    descendants: int = 0  # its own children and theirs, left behind with it
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    words = raw.rstrip(b"\0").split(b"\0")
+    text = " ".join(w.decode(errors="replace") for w in words) or "?"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def strays(init_pid: int, tree: Iterable[int]) -> list[Stray]:
+    """The processes in init's PID namespace that are not init or its descendants: those a host started
+    inside (lxc-attach, lxc exec). Their parent is on the host, and when it exits the host's init (the
+    reaper of the exiting parent's PID namespace) adopts them, not the container's. CRIU dumps init's
+    tree only, so they would be left behind."""
+    try:
+        pidns = os.stat(f"/proc/{init_pid}/ns/pid").st_ino
+    except OSError:
+        return []
+    known = {init_pid, *tree}
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in known:
+            continue
+        pid = int(entry.name)
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino != pidns or _state(pid) == "Z":
+                continue  # (a zombie has nothing left to lose)
+        except (OSError, IndexError):
+            continue  # gone, or a kernel thread
+        out.append(pid)
+    parents = {pid: proc.parent(pid) for pid in out}
+    roots = [pid for pid in out if parents[pid] not in parents]  # (the others are their descendants)
+
+    def root_of(pid: int) -> int:
+        while parents[pid] in parents:
+            pid = parents[pid]
+        return pid
+
+    below = Counter(root_of(pid) for pid in out if pid not in roots)
+    return [Stray(pid, _command(pid), parents[pid], _command(parents[pid]) if parents[pid] else "?", below[pid])
+            for pid in sorted(roots)]
+
+
+def stray_problems(found: list[Stray]) -> list[Problem]:
+    return [Problem(Severity.FAIL, f"process {s.pid} ({s.command!r})"
+                                   + (f" and {s.descendants} process(es) below it" if s.descendants else "")
+                                   + " run in the container but outside its init's process tree (its parent "
+                                   f"{s.parent}, {s.parent_command!r}, is on the host: lxc-attach and lxc exec "
+                                   "start processes so, and the host adopts what they leave running): CRIU moves "
+                                   "init's tree only, so they would be lost. Stop them, and start such work "
+                                   "from inside the container (systemd-run, a service) before moving it")
+            for s in found]
 
 
 def unsupported_mounts(tasks: list[Task]) -> list[tuple[Task, Mount]]:

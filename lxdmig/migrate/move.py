@@ -43,7 +43,7 @@ from lxdmig.capabilities import HostCapabilities
 from lxdmig.client import HelperClient, open_remote
 from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
-from lxdmig.errors import ExitCode, LxdmigError
+from lxdmig.errors import BackendError, ExitCode, LxdmigError
 from lxdmig.migrate import policy
 from lxdmig.migrate.guard import Guard
 from lxdmig.migrate.policy import ModeChoice, PrecopyLimits, Round, Step
@@ -367,6 +367,9 @@ class Mover:
         self.undo.push("reconnect its network", lambda: self.backend.reconnect(name, detached))
         links = ", ".join(f"{link} off {bridge}" for link, bridge in detached.items()) or "no bridged NICs"
         self.say(f"froze {name} and cut it off the network ({links})")
+        # What the preflight found may have changed since: a process started from outside meanwhile.
+        if stray := self.backend.left_behind(name):
+            raise BackendError("once frozen: " + "; ".join(p.message for p in stray))
 
     def _final_dump(self, lazy: bool, parent: str | None) -> proc.Child | None:
         client = self._client()

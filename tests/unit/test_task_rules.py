@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from lxdmig import proc, ramfs
+from lxdmig.backends import task_rules
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
     Mount, Task, ramfs_mounts, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, read_tasks, rlimit_problems,
@@ -92,3 +93,11 @@ def test_systemd_newer_than_proven_is_refused() -> None:
     (problem,) = systemd_problems(init, 258)
     assert problem.severity is Severity.WARN and "systemd 258" in problem.message
     assert systemd_problems(init, 257) == [] and systemd_problems(task(1, "init", ""), 258) == []
+
+
+def test_a_process_left_behind_is_named_with_its_parent_on_the_host() -> None:
+    [problem] = task_rules.stray_problems([task_rules.Stray(4242, "sh -c work", 1, "/sbin/init", 2)])
+    assert problem.severity is Severity.FAIL
+    assert "process 4242 ('sh -c work') and 2 process(es) below it" in problem.message
+    assert "its parent 1, '/sbin/init', is on the host" in problem.message
+    assert task_rules.stray_problems([]) == []
