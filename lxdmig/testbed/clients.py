@@ -41,11 +41,12 @@ def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
     return line
 
 
-def redis_incr(address: str, port: int, key: str, until: str, interval: float, timeout: float) -> RedisSummary:
+def redis_incr(address: str, port: int, key: str, until: str, interval: float, timeout: float,
+               reply_timeout: float = 30.0) -> RedisSummary:
     summary = RedisSummary()
     deadline = time.monotonic() + timeout
     try:
-        sock = socket.create_connection((address, port), timeout=30)
+        sock = socket.create_connection((address, port), timeout=reply_timeout)
         buf = bytearray()
         command = f"*2\r\n$4\r\nINCR\r\n${len(key)}\r\n{key}\r\n".encode()
         while not os.path.exists(until) and time.monotonic() < deadline:
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--until", required=True, help="stop once this file exists")
     r.add_argument("--out", required=True, help="write the JSON summary here")
     r.add_argument("--timeout", type=float, default=900.0, help="stop after this many seconds anyway")
+    r.add_argument("--reply-timeout", type=float, default=30.0,
+                   help="give up when a reply takes longer (the VM's emulation is many times slower)")
     args = p.parse_args(argv)
-    summary = redis_incr(args.address, args.port, args.key, args.until, args.interval, args.timeout)
+    summary = redis_incr(args.address, args.port, args.key, args.until, args.interval, args.timeout,
+                         args.reply_timeout)
     with open(args.out, "w") as fh:
         json.dump(asdict(summary), fh)
     return 0 if not summary.error else 1

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.backends import liblxc_migrate
-from lxdmig.testbed import containers
-from lxdmig.testbed.layout import workload_binary
+from lxdmig.testbed import containers, images
+from lxdmig.testbed.layout import testbed_root, workload_binary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -41,7 +41,9 @@ PACKAGES = [
     # CRIU's shared libraries (CRIU itself is the host's build, copied in)
     "libprotobuf-c1", "libnl-3-200", "libnet1", "libgnutls30", "libnftables1", "libbsd0", "libuuid1", "libcap2",
 ]
-MEMORY_MIB = 3072
+MEMORY_MIB = 4096
+SYSTEM_IMAGE = "debian-12"  # the system container image the guest moves (test_system_in_vm.py)
+TESTBED_DISK_GIB = 8  # sparse; the guest's test bed root (ext4, like a host's, not the tmpfs root)
 BOOT_MARK = "LXDMIG-VM-BOOTED"
 EXIT_MARK = "LXDMIG-VM-EXIT"
 
@@ -136,8 +138,9 @@ def build(log: Callable[[str], None] = print) -> Image:
     return image
 
 
-def overlay(out: Path, pytest_args: list[str]) -> None:
-    """The per-run part: this checkout, the workload and the liblxc binding built here."""
+def overlay(out: Path, pytest_args: list[str], mounts: list[tuple[str, Path, str]]) -> None:
+    """The per-run part: this checkout, the workload and the liblxc binding built here, and what
+    init.sh mounts (device, directory, options)."""
     root = out.parent / "overlay"
     shutil.rmtree(root, ignore_errors=True)
     dest = root / "lxdmig"
@@ -148,6 +151,7 @@ def overlay(out: Path, pytest_args: list[str]) -> None:
         else:
             shutil.copy2(src, dest / part)
     (dest / "vm-args").write_text("".join(f"{arg}\n" for arg in pytest_args))
+    (dest / "vm-mounts").write_text("".join(f"{dev} {where} {options}\n" for dev, where, options in mounts))
     binary = containers.build_workload()
     bin_dir = root / workload_binary().parent.relative_to("/")
     bin_dir.mkdir(parents=True)
@@ -158,6 +162,22 @@ def overlay(out: Path, pytest_args: list[str]) -> None:
     shutil.copytree(binding, root / binding.relative_to("/"), ignore=shutil.ignore_patterns("*.c", "*.o"))
     _cpio(root, out)
     shutil.rmtree(root)
+
+
+def disks(tmpdir: Path) -> list[tuple[Path, Path, str]]:
+    """The guest's disks, as (image file, where the guest mounts it, mount options), made here with
+    mkfs.ext4 (the guest needs no e2fsprogs). The test bed root gets a file system of its own: on the
+    guest's tmpfs root CRIU cannot dump an inotify watch (tmpfs file handles do not reopen, and
+    systemd watches files of its root). The system container image (built here if missing: the guest
+    has no Debian mirror) comes read-only at its cache path, where testbed.images finds it."""
+    testbed = tmpdir / "testbed.ext4"
+    proc.run(["mkfs.ext4", "-q", "-F", "-L", "lxdmig-testbed", str(testbed), f"{TESTBED_DISK_GIB}G"], timeout=120)
+    entry = images.build(SYSTEM_IMAGE).parent
+    used_mib = int(proc.run(["du", "-s", "--block-size=1M", str(entry)], timeout=300).stdout.split()[0])
+    system = tmpdir / "system-image.ext4"
+    proc.run(["mkfs.ext4", "-q", "-F", "-L", "lxdmig-image", "-d", str(entry), str(system),
+              f"{used_mib * 5 // 4 + 128}M"], timeout=600)
+    return [(testbed, testbed_root(), "rw"), (system, entry, "ro")]
 
 
 @dataclass(frozen=True)
@@ -175,7 +195,10 @@ def run(pytest_args: list[str], *, timeout: float = 2100.0, console_log: Path | 
     image = build()
     with tempfile.TemporaryDirectory(prefix="lxdmig-vm-") as tmp:
         tmpdir = Path(tmp)
-        overlay(tmpdir / "overlay.cpio", pytest_args)
+        drives = disks(tmpdir)
+        overlay(tmpdir / "overlay.cpio", pytest_args,
+                mounts=[(f"/dev/vd{chr(ord('a') + i)}", where, options) for i, (_, where, options) in
+                        enumerate(drives)])
         initrd = tmpdir / "initrd.cpio"
         with open(initrd, "wb") as out:
             for part in (image.initrd, tmpdir / "overlay.cpio"):
@@ -186,6 +209,7 @@ def run(pytest_args: list[str], *, timeout: float = 2100.0, console_log: Path | 
         argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2",
                 "-m", str(MEMORY_MIB), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
                 "-kernel", str(image.kernel), "-initrd", str(initrd),
+                *[arg for disk, _, _ in drives for arg in ("-drive", f"file={disk},format=raw,if=virtio")],
                 "-append", "console=ttyS0 panic=-1 rdinit=/init quiet apparmor=0"]
         proc.run(argv, timeout=timeout, check=False, output_file=log)
         console = log.read_text(errors="replace")

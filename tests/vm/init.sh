@@ -32,12 +32,20 @@ mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unifi
 for m in veth bridge llc stp nfnetlink nf_tables nft_compat nft_ct nft_counter nft_chain_nat nf_conntrack \
          nf_defrag_ipv4 nf_defrag_ipv6 libcrc32c x_tables ip_tables iptable_filter ip6_tables ip6table_filter \
          xt_mark xt_conntrack inet_diag tcp_diag udp_diag raw_diag unix_diag netlink_diag packet_diag af_packet_diag \
-         tun overlay sch_netem; do
+         tun overlay sch_netem virtio_pci virtio_blk ext4; do
     modprobe -q $m 2>/dev/null
 done
 ip link set lo up
 hostname lxdmig-vm
 echo 4194304 > /proc/sys/fs/pipe-max-size
+# The disks the host made (tests/vm/image.py: disks): device, directory, options, one per line. What
+# the initramfs already holds there (the workload binary) is copied onto a writable disk first.
+mkdir -p /run/lxdmig-disk
+while read -r dev dir options; do
+    mkdir -p "$dir" && mount -t ext4 -o "$options" "$dev" /run/lxdmig-disk &&
+        { [ "$options" = ro ] || cp -a "$dir"/. /run/lxdmig-disk/; } &&
+        mount --move /run/lxdmig-disk "$dir" || echo "LXDMIG-VM-MOUNT-FAILED $dev $dir"
+done < /lxdmig/vm-mounts
 echo "LXDMIG-VM-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 set --  # pytest arguments from the host, one per line
 while IFS= read -r arg; do set -- "$@" "$arg"; done < /lxdmig/vm-args

@@ -1,4 +1,5 @@
-"""Pre-copy and hybrid, proven in a VM whose kernel tracks dirty memory.
+"""Pre-copy and hybrid, proven in a VM whose kernel tracks dirty memory (and privileged system
+containers with non-root services, which need a root with CAP_SYS_RESOURCE).
 
 This machine's kernel has no CONFIG_MEM_SOFT_DIRTY, so criu pre-dump cannot
 run on it. This test boots Debian's cloud kernel (6.1, soft-dirty and
@@ -56,3 +57,7 @@ def test_pre_copy_and_hybrid_in_a_soft_dirty_vm(tmp_path: Path) -> None:
     assert found["hybrid-switch"]["switched_to_post_copy"]
     assert found["post-copy"]["final_pages_lazy"] > 0
     assert found["chain-control"]["skipped"]["relative"] > 0 >= found["chain-control"]["skipped"]["wrong"]
+    # A privileged Debian system container with non-root services moved both ways, its Redis client
+    # never out of step (tests/vm/guest/test_system_in_vm.py).
+    redis = found["system-privileged"]["redis"]
+    assert redis["replies"] > 100 and not redis["out_of_step"] and not redis["error"], redis
