@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ def connect_remote(remote: LxdRemote, cert: Path, key: Path, *, timeout: float =
     import pylxd
     from pylxd.exceptions import ClientConnectionFailed
 
-    pinned = _pinned_file(remote)
+    pinned = _pinned_file(remote, cert.parent)
     try:
         with _no_ca_bundle_env():
             client = pylxd.Client(endpoint=remote.url, cert=(str(cert), str(key)), verify=str(pinned),
@@ -71,12 +70,24 @@ def connect_remote(remote: LxdRemote, cert: Path, key: Path, *, timeout: float =
     return client
 
 
-def _pinned_file(remote: LxdRemote) -> Path:
-    """The pinned certificate as a file for requests (kept for the process's life)."""
-    directory = Path(tempfile.gettempdir()) / f"lxdmig-{os.getuid()}"
-    directory.mkdir(mode=0o700, exist_ok=True)
+def _pinned_file(remote: LxdRemote, directory: Path) -> Path:
+    """The pinned certificate as a file for requests, beside this host's own certificate (lxdmig's
+    config directory: not a shared temporary directory another user could prepare)."""
     path = directory / f"lxd-{remote.fingerprint[:16]}.crt"
-    path.write_bytes(remote.certificate)
+    try:
+        if path.read_bytes() == remote.certificate and not path.is_symlink():
+            return path
+    except OSError:
+        pass
+    partial = directory / f".{path.name}.{os.getpid()}"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(remote.certificate)
+        os.replace(partial, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the pinned certificate of remote {remote.name} to {path}: "
+                          f"{e.strerror}") from None
     return path
 
 

@@ -341,8 +341,15 @@ class LxcBackend(Backend):
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
         self._keep_cgroup_plan(container, definition)
         path = self.container_dir(container) / "config"
-        text = path.read_text()
-        path.write_text(text.replace(source_dir.rstrip("/"), str(self.container_dir(container))))
+        try:  # (received from the peer: never through a symlink it planted)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise BackendError(f"{container}: cannot open the received config {path}: {e.strerror}") from None
+        with os.fdopen(fd, "r+") as fh:
+            text = fh.read().replace(source_dir.rstrip("/"), str(self.container_dir(container)))
+            fh.seek(0)
+            fh.truncate()
+            fh.write(text)
 
     def _keep_cgroup_plan(self, container: str, definition: dict[str, Any]) -> None:
         """The source's cgroup2 subtree (describe()), checked, for this container's restore."""

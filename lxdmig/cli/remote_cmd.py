@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add.add_argument("target", metavar="ADDRESS|TOKEN",
                      help="HOST[:PORT] (default port 8445), or a trust token, or '-' to read the token from stdin "
                           "(keeps it out of the process list)")
-    add.add_argument("--token", help="a trust token to redeem at ADDRESS (instead of the token's addresses)")
+    add.add_argument("--token", help="a trust token to redeem at ADDRESS (instead of the token's addresses); "
+                                     "'-' reads it from stdin (keeps it out of the process list)")
     add.add_argument("--fingerprint", help="accept the certificate only if its SHA-256 fingerprint is this")
     add.add_argument("--accept-certificate", action="store_true",
                      help="pin whatever certificate the helper shows, without asking (first contact)")
@@ -37,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="ADDRESS is the remote's LXD server (https://HOST[:PORT], default port 8443), for "
                           "LXD instances; --token is then a token from 'lxc config trust add' there. A remote "
                           "may have both a helper and an LXD server: add each under the same NAME")
-    add.add_argument("--password", help="with --lxd: the LXD server's core.trust_password instead of a token")
+    add.add_argument("--password", help="with --lxd: the LXD server's core.trust_password instead of a token; "
+                                        "'-' reads it from stdin")
     add.set_defaults(run=_add)
     lst = rsub.add_parser("list", help="list remotes")
     lst.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -88,9 +90,24 @@ def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str) -> ExitCo
     return ExitCode.OK
 
 
+def _secrets_from_stdin(args: argparse.Namespace) -> None:
+    """``--token -`` and ``--password -`` read the secret from stdin; one given on the command line is
+    visible to every user in the process list while lxdmig runs: say so."""
+    for option in ("token", "password"):
+        value = getattr(args, option)
+        if value == "-":
+            setattr(args, option, sys.stdin.readline().strip())
+            if not getattr(args, option):
+                raise ConfigError(f"--{option} -: nothing on stdin")
+        elif value:
+            print(f"note: a {option} on the command line is visible in the process list while lxdmig runs; "
+                  f"'--{option} -' reads it from stdin", file=sys.stderr)
+
+
 def _add(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     name = check_name(args.name)
+    _secrets_from_stdin(args)
     if args.lxd:
         return _add_lxd(args, conf, name)
     if args.password:

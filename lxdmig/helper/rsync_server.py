@@ -14,23 +14,36 @@ import re
 
 from lxdmig.protocol.messages import RemoteBadRequest
 
-# Short option clusters rsync itself sends to a receiving server, e.g.
-# "-lHogDtpAXrSe.iLsfxCIvu" (letters, the protocol's "e." suffix).
-_SHORT = re.compile(r"^-[A-Za-z]+(?:e[0-9.A-Za-z]*)?$")
-_LONG = frozenset({"--delete", "--numeric-ids", "--inplace", "--delete-during", "--delete-after", "--stats"})
+# The one short option cluster rsync sends a receiving server for lxdmig's options (-aHAX, see
+# migrate/move.py), e.g. "-lHogDtpAXre.iLsfxCIvu": option letters, then after "e." the protocol's
+# capability letters. Only the letters those options make are allowed: not -K (keep-dirlinks: follow
+# a symlinked directory the peer planted), -L or -k (follow links), -b (backups), -R (relative paths).
+_CLUSTER = re.compile(r"^-(?P<letters>[A-Za-z]*?)(?P<caps>e\.[A-Za-z]*)?$")
+_LETTERS = frozenset("lHogDtpAXrS")
+_LONG = ("--delete", "--delete-during", "--delete-after", "--inplace", "--numeric-ids", "--stats")
 DEST_TOKEN = "container/"
 
 
 def server_argv(argv: list[str], destination: str) -> list[str]:
-    """The command to run for the peer's ``argv``; raises RemoteBadRequest."""
+    """The command to run for the peer's ``argv``, built from a fixed template out of the parts that
+    passed; raises RemoteBadRequest naming what did not."""
     if len(argv) < 5 or argv[:2] != ["rsync", "--server"]:
         raise RemoteBadRequest("only 'rsync --server ...' may be run")
     *options, dot, dest = argv[2:]
     if dot != "." or dest != DEST_TOKEN:
         raise RemoteBadRequest(f"rsync must write to {DEST_TOKEN!r} (got {dot!r} {dest!r})")
+    clusters, longs = [], []
     for option in options:
         if option == "--sender":
             raise RemoteBadRequest("rsync may only receive files, never send them")
-        if not (_SHORT.match(option) or option in _LONG):
+        if option in _LONG:
+            longs.append(option)
+        elif (match := _CLUSTER.match(option)) and option != "-":
+            if extra := set(match["letters"]) - _LETTERS:
+                raise RemoteBadRequest(f"rsync option {option!r} is not allowed (not {''.join(sorted(extra))})")
+            clusters.append(option)
+        else:
             raise RemoteBadRequest(f"rsync option {option!r} is not allowed")
-    return ["rsync", "--server", *options, ".", destination.rstrip("/") + "/"]
+    if len(clusters) != 1:
+        raise RemoteBadRequest(f"rsync needs exactly one short option cluster, got {len(clusters)}")
+    return ["rsync", "--server", clusters[0], *[o for o in _LONG if o in longs], ".", destination.rstrip("/") + "/"]

@@ -29,6 +29,10 @@ def test_rsync_server_gets_the_destination_forced() -> None:
     (["rsync", "--server", "-logDtpre.iLsfxC", ".", "/etc/"], "must write to"),
     (["rsync", "--server", "-logDtpre.iLsfxC", ".", "../container/"], "must write to"),
     (["rsync", "--server", "-e/bin/sh;", ".", "container/"], "not allowed"),
+    (["rsync", "--server", "-logDtpKre.iLsfxC", ".", "container/"], "not K"),  # keep-dirlinks
+    (["rsync", "--server", "-LlogDtpre.iLsfxC", ".", "container/"], "not L"),
+    (["rsync", "--server", "-logDtpre.iLsfxC", "-b", ".", "container/"], "not b"),
+    (["rsync", "--server", "--delete", ".", "container/"], "exactly one"),
 ])
 def test_rsync_server_refuses(argv: list[str], words: str) -> None:
     with pytest.raises(RemoteBadRequest, match=words):
@@ -103,3 +107,21 @@ def test_remove_leftover_cgroups_only_removes_empty_ones(tmp_path: Path, monkeyp
     removed = cgroups.remove_leftovers("lxc.payload.c1")
     assert base / "lxc.payload.c1" in removed and not (base / "lxc.payload.c1").exists()
     assert cgroups.remove_leftovers("lxc.payload.c2") == [] and (base / "lxc.payload.c2").exists()
+
+
+def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Path) -> None:
+    from lxdmig.backends.lxc import LxcBackend
+    from lxdmig.errors import BackendError
+
+    backend = LxcBackend(tmp_path)
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "config").write_text("lxc.rootfs.path = dir:/src/c1/rootfs\n")
+    backend.adopt_config("c1", "/src/c1/", {})
+    assert (tmp_path / "c1" / "config").read_text() == f"lxc.rootfs.path = dir:{tmp_path}/c1/rootfs\n"
+    victim = tmp_path / "victim"
+    victim.write_text("/src/c1 must stay\n")
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / "config").symlink_to(victim)
+    with pytest.raises(BackendError, match="cannot open the received config"):
+        backend.adopt_config("c2", "/src/c1/", {})
+    assert victim.read_text() == "/src/c1 must stay\n"
