@@ -51,6 +51,8 @@ class ProbeResult:
     container_exists: bool
     networks: dict[str, bool]
     lxcpath: str
+    hardened: bool = False
+    lxd_allow_keys: tuple[str, ...] = ()
 
 
 def _tcp_connect(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> socket.socket:
@@ -175,6 +177,9 @@ class HelperClient:
             container_exists=fields.get_bool(reply.header, "container_exists"),
             networks=fields.get_bool_map(reply.header, "networks"),
             lxcpath=fields.get_str(reply.header, "lxcpath"),
+            hardened="hardened" in reply.header and fields.get_bool(reply.header, "hardened"),
+            lxd_allow_keys=tuple(fields.get_str_list(reply.header, "lxd_allow_keys"))
+            if "lxd_allow_keys" in reply.header else (),
         )
 
     def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
@@ -186,7 +191,7 @@ class HelperClient:
         if backend != "lxc" or definition:
             request.update(definition=json.dumps(definition or {}))
         reply = self.channel.request(request)
-        return fields.get_str(reply.header, "migration", max_len=64)
+        return fields.get_migration_id(reply.header)
 
     def send_file(self, migration: str, name: str, path: Path) -> int:
         """Upload one file into the migration's directory; returns its size."""

@@ -47,6 +47,11 @@ OPTIONS: tuple[Option, ...] = (
            "keep the images and CRIU logs of migrations that failed (under work_dir/failed) for debugging"),
     Option("helper", "page_server_ports", "27100-27199",
            "TCP port range for CRIU page servers and lazy-pages started by the helper"),
+    Option("helper", "hardened", "true",
+           "refuse from a peer what a migration does not need: LXC hooks, includes and host-path mounts, "
+           "another root filesystem, LXD raw.*/security.* keys and host devices (see docs/helper.md)"),
+    Option("helper", "lxd_allow_keys", "",
+           "LXD instance keys (raw.* or security.*) a peer may set anyway in hardened mode, comma-separated"),
     Option("tls", "cert", "server.crt", "this host's certificate (made on first use)"),
     Option("tls", "key", "server.key", "this host's private key (made on first use, mode 0600)"),
     Option("tls", "trust_dir", "trust", "certificates of the hosts allowed to talk to this helper"),
@@ -84,6 +89,8 @@ class Config:
     shutdown_grace: float
     page_server_ports: tuple[int, int]
     keep_failed: bool
+    hardened: bool
+    lxd_allow_keys: tuple[str, ...]
     cert: Path
     key: Path
     trust_dir: Path
@@ -238,6 +245,8 @@ def load(path: Path | None = None) -> Config:
         page_server_ports=_port_range(text("helper", "page_server_ports"),
                                       f"{_where(path, lines, 'helper', 'page_server_ports')}: [helper] page_server_ports"),
         keep_failed=boolean("helper", "keep_failed"),
+        hardened=boolean("helper", "hardened"),
+        lxd_allow_keys=tuple(k.strip() for k in text("helper", "lxd_allow_keys").split(",") if k.strip()),
         cert=a_path("tls", "cert"),
         key=a_path("tls", "key"),
         trust_dir=a_path("tls", "trust_dir"),

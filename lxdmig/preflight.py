@@ -124,6 +124,18 @@ def required_bytes(container: ContainerFacts) -> int:
     return int((container.memory_bytes + container.rootfs_bytes) * SPACE_FACTOR) + SPACE_MARGIN_BYTES
 
 
+def hardened_checks(probe: ProbeResult, refusals: list[str], remote: str) -> list[Check]:
+    """Whether ``remote``'s hardened mode takes the container (``refusals``: what its rules refuse in it)."""
+    if not probe.hardened:
+        return [Check("hardened", Status.WARN, f"{remote}'s helper runs without hardened mode: it takes "
+                                               "whatever config this host sends (hooks, host mounts)")]
+    if not refusals:
+        return [Check("hardened", Status.OK, f"{remote}'s hardened mode takes this container's config")]
+    return [Check("hardened", Status.FAIL, f"{remote}'s hardened mode refuses {r} (remove it from the container, "
+                                           f"or see [helper] hardened in {remote}'s lxdmig.conf)")
+            for r in refusals]
+
+
 def destination_checks(probe: ProbeResult, container: ContainerFacts | None, remote: str) -> list[Check]:
     out = []
     free = probe.free_bytes
@@ -136,7 +148,8 @@ def destination_checks(probe: ProbeResult, container: ContainerFacts | None, rem
                      f"{_mib(free)} free on {remote}, {_mib(need)} needed (memory {_mib(container.memory_bytes)}, "
                      f"root filesystem {_mib(container.rootfs_bytes)})"))
     if probe.container_exists:
-        out.append(Check("name", Status.FAIL, f"a container named {container.name!r} already exists on {remote}"))
+        out.append(Check("name", Status.FAIL,
+                         f"a container named {container.name!r} (or its directory) already exists on {remote}"))
     else:
         out.append(Check("name", Status.OK, f"no container named {container.name!r} on {remote}"))
     for network in container.networks:

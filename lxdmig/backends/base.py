@@ -7,6 +7,7 @@ method says what it raises; BackendError covers "the manager refused".
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 import enum
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ class Backend(abc.ABC):
     def prepare(self, container: str, definition: dict[str, Any]) -> None:
         """Destination: make the container known to the manager before its files arrive.
         Raises BackendError."""
+
+    def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
+                          received: dict[str, Any] | None = None) -> list[str]:
+        """What a helper in hardened mode refuses in the container's config and definition
+        (lxdmig/hardened.py), one line each. On the source: its own (``received`` None); on the
+        destination: the adopted config and the ``received`` definition."""
+        return []
 
     @abc.abstractmethod
     def exists(self, container: str) -> bool:
@@ -131,6 +139,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self, container: str) -> None:
         """Remove a stopped container and its root filesystem. Raises BackendError."""
+
+    def discard(self, container: str) -> None:
+        """Destination: remove a stopped container received from a peer, running nothing its config
+        names (hooks). Raises BackendError."""
+        self.delete(container)
 
     # -- migration steps (destination side) --------------------------------
 

@@ -12,16 +12,17 @@ import select
 import shutil
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from lxdmig import cgroups, criu, kernel, proc, psi, ramfs
+from lxdmig import cgroups, criu, hardened, kernel, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
-    cgroup_base, cgroup_plan, config_problems, device_problems, freezer_files, lent_terminal_problems,
-    network_unlock_commands, nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map, session_problems, veth_nics,
+    cgroup_base, cgroup_plan, config_lines, config_problems, device_problems, freezer_files, lent_terminal_problems,
+    network_unlock_commands, nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map,
+    session_problems, veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 
@@ -329,6 +330,11 @@ class LxcBackend(Backend):
 
     def delete(self, container: str) -> None:
         proc.run(["lxc-destroy", *self._args(container)], timeout=_TIMEOUT, check=False)
+        self.discard(container)
+
+    def discard(self, container: str) -> None:
+        # Not lxc-destroy: it runs the config's lxc.hook.destroy, and removes lxc.rootfs.path wherever
+        # that points. A received container is its directory (with its root filesystem) and cgroups.
         shutil.rmtree(self.container_dir(container), ignore_errors=True)
         # A failed restore leaves CRIU-made cgroups behind, and liblxc then
         # names the next container's cgroups NAME-1: remove the empty ones.
@@ -338,14 +344,25 @@ class LxcBackend(Backend):
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)
 
-    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
-        self._keep_cgroup_plan(container, definition)
+    def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
+                          received: dict[str, Any] | None = None) -> list[str]:
+        directory = self.container_dir(container)
+        with self._open_config(container, os.O_RDONLY) as fh:
+            items = config_lines(fh.read())
+        return hardened.lxc_config_refusals(items, rootfs=str(directory / "rootfs"), own_dirs=[str(directory)],
+                                            resolve=os.path.realpath)
+
+    def _open_config(self, container: str, flags: int) -> Any:
         path = self.container_dir(container) / "config"
         try:  # (received from the peer: never through a symlink it planted)
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
-            raise BackendError(f"{container}: cannot open the received config {path}: {e.strerror}") from None
-        with os.fdopen(fd, "r+") as fh:
+            raise BackendError(f"{container}: cannot open its config {path}: {e.strerror}") from None
+        return os.fdopen(fd, "r+" if flags & os.O_RDWR else "r")
+
+    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
+        self._keep_cgroup_plan(container, definition)
+        with self._open_config(container, os.O_RDWR) as fh:
             text = fh.read().replace(source_dir.rstrip("/"), str(self.container_dir(container)))
             fh.seek(0)
             fh.truncate()

@@ -18,17 +18,23 @@ from lxdmig.backends.base import Problem, Severity
 _PLAIN_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
 
 
+def config_lines(text: str) -> list[tuple[str, str]]:
+    """``key = value`` lines of one LXC config file, in order (its includes not followed)."""
+    items = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            items.append((key.strip(), value.strip()))
+    return items
+
+
 def read_config(path: Path, *, depth: int = 0) -> list[tuple[str, str]]:
     """``key = value`` lines of an LXC config, in order, with what its ``lxc.include`` lines bring in
     where they stand (a file, or a directory's ``*.conf`` files in name order), as liblxc reads it: a
     container from a template takes ``lxc.tty.max`` and its seccomp policy from LXC's common.conf."""
     items = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        key, value = key.strip(), value.strip()
+    for key, value in config_lines(path.read_text()):
         if key == "lxc.include":
             included = Path(value)
             files = sorted(included.glob("*.conf")) if included.is_dir() else [included] if included.is_file() else []

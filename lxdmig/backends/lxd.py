@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lxdmig import cgroups, lxd_api
+from lxdmig import cgroups, hardened, lxd_api
 from lxdmig.backends.base import ContainerFacts, Problem
 from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
+from lxdmig.backends.lxc_rules import config_lines
 from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
 from lxdmig.errors import BackendError, CriuError
 
@@ -159,6 +162,9 @@ class LxdBackend(LxcBackend):
             except LXDAPIException as e:
                 raise BackendError(f"LXD could not stop {container!r}: {e}") from None
 
+    def discard(self, container: str) -> None:
+        self.delete(container)  # (through LXD, which runs its own hooks only)
+
     def delete(self, container: str) -> None:
         from pylxd.exceptions import LXDAPIException, NotFound
 
@@ -211,6 +217,39 @@ class LxdBackend(LxcBackend):
             raise BackendError(f"{container!r} would live on a {driver!r} storage pool here: lxdmig's engine "
                                "supports 'dir' pools only")
 
+    def _server_pid(self) -> int:
+        # Asked afresh: pylxd's host_info is from when it connected, and LXD may have restarted since.
+        pid = int(self.client.api.get().json()["metadata"]["environment"].get("server_pid", 0))
+        if pid <= 0:
+            raise BackendError("LXD here does not say its process id (server_pid)")
+        return pid
+
+    def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
+                          received: dict[str, Any] | None = None) -> list[str]:
+        pid = self._server_pid()
+        rootfs = str(self.container_dir(container) / "rootfs")
+        if received is None:  # the source: what it would send, as the destination will have it
+            definition = self.describe(container)
+            try:
+                text = rewrite_lxc_conf(str(definition["lxc_conf"]), source_lxd_dir=str(self.lxd_dir),
+                                        lxd_dir=str(self.lxd_dir), server_pid=pid, rootfs=rootfs,
+                                        nic_list=[Nic(**n) for n in definition["nics"]])
+            except BackendError as e:
+                return [str(e)]
+        else:
+            definition, text = received, self._config_path(container).read_text()
+        config, devices, _ = definition_fields(definition)
+        own = [str(self.container_dir(container)), str(self.lxd_dir / "devlxd"),
+               *(str(self.lxd_dir / d / container) for d in ("shmounts", "logs", "security/seccomp"))]
+        def lxc_rules(items: list[tuple[str, str]], hooks: tuple[str, ...]) -> list[str]:
+            return hardened.lxc_config_refusals(items, rootfs=rootfs, own_dirs=own, hook_prefixes=hooks,
+                                                resolve=os.path.realpath)
+
+        return [*hardened.lxd_definition_refusals(config, devices, allowed_keys),
+                *(f"config raw.lxc: {r}" for r in lxc_rules(config_lines(config.get("raw.lxc", "")), ())),
+                *lxc_rules(config_lines(text), tuple(f"{exe} callhook {self.lxd_dir} " for exe in (
+                    f"/proc/{pid}/exe", os.path.realpath(f"/proc/{pid}/exe"))))]
+
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
         from pylxd.exceptions import LXDAPIException
 
@@ -222,10 +261,7 @@ class LxdBackend(LxcBackend):
             source_lxd_dir = str(definition["lxd_dir"])
         except (KeyError, TypeError) as e:
             raise BackendError(f"the instance definition from the source is incomplete: {e}") from None
-        # Asked afresh: pylxd's host_info is from when it connected, and LXD may have restarted since.
-        pid = int(self.client.api.get().json()["metadata"]["environment"].get("server_pid", 0))
-        if pid <= 0:
-            raise BackendError("LXD here does not say its process id (server_pid)")
+        pid = self._server_pid()
         text = rewrite_lxc_conf(conf_text, source_lxd_dir=source_lxd_dir, lxd_dir=str(self.lxd_dir),
                                 server_pid=pid, rootfs=str(self.container_dir(container) / "rootfs"),
                                 nic_list=nic_list)

@@ -49,7 +49,7 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
         checks.append(Check("trust", Status.OK, f"certificate {peer.remote.fingerprint[:16]}... pinned, "
                                                 f"and {remote} trusts this host"))
         checks += preflight.host_checks(local, peer.peer.host, remote)
-        facts = None
+        facts, backend = None, None
         if container is not None:
             backend = backends.find(container, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
             if backend is None:
@@ -63,6 +63,9 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
                 checks.append(_trial_dump(backend, container))
         probe = peer.probe(container, list(facts.networks) if facts else [])
         checks += preflight.destination_checks(probe, facts, remote)
+        if backend is not None and container is not None:
+            refusals = backend.hardened_refusals(container, probe.lxd_allow_keys) if probe.hardened else []
+            checks += preflight.hardened_checks(probe, refusals, remote)
     return checks
 
 

@@ -16,6 +16,7 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from lxdmig import backends, capabilities, tls
@@ -70,6 +71,12 @@ class HelperState:
         """Whether any of this host's container managers has ``container``."""
         return self.backend.exists(container) or (
             self.config.lxd_socket.exists() and self.backend_named("lxd").exists(container))
+
+    def path_taken(self, container: str, backend: Backend | None = None) -> Path | None:
+        """The directory a received ``container`` would go to, if something (not a container: a rollback
+        must never remove it) is already there."""
+        path = (backend or self.backend).container_dir(container)
+        return path if os.path.lexists(path) else None
 
     def reload(self) -> None:
         context = tls.server_context(self.identity, self.trust)
@@ -166,6 +173,7 @@ class HelperServer:
                     self._reload.clear()
                     self.notifier.reloading()
                     self.state.reload()
+                    self._end_revoked()
                     self.state.reprobe()
                     self.notifier.notify("READY=1", f"STATUS={self.state.idle_status()}")
                 self.gate.expire()
@@ -220,6 +228,16 @@ class HelperServer:
         finally:
             with self._lock:
                 self._sessions.pop(key, None)
+
+    def _end_revoked(self) -> None:
+        """Close the connections of hosts no longer trusted (their migrations roll back)."""
+        trusted = self.state.trusted_fingerprints()
+        with self._lock:
+            revoked = [s for s in self._sessions.values() if s.trusted and s.fingerprint not in trusted]
+        for session in revoked:
+            log.warning("%s: certificate %s is no longer trusted; closing its connection", session.peer,
+                        session.fingerprint)
+            session.shutdown()
 
     def _shut_down(self) -> int:
         in_flight = self.state.registry.count()

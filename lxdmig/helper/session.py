@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import proc, tls
+from lxdmig import hardened, proc, tls
 from lxdmig.backends import Backend
+from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
 from lxdmig.helper.migrations import Migration
@@ -38,8 +39,8 @@ from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
 from lxdmig.protocol.messages import (
-    Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteTooLarge, RemoteUnsafePath,
-    RemoteUntrusted, RemoteVersionMismatch,
+    Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteRefused, RemoteTooLarge,
+    RemoteUnsafePath, RemoteUntrusted, RemoteVersionMismatch,
 )
 from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
 from lxdmig.protocol.relay import RelayTimeout, relay
@@ -224,13 +225,16 @@ class Session:
         return {
             "type": "probe-result",
             "free_bytes": self.state.free_bytes(),
-            "container_exists": bool(container) and self.state.container_exists(container),
+            "container_exists": bool(container) and (self.state.container_exists(container)
+                                                     or self.state.path_taken(container) is not None),
             "networks": {n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}") for n in networks},
             "lxcpath": str(self.state.config.lxcpath),
+            "hardened": self.state.config.hardened,
+            "lxd_allow_keys": list(self.state.config.lxd_allow_keys),
         }
 
     def _migration(self, frame: Frame) -> Migration:
-        mid = fields.get_str(frame.header, "migration", max_len=64)
+        mid = fields.get_migration_id(frame.header)
         if mid not in self.migrations:
             raise messages.RemoteNotFound(f"no migration {mid!r} on this connection")
         return self.state.registry.get(mid, self.fingerprint or "")
@@ -241,8 +245,17 @@ class Session:
         backend_name = fields.get_str(frame.header, "backend", max_len=16) if "backend" in frame.header else "lxc"
         definition = _definition(frame.header)
         backend = self.state.backend_named(backend_name)
+        if backend_name == "lxd" and self.state.config.hardened:  # (before LXD makes the instance)
+            try:
+                config, devices, _ = definition_fields(definition)
+            except BackendError as e:
+                raise RemoteBadRequest(str(e)) from None
+            _refuse(container, hardened.lxd_definition_refusals(config, devices, self.state.config.lxd_allow_keys))
         if self.state.container_exists(container):
             raise RemoteExists(f"a container named {container!r} already exists on this host")
+        if taken := self.state.path_taken(container, backend):
+            raise RemoteExists(f"{taken} already exists on this host (not a container); move it away to "
+                               f"receive {container!r} here")
         der = self.sock.getpeercert(binary_form=True) or b""
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir, backend_name,
@@ -331,7 +344,7 @@ class Session:
     def _rsync(self, frame: Frame) -> dict[str, object]:
         # Any connection of the same peer may sync into its migration (rsync
         # runs beside the control connection, through its own tunnel).
-        mid = fields.get_str(frame.header, "migration", max_len=64)
+        mid = fields.get_migration_id(frame.header)
         migration = self.state.registry.get(mid, self.fingerprint or "")
         if migration.committed:
             raise RemoteBadRequest("the migration is committed: its files can no longer change")
@@ -368,6 +381,9 @@ class Session:
         self.state.status(f"restoring {migration.container} ({'post-copy' if lazy else 'all pages here'})")
         try:
             backend.adopt_config(migration.container, migration.source_dir, migration.definition)
+            if self.state.config.hardened:
+                _refuse(migration.container, backend.hardened_refusals(
+                    migration.container, self.state.config.lxd_allow_keys, received=migration.definition))
             if lazy:
                 address = fields.get_str(frame.header, "source_address", max_len=64)
                 try:
@@ -397,7 +413,7 @@ class Session:
         return {"type": "committed"}
 
     def _status(self, frame: Frame) -> dict[str, object]:
-        mid = fields.get_str(frame.header, "migration", max_len=64)
+        mid = fields.get_migration_id(frame.header)
         return {"type": "status", "state": self.state.registry.outcome(mid, self.fingerprint or "")}
 
     def _finish(self, frame: Frame, how: str, reply: str) -> dict[str, object]:
@@ -434,12 +450,20 @@ def _definition(header: Mapping[str, object]) -> dict[str, Any]:
     return value
 
 
+def _refuse(container: str, refusals: list[str]) -> None:
+    if refusals:
+        log.warning("hardened mode refuses %s: %s", container, "; ".join(refusals))
+        raise RemoteRefused(f"{container}: this helper's hardened mode refuses what the container asks of this "
+                            f"host: {'; '.join(refusals)} (remove it from the container, or see [helper] "
+                            "hardened and lxd_allow_keys in lxdmig.conf)")
+
+
 def remove_container(backend: Backend, container: str) -> None:
     if backend.exists(container) or backend.container_dir(container).exists():
         try:
             backend.stop(container)
         finally:
-            backend.delete(container)
+            backend.discard(container)
 
 
 class _Handed(Exception):

@@ -206,7 +206,10 @@ class Mover:
         self.dump_timeout = DUMP_BASE_S + facts.memory_bytes / DUMP_MIN_RATE
         checks = preflight.host_checks(local, client.peer.host, self.request.remote)
         checks += preflight.container_checks(facts, self.backend.dump_problems(name) if facts.running else [])
-        checks += preflight.destination_checks(client.probe(name, list(facts.networks)), facts, self.request.remote)
+        probe = client.probe(name, list(facts.networks))
+        checks += preflight.destination_checks(probe, facts, self.request.remote)
+        refusals = self.backend.hardened_refusals(name, probe.lxd_allow_keys) if probe.hardened else []
+        checks += preflight.hardened_checks(probe, refusals, self.request.remote)
         if preflight.failed(checks):
             raise PreflightFailed(checks)
         self.dump_options = self.backend.criu_dump_options(name) if facts.running else []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from lxdmig.protocol.framing import ProtocolError
 
 MAX_STRING = 4096
+_MIGRATION_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def get_str(header: Mapping[str, object], key: str, *, max_len: int = MAX_STRING) -> str:
@@ -22,6 +24,14 @@ def get_str(header: Mapping[str, object], key: str, *, max_len: int = MAX_STRING
             value.encode()
         except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\ud800"); UTF-8 cannot
             raise ProtocolError(f"field {key!r} is not valid Unicode") from None
+    return value
+
+
+def get_migration_id(header: Mapping[str, object], key: str = "migration") -> str:
+    """A migration id as the helper makes them (hex): it ends up in paths and rsync's command line."""
+    value = get_str(header, key, max_len=64)
+    if not _MIGRATION_ID.fullmatch(value):
+        raise ProtocolError(f"field {key!r} is not a migration id (1-64 hex digits): {value!r}")
     return value
 
 

@@ -96,6 +96,12 @@ class RemoteCommandFailed(RemoteError):
     code = "command-failed"
 
 
+class RemoteRefused(RemoteError):
+    """The helper's hardened mode refuses what the peer's container asks of this host."""
+
+    code = "refused"
+
+
 class RemoteUnsupported(RemoteError):
     """The helper's host lacks what the request needs (e.g. LXD)."""
 
@@ -106,7 +112,7 @@ ERROR_CODES: dict[str, type[RemoteError]] = {
     cls.code: cls
     for cls in (RemoteError, RemoteUntrusted, RemoteBadRequest, RemoteVersionMismatch, RemoteNotFound,
                 RemoteExists, RemoteUnsafePath, RemoteTooLarge, RemoteBusy, RemoteShuttingDown,
-                RemoteCommandFailed, RemoteUnsupported)
+                RemoteCommandFailed, RemoteRefused, RemoteUnsupported)
 }
 
 

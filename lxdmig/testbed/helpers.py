@@ -9,6 +9,7 @@ added both ways with one-time trust tokens, exactly as an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from lxdmig import config, proc
@@ -26,9 +28,10 @@ from lxdmig.testbed.layout import Host, all_hosts, run_dir
 READY_TIMEOUT = 60.0
 
 
-def config_text(host: Host) -> str:
+def config_text(host: Host, *, hardened: bool = True) -> str:
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
+            f"hardened = {str(hardened).lower()}\n"
             # A developer chasing a failed restore sets this to keep its images and CRIU logs.
             f"keep_failed = {os.environ.get('LXDMIG_TESTBED_KEEP_FAILED', 'false')}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
@@ -67,13 +70,13 @@ def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
     return host_command(host, lxdmig_argv(*args), check=False, timeout=timeout)
 
 
-def start(host: Host, extra_env: dict[str, str] | None = None) -> int:
+def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True) -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)
     if pid is not None:
         return pid
     host.config_dir.mkdir(parents=True, exist_ok=True)
-    (host.config_dir / config.FILE_NAME).write_text(config_text(host))
+    (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened))
     notify_path = run_dir() / f"notify-{host.name}.sock"
     notify_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -92,6 +95,30 @@ def start(host: Host, extra_env: dict[str, str] | None = None) -> int:
         finally:
             notify_path.unlink(missing_ok=True)
     return child.pid
+
+
+def hardened(host: Host) -> bool:
+    """Whether host's helper was (last) started in hardened mode."""
+    try:
+        return "hardened = false" not in (host.config_dir / config.FILE_NAME).read_text()
+    except OSError:
+        return True
+
+
+def restart(host: Host, *, hardened: bool = True) -> int:
+    stop(host)
+    return start(host, hardened=hardened)
+
+
+@contextlib.contextmanager
+def unhardened(host: Host) -> Iterator[None]:
+    """host's helper without hardened mode, as an operator may run it: for tests of what happens
+    after what hardened mode refuses (a hook that fails a restore on purpose). Hardened again after."""
+    restart(host, hardened=False)
+    try:
+        yield
+    finally:
+        restart(host)
 
 
 def wait_ready(notify: socket.socket, child: subprocess.Popen[bytes], timeout: float) -> list[str]:

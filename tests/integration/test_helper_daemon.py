@@ -237,6 +237,22 @@ def test_revoked_certificate_is_refused_after_sighup(daemon: Daemon, local: Host
         daemon.connect("client", local)
 
 
+def test_revoking_a_host_closes_its_connection_and_rolls_its_migration_back(daemon: Daemon,
+                                                                          local: HostCapabilities) -> None:
+    with daemon.connect("client", local) as c:
+        mid = c.begin_migration("c1")
+        assert (daemon.root / "work" / mid).exists()
+        subprocess.run(daemon.cli("trust", "remove", "client"), check=True, capture_output=True)
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while (daemon.root / "work" / mid).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (daemon.root / "work" / mid).exists(), "the revoked host's migration is still there"
+        with pytest.raises((framing.ProtocolError, OSError)):
+            c.ping()
+    assert "is no longer trusted; closing its connection" in daemon.log_text()
+
+
 def _send_raw(channel: Channel, data: bytes) -> None:
     channel.sock.sendall(data)
 
@@ -267,7 +283,7 @@ def test_bad_requests_are_answered_and_the_connection_goes_on(daemon: Daemon, lo
         ({"type": "exec", "argv": ["sh"]}, "bad-request"),
         ({"type": "probe", "container": 5, "networks": []}, "bad-request"),
         ({"type": "migration-begin", "container": "../../etc"}, "bad-request"),
-        ({"type": "file-open", "migration": "nope", "name": "x", "size": 1}, "not-found"),
+        ({"type": "file-open", "migration": "0badc0de", "name": "x", "size": 1}, "not-found"),
         ({"type": "file-data"}, "bad-request"),
     ):
         channel.send(header)
@@ -375,6 +391,26 @@ def test_existing_container_name_is_refused(daemon: Daemon, local: HostCapabilit
         assert c.probe("taken", []).container_exists
         with pytest.raises(messages.RemoteExists, match="already exists"):
             c.begin_migration("taken")
+
+
+def test_a_directory_that_is_not_a_container_is_refused_and_kept(daemon: Daemon,
+                                                                 local: HostCapabilities) -> None:
+    kept = daemon.root / "lxc" / "notes" / "todo.txt"
+    kept.parent.mkdir()
+    kept.write_text("mine\n")
+    with daemon.connect("client", local) as c:
+        assert c.probe("notes", []).container_exists
+        with pytest.raises(messages.RemoteExists, match="not a container"):
+            c.begin_migration("notes")
+        c.ping()
+    assert kept.read_text() == "mine\n"
+
+
+def test_a_bad_migration_id_is_a_bad_request(daemon: Daemon, local: HostCapabilities) -> None:
+    with daemon.connect("client", local) as c:
+        with pytest.raises(messages.RemoteBadRequest, match="migration id"):
+            c.abort_migration("../../etc")
+        c.ping()
 
 
 def test_sigterm_refuses_new_work_and_rolls_back_after_grace(tmp_path: Path, local: HostCapabilities) -> None:

@@ -122,6 +122,6 @@ def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Pa
     victim.write_text("/src/c1 must stay\n")
     (tmp_path / "c2").mkdir()
     (tmp_path / "c2" / "config").symlink_to(victim)
-    with pytest.raises(BackendError, match="cannot open the received config"):
+    with pytest.raises(BackendError, match="cannot open its config"):
         backend.adopt_config("c2", "/src/c1/", {})
     assert victim.read_text() == "/src/c1 must stay\n"

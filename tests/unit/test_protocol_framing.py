@@ -153,3 +153,11 @@ def test_headers_beyond_what_python_reads_are_protocol_errors() -> None:
         read_frame(Chunked(PREFIX.pack(len(header), 0) + header, 4096))
     with pytest.raises(FrameTooLarge, match="outside 1..100"):
         read_frame(Chunked(PREFIX.pack(101, 0) + b"{}", 4096), max_header=100)
+
+
+@pytest.mark.parametrize("value", ["", "../x", "0123 abc", "ABCDEF", "a" * 65, "12\n", "x;rm"])
+def test_a_migration_id_is_hex_only(value: str) -> None:
+    # (it goes into paths on the helper and into rsync's remote-shell command on the source)
+    with pytest.raises(ProtocolError, match="field .migration."):
+        fields.get_migration_id({"migration": value})
+    assert fields.get_migration_id({"migration": "0123456789abcdef"}) == "0123456789abcdef"

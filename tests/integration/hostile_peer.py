@@ -1,0 +1,69 @@
+"""Run as a test host: act as a trusted but hostile source. Sends a container whose config asks the
+destination for what a migration does not need (hooks that run as root there, a host-path mount,
+another root filesystem, an include from /tmp, a host NIC), skipping the source's preflight, and asks
+the destination to restore it. Prints one JSON line: what the destination answered.
+
+usage: python hostile_peer.py REMOTE CONTAINER WORKDIR MARKER DECOY
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lxdmig import capabilities, config, proc
+from lxdmig.client import open_remote
+from lxdmig.errors import LxdmigError
+from lxdmig.migrate.move import RSYNC_OPTIONS
+from lxdmig.protocol import messages
+from lxdmig.protocol.messages import Hello
+
+
+def hostile_config(name: str, source: Path, marker: str, decoy: str) -> str:
+    return "\n".join([
+        f"lxc.uts.name = {name}",
+        f"lxc.rootfs.path = dir:{decoy}",
+        f"lxc.hook.pre-start = /bin/touch {marker}",
+        f"lxc.hook.destroy = /bin/touch {marker}",
+        "lxc.mount.entry = /etc host-etc none bind,create=dir 0 0",
+        f"lxc.mount.entry = {source}/rootfs/planted mnt none bind,create=dir 0 0",
+        "lxc.include = /tmp/lxdmig-hostile.conf",
+        "lxc.net.0.type = phys",
+        "lxc.net.0.link = lo",
+        "",
+    ])
+
+
+def main(remote: str, name: str, work: Path, marker: str, decoy: str) -> None:
+    conf = config.load()
+    source = work / name
+    (source / "rootfs").mkdir(parents=True)
+    (source / "rootfs" / "planted").symlink_to("/root")
+    (source / "config").write_text(hostile_config(name, source, marker, decoy))
+    images = work / "images"
+    (images / "dump").mkdir(parents=True)
+    (images / "dump" / "inventory.img").write_bytes(b"\0" * 16)
+    local = capabilities.probe()
+    result: dict[str, object] = {}
+    with open_remote(conf, remote, local) as c:
+        mid = c.begin_migration(name, str(source))
+        hello = work / "hello.json"
+        hello.write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
+        tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(conf.path), "--hello", str(hello),
+                  remote, mid]
+        synced = proc.run(["rsync", *RSYNC_OPTIONS, "-e", " ".join(tunnel), f"{source}/", f"{remote}:container/"],
+                          timeout=120, check=False)
+        result["rsync"] = synced.returncode
+        c.send_tree(mid, images)
+        try:
+            c.restore(mid, "dump", lazy=False)
+            result["restore"] = "restored"
+        except LxdmigError as e:
+            result["restore"] = f"{type(e).__name__}: {e}"
+        c.abort_migration(mid)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -1,0 +1,62 @@
+"""Hardened mode (F10): a trusted peer gets what a migration needs, not root on the destination.
+
+A hostile source (tests/integration/hostile_peer.py) skips its preflight and sends a container whose
+config would run programs as root on the destination (hooks, also on the rollback's removal), mount
+host paths (also through a symlink it planted), take another root filesystem, include a file from
+/tmp and take a host NIC. The destination refuses the restore, naming each key; nothing of it ran, the
+other root filesystem is untouched and the rollback removes only the received directory. An honest
+source learns the same from its preflight, before anything is frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lxdmig.errors import ExitCode
+from lxdmig.testbed import containers
+from lxdmig.testbed.containers import host_command
+from lxdmig.testbed.helpers import run_lxdmig as lxdmig
+from lxdmig.testbed.layout import Host
+
+from .conftest import MakeContainer, wait_until
+
+pytestmark = pytest.mark.integration
+A, B = Host("a"), Host("b")
+
+
+def test_a_hostile_peer_gets_its_restore_refused_and_nothing_runs(testbed: None, tmp_path: Path) -> None:
+    name = "hostile1"
+    marker, decoy = tmp_path / "hook-ran", tmp_path / "decoy"
+    (decoy / "etc").mkdir(parents=True)
+    (decoy / "etc" / "keep").write_text("mine\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    script = Path(__file__).with_name("hostile_peer.py")
+    out = host_command(A, [sys.executable, str(script), "b", name, str(work), str(marker), str(decoy)]).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["rsync"] == 0, result
+    refused = str(result["restore"])
+    assert refused.startswith("RemoteRefused") and "hardened mode refuses" in refused, refused
+    for named in ("lxc.hook.pre-start", "lxc.hook.destroy", "mounts /etc", "mounts /root", "lxc.rootfs.path",
+                  "lxc.include = /tmp/lxdmig-hostile.conf", "takes a network interface of this host"):
+        assert named in refused, (named, refused)
+    wait_until(lambda: not (B.lxcpath / name).exists(), 30, "the refused container's removal on b")
+    assert not marker.exists(), "a hook of the hostile config ran on the destination"
+    assert (decoy / "etc" / "keep").read_text() == "mine\n", "the rollback touched another root filesystem"
+    assert containers.lxc_state(B, name) != "RUNNING"
+
+
+def test_the_preflight_names_what_the_destination_would_refuse(make_container: MakeContainer) -> None:
+    name = make_container("a", extra_config="lxc.hook.destroy = /bin/true\n"
+                                             "lxc.mount.entry = /etc/ssl mnt none ro,bind,create=dir 0 0\n")
+    check = lxdmig(A, "check", "b", name)
+    assert check.returncode == ExitCode.PREFLIGHT, check.stdout
+    assert "b's hardened mode refuses lxc.hook.destroy = /bin/true" in check.stdout, check.stdout
+    assert "mounts /etc/ssl, a path of this host" in check.stdout, check.stdout
+    moved = lxdmig(A, "move", name, f"b:{name}")
+    assert moved.returncode == ExitCode.PREFLIGHT and "hardened" in moved.stdout + moved.stderr
+    assert containers.lxc_state(A, name) == "RUNNING" and not (B.lxcpath / name).exists()
