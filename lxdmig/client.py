@@ -222,10 +222,13 @@ class HelperClient:
         return fields.get_int(reply.header, "port", minimum=1, maximum=65535)
 
     def restore(self, migration: str, directory: str, *, lazy: bool, source_address: str = "",
-                source_port: int = 0) -> tuple[float, list[str]]:
-        """Restore on the helper; returns (restore ms, addresses announced)."""
+                source_port: int = 0, tasks: int = 0) -> tuple[float, list[str]]:
+        """Restore on the helper; returns (restore ms, addresses announced). ``tasks``: the processes
+        dumped, which the restored copy must have before it is thawed (0: not checked)."""
         request: dict[str, object] = {"type": "restore", "migration": migration, "directory": directory,
                                       "lazy": lazy}
+        if tasks:
+            request["tasks"] = tasks
         if lazy:
             request.update(source_address=source_address, source_port=source_port)
         # A restore takes as long as it takes (the helper bounds it): wait for it.

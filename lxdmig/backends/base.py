@@ -27,6 +27,8 @@ class Problem:
 
     severity: Severity
     message: str
+    # A process outside init's tree, which ``lxdmig move --allow-drop`` leaves behind: which (pid, command).
+    left_behind: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class Backend(abc.ABC):
         """Why CRIU could not dump (FAIL) or restore elsewhere (WARN) this
         container, found without freezing it. Raises BackendError if it does
         not exist or is not running."""
+
+    def task_count(self, container: str) -> int:
+        """Processes in the container's init's tree, the tree CRIU dumps (0: not counted)."""
+        return 0
 
     def left_behind(self, container: str) -> list[Problem]:
         """Processes of the running container that a dump would leave behind (CRIU dumps its init's
@@ -157,8 +163,11 @@ class Backend(abc.ABC):
         from describe() on the source) for this host's paths."""
 
     @abc.abstractmethod
-    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
-        """Restore from ``directory`` and leave it running. Raises CriuError."""
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
+                expect_tasks: int = 0) -> None:
+        """Restore from ``directory`` and leave it running. Raises CriuError. With ``expect_tasks``
+        (what the source counted while frozen), a restored copy with another number of processes in
+        its init's tree is stopped, never thawed, and BackendError raised."""
 
     @abc.abstractmethod
     def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:

@@ -139,6 +139,9 @@ class LxcBackend(Backend):
                                              cap_sys_resource=kernel.has_cap_sys_resource())
                 + task_rules.stray_problems(task_rules.strays(init, pids)))
 
+    def task_count(self, container: str) -> int:
+        return 1 + len(proc.descendants(self.init_pid(container)))
+
     def left_behind(self, container: str) -> list[Problem]:
         init = self.init_pid(container)
         return task_rules.stray_problems(task_rules.strays(init, proc.descendants(init)))
@@ -379,7 +382,8 @@ class LxcBackend(Backend):
         except ValueError as e:
             raise BackendError(f"the source's description of {container!r}: {e}") from None
 
-    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
+                expect_tasks: int = 0) -> None:
         items = self._require(container)
         try:
             root_ids = root_id_map(items)
@@ -413,6 +417,10 @@ class LxcBackend(Backend):
             raise BackendError(f"{container}: could not put its ramfs files (credentials) back: {e}") from None
         for failure in psi.rearm(init, watches):
             log.warning("%s: pressure trigger not re-armed (that task may spin): %s", container, failure)
+        if expect_tasks and (restored := self.task_count(container)) != expect_tasks:
+            self.stop(container)  # (never thawed with a task missing)
+            raise BackendError(f"{container}: {restored} processes restored, {expect_tasks} were dumped: the "
+                               "restored copy was stopped before it ran")
         self.unfreeze(container)
 
     @staticmethod

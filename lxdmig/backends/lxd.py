@@ -133,9 +133,11 @@ class LxdBackend(LxcBackend):
             except LXDAPIException as e:
                 raise BackendError(f"LXD could not unfreeze {container!r}: {e}") from None
 
-    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
+                expect_tasks: int = 0) -> None:
         try:
-            super().restore(container, directory, config_file=config_file, timeout=timeout)
+            super().restore(container, directory, config_file=config_file, timeout=timeout,
+                            expect_tasks=expect_tasks)
         except CriuError as e:
             # liblxc logs why (a hook, a mount, CRIU's exit) to LXD's log for the instance.
             log_file = self._config_path(container).parent / "lxc.log"

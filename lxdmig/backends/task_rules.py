@@ -154,14 +154,20 @@ def strays(init_pid: int, tree: Iterable[int]) -> list[Stray]:
             for pid in sorted(roots)]
 
 
+def _stray_subject(s: Stray) -> str:
+    return f"process {s.pid} ({s.command!r})" + (f" and {s.descendants} process(es) below it" if s.descendants
+                                                 else "")
+
+
 def stray_problems(found: list[Stray]) -> list[Problem]:
-    return [Problem(Severity.FAIL, f"process {s.pid} ({s.command!r})"
-                                   + (f" and {s.descendants} process(es) below it" if s.descendants else "")
-                                   + " run in the container but outside its init's process tree (its parent "
-                                   f"{s.parent}, {s.parent_command!r}, is on the host: lxc-attach and lxc exec "
-                                   "start processes so, and the host adopts what they leave running): CRIU moves "
+    return [Problem(Severity.FAIL, _stray_subject(s) + " run in the container but outside its init's process "
+                                   f"tree (its parent {s.parent}, {s.parent_command!r}, is on the host: "
+                                   "lxc-attach and lxc exec start processes so, and the host adopts what they "
+                                   "leave running): CRIU moves "
                                    "init's tree only, so they would be lost. Stop them, and start such work "
-                                   "from inside the container (systemd-run, a service) before moving it")
+                                   "from inside the container (systemd-run, a service) before moving it, or "
+                                   "move with --allow-drop to leave them behind (they end with the source)",
+                    left_behind=_stray_subject(s))
             for s in found]
 
 

@@ -47,6 +47,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "--lxd'), or auto (default: lxdmig where the remote has a helper, else lxd)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="--engine lxd: roll back if LXD has not finished within this (default 600)")
+    p.add_argument("--allow-drop", action="store_true",
+                   help="move even if processes run in the container outside its init's tree (started with "
+                        "lxc-attach or lxc exec): CRIU cannot move them, so they are left behind and end with the "
+                        "source; the report lists them")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
@@ -107,10 +111,14 @@ def run(args: argparse.Namespace) -> ExitCode:
         raise MoveFailed(f"no container {name!r} on this host (not in {conf.lxcpath}, not in LXD at "
                          f"{conf.lxd_socket})")
     keys = _keys(conf, name, backend)
-    request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0])
+    request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0],
+                          allow_drop=args.allow_drop)
     engine, why = policy.choose_engine(args.engine, lxd_instance=isinstance(backend, LxdBackend),
                                        remote_helper=remote in [r.name for r in store.all()],
                                        remote_lxd=remote in [r.name for r in store.all_lxd()], mode=args.mode)
+    if engine == "lxd" and args.allow_drop:
+        raise ConfigError("--allow-drop works with lxdmig's engine only (--engine lxdmig): LXD's own move "
+                          "cannot leave processes behind")
     progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -162,6 +170,10 @@ def format_report(r: MoveReport) -> str:
             est = f"{rd.estimated_downtime_ms:.0f} ms" if rd.estimated_downtime_ms is not None else "-"
             lines.append(f"                {rd.number:<2} {rd.pages_written:>8} {rd.unchanged_percent:>9.0f}% "
                          f"{rd.seconds:>8.2f} {est:>13}  {rd.decision}")
+    if r.tasks:
+        lines.append(f"  processes:    {r.tasks} dumped, {r.tasks} restored")
+    if r.dropped:
+        lines.append(f"  left behind:  {'; '.join(r.dropped)} (--allow-drop; stopped with the source)")
     if r.announced:
         lines.append(f"  announced:    {', '.join(r.announced)}")
     lines += [f"  warning:      {w}" for w in r.warnings]

@@ -394,7 +394,9 @@ class Session:
                 start_lazy_pages(self.state, migration, images, address, port)
                 migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()
-            backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT)
+            tasks = fields.get_int(frame.header, "tasks", maximum=1 << 22) if "tasks" in frame.header else 0
+            backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT,
+                            expect_tasks=tasks)
             restore_ms = (time.monotonic() - start) * 1000
         except (CriuError, BackendError, OSError) as e:
             raise RemoteCommandFailed(f"restore of {migration.container} failed: {e}") from None

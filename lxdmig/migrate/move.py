@@ -39,6 +39,7 @@ from pathlib import Path
 
 from lxdmig import backends, capabilities, criu, preflight, proc
 from lxdmig.backends import Backend
+from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.client import HelperClient, open_remote
 from lxdmig.config import Config
@@ -107,6 +108,7 @@ class MoveRequest:
     mode: str = "auto"
     limits: PrecopyLimits = PrecopyLimits()
     incremental: bool | None = None  # migration.incremental.memory, None when unset
+    allow_drop: bool = False  # leave processes outside init's tree behind (listed in the report)
 
 
 @dataclass
@@ -144,6 +146,8 @@ class MoveReport:
     lazy_transfer_s: float = 0.0
     announced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tasks: int = 0  # processes dumped (init's tree), and restored: the destination checks the count
+    dropped: list[str] = field(default_factory=list)  # left behind with --allow-drop
 
     def as_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -205,7 +209,11 @@ class Mover:
         facts = self.backend.facts(name)
         self.dump_timeout = DUMP_BASE_S + facts.memory_bytes / DUMP_MIN_RATE
         checks = preflight.host_checks(local, client.peer.host, self.request.remote)
-        checks += preflight.container_checks(facts, self.backend.dump_problems(name) if facts.running else [])
+        problems = self.backend.dump_problems(name) if facts.running else []
+        if self.request.allow_drop:
+            problems = [Problem(Severity.WARN, f"will be left behind (--allow-drop): {p.left_behind}")
+                        if p.left_behind else p for p in problems]
+        checks += preflight.container_checks(facts, problems)
         probe = client.probe(name, list(facts.networks))
         checks += preflight.destination_checks(probe, facts, self.request.remote)
         refusals = self.backend.hardened_refusals(name, probe.lxd_allow_keys) if probe.hardened else []
@@ -372,7 +380,11 @@ class Mover:
         self.say(f"froze {name} and cut it off the network ({links})")
         # What the preflight found may have changed since: a process started from outside meanwhile.
         if stray := self.backend.left_behind(name):
-            raise BackendError("once frozen: " + "; ".join(p.message for p in stray))
+            if not self.request.allow_drop:
+                raise BackendError("once frozen: " + "; ".join(p.message for p in stray))
+            self.report.dropped = [p.left_behind for p in stray]
+            self.say(f"leaving behind (--allow-drop): {'; '.join(self.report.dropped)}")
+        self.report.tasks = self.backend.task_count(name)
 
     def _final_dump(self, lazy: bool, parent: str | None) -> proc.Child | None:
         client = self._client()
@@ -430,7 +442,7 @@ class Mover:
             self.guard.tell("restoring")
         try:
             restore_ms, announced = client.restore(self.mid, "dump", lazy=lazy, source_address=address,
-                                                   source_port=port)
+                                                   source_port=port, tasks=self.report.tasks)
         except messages.RemoteError:
             raise  # the helper answered: it did not restore
         except LxdmigError as e:

@@ -12,9 +12,11 @@ container moves.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 
 from lxdmig.errors import ExitCode
 from lxdmig.testbed import containers
-from lxdmig.testbed.containers import host_argv
+from lxdmig.testbed.containers import host_argv, host_command
 from lxdmig.testbed.helpers import run_lxdmig as lxdmig
 from lxdmig.testbed.layout import Host
 
@@ -82,3 +84,34 @@ def ghost_fd(host: Host, name: str) -> str:
     """Where fd 3 of the process GHOST started points (empty if there is no such process)."""
     return containers.attach(host, name, "sh", "-c", "for p in /proc/[0-9]*; do grep -q 'ghost[-]started; while' "
                                                      "$p/cmdline 2>/dev/null && readlink $p/fd/3; done")
+
+
+def test_allow_drop_moves_and_lists_what_it_left_behind(make_container: MakeContainer) -> None:
+    name = make_container("a")
+    with containers.removed_after(name, B):
+        attached = subprocess.Popen(host_argv(A, "lxc-attach", "-P", str(A.lxcpath), "-n", name, "--", "sh", "-c",
+                                              GHOST))
+        try:
+            wait_inside(name, A, "/tmp/ghost-started")
+            moved = lxdmig(A, "move", name, f"b:{name}", "--allow-drop", "--json")
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+            report = json.loads(moved.stdout)
+            assert len(report["dropped"]) == 1 and "exec 3>/tmp/ghost" in report["dropped"][0], report
+            assert report["tasks"] >= 2, report  # init and the workload, counted again on b before it ran
+            assert containers.lxc_state(B, name) == "RUNNING" and containers.lxc_state(A, name) != "RUNNING"
+            assert ghost_fd(B, name) == "", "the attached process cannot have moved"
+        finally:
+            attached.terminate()
+            attached.wait(timeout=30)
+
+
+def test_a_restore_with_a_process_missing_is_stopped_before_it_runs(make_container: MakeContainer) -> None:
+    name = make_container("a")
+    before = containers.wait_for_full_verification(A, name)
+    script = Path(__file__).with_name("miscount_move.py")
+    result = json.loads(host_command(A, [sys.executable, str(script), "b", name]).stdout.strip().splitlines()[-1])
+    assert result["moved"] is False and "processes restored" in result["error"] and "were dumped" in \
+        result["error"], result
+    assert containers.lxc_state(A, name) == "RUNNING" and not (B.lxcpath / name).exists()
+    after = containers.wait_for_full_verification(A, name)
+    assert after["incarnation"] == before["incarnation"] and int(str(after["counter"])) > int(str(before["counter"]))

@@ -85,3 +85,15 @@ def test_bad_targets_are_refused(conf_with_remote: Path, capsys: pytest.CaptureF
 def test_bad_remote_names_are_refused(conf_with_remote: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
     code = main(["--config", str(conf_with_remote), "remote", "add", "--", name, "192.0.2.9"])
     assert code == ExitCode.CONFIG and "invalid remote name" in capsys.readouterr().err
+
+
+def test_the_report_says_what_was_counted_and_left_behind() -> None:
+    from lxdmig.cli.move_cmd import format_report
+    from lxdmig.migrate.move import MoveReport
+
+    report = MoveReport("c1", "b", mode="post-copy", tasks=7, dropped=["process 4242 ('sleep 100')"])
+    text = format_report(report)
+    assert "processes:    7 dumped, 7 restored" in text
+    assert "left behind:  process 4242 ('sleep 100') (--allow-drop" in text
+    assert json.loads(report.as_json())["dropped"] == ["process 4242 ('sleep 100')"]
+    assert "left behind" not in format_report(MoveReport("c1", "b"))
