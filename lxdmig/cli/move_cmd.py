@@ -164,6 +164,9 @@ def format_report(r: MoveReport) -> str:
     else:
         lines.append(f"  final dump:   {r.final_pages_written} pages, tasks frozen {r.frozen_dump_ms:.0f} ms by CRIU")
     lines.append(f"  restore:      {r.restore_ms:.0f} ms on {r.remote}")
+    if r.frozen_steps_ms:
+        lines.append("  frozen for:   " + ", ".join(f"{step.replace('_', ' ')} {ms:.0f} ms"
+                                                    for step, ms in r.frozen_steps_ms.items()))
     if r.rounds:
         lines.append("  rounds:       #  written  unchanged  seconds  est.downtime  then")
         for rd in r.rounds:

@@ -146,6 +146,10 @@ class MoveReport:
     lazy_transfer_s: float = 0.0
     announced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Where the downtime went, step by step from the freeze (ms): freeze (and cut the network, count the
+    # processes), dump (CRIU; with the pages unless post-copy), upload (the other images), final_sync
+    # (rsync), restore (the destination's, as it measured it), round_trip (the rest of that request).
+    frozen_steps_ms: dict[str, float] = field(default_factory=dict)
     tasks: int = 0  # processes dumped (init's tree), and restored: the destination checks the count
     dropped: list[str] = field(default_factory=list)  # left behind with --allow-drop
 
@@ -174,12 +178,20 @@ class Mover:
         self.client: HelperClient | None = None
         self.mid = ""
         self.freeze_time = 0.0
+        self._last_lap = 0.0  # (the frozen window's steps: _lap)
         self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
         self.guard: Guard | None = None
         self.dump_timeout = DUMP_BASE_S
         self.dump_options: list[str] = []  # what this container's CRIU dumps need besides the move's own
         self.local_pages = False  # stop-copy: pages in local images, not streamed (see local_pages_reason)
+
+    def _lap(self, step: str, minus: float = 0.0) -> None:
+        """Record the time since the previous step of the frozen window (``minus``: ms accounted
+        for elsewhere)."""
+        now = time.monotonic()
+        self.report.frozen_steps_ms[step] = round((now - self._last_lap) * 1000 - minus, 1)
+        self._last_lap = now
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.start:6.2f}s] {message}")
@@ -251,8 +263,10 @@ class Mover:
                 parent, switch = self._precopy(choice)
                 lazy = lazy or switch
             self._freeze()
+            self._lap("freeze")
             lazy_child = self._final_dump(lazy, parent)
             self._sync_filesystem("final")
+            self._lap("final_sync")
             self._restore(lazy)
         except OutcomeUnknown:
             # No rollback: the destination may run it, the source stays frozen and offline. The
@@ -369,7 +383,7 @@ class Mover:
         name = self.request.container
         # Downtime counts from the moment freezing starts: the tasks may stop
         # at any point while lxc-freeze runs.
-        self.freeze_time = time.monotonic()
+        self.freeze_time = self._last_lap = time.monotonic()
         self.backend.freeze(name)
         self.undo.push("thaw the container", lambda: self.backend.unfreeze(name))
         detached = self.backend.isolate(name)
@@ -418,7 +432,9 @@ class Mover:
                 self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         dump_s = time.monotonic() - start
         self.report.final_dump_s = round(dump_s, 3)
+        self._lap("dump")
         uploaded = client.send_tree(self.mid, directory, prefix="dump/")
+        self._lap("upload")
         self.report.bytes_sent += uploaded
         try:
             stats = read_dump_stats(directory)
@@ -451,6 +467,8 @@ class Mover:
             return
         self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
         self.report.restore_ms = restore_ms
+        self.report.frozen_steps_ms["restore"] = round(restore_ms, 1)
+        self._lap("round_trip", minus=restore_ms)
         self.report.announced = announced
         self.say(f"restored on {self.request.remote} in {restore_ms:.0f} ms"
                  + (f"; announced {', '.join(announced)}" if announced else ""))

@@ -91,8 +91,10 @@ def test_the_report_says_what_was_counted_and_left_behind() -> None:
     from lxdmig.cli.move_cmd import format_report
     from lxdmig.migrate.move import MoveReport
 
-    report = MoveReport("c1", "b", mode="post-copy", tasks=7, dropped=["process 4242 ('sleep 100')"])
+    report = MoveReport("c1", "b", mode="post-copy", tasks=7, dropped=["process 4242 ('sleep 100')"],
+                        frozen_steps_ms={"freeze": 12.0, "dump": 301.4, "final_sync": 180.0})
     text = format_report(report)
+    assert "frozen for:   freeze 12 ms, dump 301 ms, final sync 180 ms" in text
     assert "processes:    7 dumped, 7 restored" in text
     assert "left behind:  process 4242 ('sleep 100') (--allow-drop" in text
     assert json.loads(report.as_json())["dropped"] == ["process 4242 ('sleep 100')"]
