@@ -47,8 +47,7 @@ _LXC_ALLOWED = (
     "lxc.ephemeral", "lxc.hook.version", "lxc.sched.core", "lxc.time.offset.",
 )
 _RUNS_HERE = "runs a program as root on this host"
-_REFUSED_PREFIXES = (
-    ("lxc.hook.", _RUNS_HERE),
+_REFUSED_PREFIXES = (  # (hooks: _lxc_refusal's first test)
     ("lxc.namespace.share.", "joins a namespace of this host"),
     ("lxc.namespace.keep", "keeps namespaces of this host"),
     ("lxc.mount.fstab", "reads mounts from a file of this host (use lxc.mount.entry)"),
@@ -84,11 +83,11 @@ def lxc_config_refusals(items: Iterable[tuple[str, str]], *, rootfs: str, own_di
     symlinks included)."""
     dirs = [os.path.normpath(d) for d in own_dirs]
     out = []
-    for key, value in items:
-        why = _lxc_refusal(key, value.strip(), rootfs=rootfs, own_dirs=dirs, hook_prefixes=hook_prefixes,
-                           resolve=resolve)
+    for key, raw in items:
+        value = raw.strip()
+        why = _lxc_refusal(key, value, rootfs=rootfs, own_dirs=dirs, hook_prefixes=hook_prefixes, resolve=resolve)
         if why:
-            out.append(f"{key} = {value.strip()}: {why}")
+            out.append(f"{key} = {value}: {why}")
     return out
 
 
@@ -97,7 +96,7 @@ def _lxc_refusal(key: str, value: str, *, rootfs: str, own_dirs: list[str], hook
     if key.startswith("lxc.hook.") and key != "lxc.hook.version":
         return "" if hook_prefixes and value.startswith(hook_prefixes) else _RUNS_HERE
     for prefix, why in _REFUSED_PREFIXES:
-        if key.startswith(prefix) and key != "lxc.hook.version":
+        if key.startswith(prefix):
             return why
     if _NET_SCRIPT.match(key):
         return _RUNS_HERE

@@ -14,7 +14,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lxdmig import cgroups, criu, hardened, kernel, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, task_rules
@@ -355,7 +355,7 @@ class LxcBackend(Backend):
         return hardened.lxc_config_refusals(items, rootfs=str(directory / "rootfs"), own_dirs=[str(directory)],
                                             resolve=os.path.realpath)
 
-    def _open_config(self, container: str, flags: int) -> Any:
+    def _open_config(self, container: str, flags: int) -> TextIO:
         path = self.container_dir(container) / "config"
         try:  # (received from the peer: never through a symlink it planted)
             fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
