@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.5
 _HANDSHAKE_TIMEOUT = 10.0
+_REPLY_GRACE = 5.0  # at shutdown, how long a request being served may take to send its reply
 
 
 class HelperState:
@@ -251,7 +252,7 @@ class HelperServer:
             sessions = list(self._sessions.values())
             threads = list(self._threads)
         for session in sessions:
-            session.shutdown()
+            session.shutdown(finish_reply=_REPLY_GRACE)
         for thread in threads:
             thread.join(5.0)
         log.info("stopped")

@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class Session:
         self.on_trusted = on_trusted
         self.migrations: set[str] = set()
         self.upload: _Upload | None = None
+        self._serving = threading.Lock()  # held from a request's arrival until its reply is sent
         self.handlers: dict[str, Callable[[Frame], dict[str, object]]] = {
             "ping": lambda frame: {"type": "pong"},
             "trust-redeem": self._trust_redeem,
@@ -104,7 +106,9 @@ class Session:
         try:
             self._handshake()
             while True:
-                self._serve_one(self.channel.receive())
+                frame = self.channel.receive()
+                with self._serving:
+                    self._serve_one(frame)
         except _Handed:
             log.debug("%s: connection handed over and done", self.peer)
         except ConnectionClosed:
@@ -137,12 +141,21 @@ class Session:
         self.migrations.clear()
         self.channel.close()
 
-    def shutdown(self) -> None:
-        """Called from another thread: make a blocked receive() return."""
+    def shutdown(self, finish_reply: float = 0.0) -> None:
+        """Called from another thread: make a blocked receive() return.
+
+        With ``finish_reply`` > 0, first wait up to that many seconds for a request being served to
+        send its reply (at shutdown, a ``migration-end`` that let the registry close must still be
+        answered).
+        """
+        waited = finish_reply > 0 and self._serving.acquire(timeout=finish_reply)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        finally:
+            if waited:
+                self._serving.release()
 
     def _send_error(self, error: RemoteError) -> None:
         try:
