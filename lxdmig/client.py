@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from lxdmig.tokens import Token
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+PIPELINED_FILES = 32  # (their replies, ~100 bytes each, stay far below any socket buffer)
 # The helper gives a restore up to 600 s; the source waits a little longer.
 RESTORE_WAIT = 660.0
 
@@ -197,20 +199,54 @@ class HelperClient:
         """Upload one file into the migration's directory; returns its size."""
         size = path.stat().st_size
         self.channel.request({"type": "file-open", "migration": migration, "name": name, "size": size})
+        self._send_body(migration, path)
+        self.channel.reply_to("file-close")
+        return size
+
+    def _send_body(self, migration: str, path: Path) -> None:
+        """The data of a file being uploaded, then file-close (its reply not read)."""
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
                 self.channel.send({"type": "file-data"}, chunk)
-        self.channel.request({"type": "file-close", "migration": migration, "sha256": digest.hexdigest()})
-        return size
+        self.channel.send({"type": "file-close", "migration": migration, "sha256": digest.hexdigest()})
 
     def send_tree(self, migration: str, root: Path, prefix: str = "") -> int:
-        """Upload every regular file under ``root``; returns the bytes sent."""
+        """Upload every regular file under ``root``; returns the bytes sent.
+
+        The files follow each other without waiting for their replies (up to
+        PIPELINED_FILES in flight): a system container's dump is hundreds of
+        small files, and a round trip for each was most of the upload's time
+        (0.3-0.4 s of the frozen window). A refused file still fails the
+        upload with the helper's reason.
+        """
         total = 0
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                total += self.send_file(migration, prefix + path.relative_to(root).as_posix(), path)
+        waiting: collections.deque[str] = collections.deque()
+        try:
+            try:
+                for path in sorted(root.rglob("*")):
+                    if path.is_file() and not path.is_symlink():
+                        size = path.stat().st_size
+                        self.channel.send({"type": "file-open", "migration": migration, "size": size,
+                                           "name": prefix + path.relative_to(root).as_posix()})
+                        waiting.append("file-open")
+                        self._send_body(migration, path)
+                        waiting.append("file-close")
+                        total += size
+                        while len(waiting) > 2 * PIPELINED_FILES:
+                            self.channel.reply_to(waiting.popleft())
+            except (ConnectionClosed, TlsAlert) as e:
+                # The helper ends the connection after refusing a file: its reply says why.
+                while waiting:
+                    self.channel.reply_to(waiting.popleft())
+                raise e
+            while waiting:
+                self.channel.reply_to(waiting.popleft())
+        except BaseException:
+            if waiting:
+                self.channel.close()  # replies still in flight: this connection is out of step
+            raise
         return total
 
     def start_page_server(self, migration: str, directory: str = "dump", parent: str | None = None) -> int:

@@ -56,10 +56,14 @@ class Channel:
         ``timeout``: wait this long for the reply instead of the channel's timeout.
         """
         request_type = str(header.get("type"))
-        expected = messages.REQUESTS.get(request_type)
-        if expected is None:
+        if request_type not in messages.REQUESTS:
             raise ValueError(f"{request_type!r} is not a protocol request")
         self.send(header, payload)
+        return self.reply_to(request_type, timeout=timeout)
+
+    def reply_to(self, request_type: str, *, timeout: float | None = None) -> Frame:
+        """The reply to a request sent earlier (requests may be pipelined: replies come in order)."""
+        expected = messages.REQUESTS[request_type]
         if timeout is not None:
             self.sock.settimeout(timeout)
             self.timeout, saved = timeout, self.timeout

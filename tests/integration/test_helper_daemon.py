@@ -373,6 +373,37 @@ def test_received_files_stay_in_the_migration_dir(daemon: Daemon, local: HostCap
     assert not (daemon.root / "work" / mid).exists()
 
 
+def test_a_tree_of_files_is_uploaded_pipelined(daemon: Daemon, local: HostCapabilities, tmp_path: Path) -> None:
+    tree = tmp_path / "dump"
+    for i in range(3 * client.PIPELINED_FILES + 5):  # more than the replies allowed in flight
+        (tree / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (tree / f"d{i % 3}" / f"core-{i}.img").write_bytes(os.urandom(i * 97))
+    (tree / "big.img").write_bytes(os.urandom(700_000))
+    files = [p for p in tree.rglob("*") if p.is_file()]
+    with daemon.connect("client", local) as c:
+        mid = c.begin_migration("c1")
+        assert c.send_tree(mid, tree, prefix="dump/") == sum(p.stat().st_size for p in files)
+        images = daemon.root / "work" / mid / "images" / "dump"
+        for path in files:
+            assert (images / path.relative_to(tree)).read_bytes() == path.read_bytes()
+        c.ping()  # the connection is in step: every reply was read
+        c.end_migration(mid)
+
+
+def test_a_refused_file_fails_a_pipelined_upload_with_its_reason(daemon: Daemon, local: HostCapabilities,
+                                                                 tmp_path: Path) -> None:
+    tree = tmp_path / "dump"
+    tree.mkdir()
+    for i in range(10):
+        (tree / f"a{i}.img").write_bytes(os.urandom(5000))
+    with daemon.connect("client", local) as c:
+        mid = c.begin_migration("c1")
+        c.send_file(mid, "dump/a3.img", tree / "a3.img")  # already there: the tree's copy is refused
+        with pytest.raises(messages.RemoteUnsafePath, match="a3.img"):
+            c.send_tree(mid, tree, prefix="dump/")
+        assert c.channel.closed  # replies were still in flight: not reused out of step
+
+
 def test_migrations_are_private_to_their_connection(daemon: Daemon, local: HostCapabilities) -> None:
     with daemon.connect("client", local) as c1, daemon.connect("client", local) as c2:
         mid = c1.begin_migration("c1")
