@@ -25,6 +25,7 @@ rollback is a thaw: no restore from images, no second copy of memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -264,9 +265,15 @@ class Mover:
                 lazy = lazy or switch
             self._freeze()
             self._lap("freeze")
-            lazy_child = self._final_dump(lazy, parent)
-            self._sync_filesystem("final")
-            self._lap("final_sync")
+            # The final sync runs beside the final dump: both only read the frozen container.
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="final-sync") as pool:
+                final_sync = pool.submit(self._rsync, "final")
+                try:
+                    lazy_child = self._final_dump(lazy, parent)
+                finally:
+                    concurrent.futures.wait([final_sync])  # (before any rollback)
+            self._account_sync("final", *final_sync.result())
+            self._lap("final_sync")  # (only what was left of it once the dump and upload were done)
             self._restore(lazy)
         except OutcomeUnknown:
             # No rollback: the destination may run it, the source stays frozen and offline. The
@@ -308,20 +315,27 @@ class Mover:
     # -- steps ------------------------------------------------------------
 
     def _sync_filesystem(self, which: str) -> None:
+        with self._peer_watch(None):
+            result, seconds = self._rsync(which)
+        self._account_sync(which, result, seconds)
+
+    def _rsync(self, which: str) -> tuple[proc.Completed, float]:
+        """Copy the root filesystem to the destination (its changes since the last sync)."""
         start = time.monotonic()
         tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(self.conf.path),
                   "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
         source = str(self.backend.container_dir(self.request.container)) + "/"
         excludes = [f"--exclude={pattern}" for pattern in self.backend.sync_excludes]
-        with self._peer_watch(None):
-            result = proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
-                               f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT, check=False,
-                              output_file=self.work / f"rsync-{which}.log")
+        result = proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
+                           f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT, check=False,
+                          output_file=self.work / f"rsync-{which}.log")
+        return result, time.monotonic() - start
+
+    def _account_sync(self, which: str, result: proc.Completed, seconds: float) -> None:
         # 24: files vanished between rsync's listing and their transfer. Normal while the container
         # runs (a service's temporary files); the final sync, with the container frozen, has the last word.
         if result.returncode not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
             raise proc.CommandFailed(result.argv, result.returncode, proc.tail(result.stderr))
-        seconds = time.monotonic() - start
         sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
         self.report.bytes_sent += sent
         setattr(self.report, f"fs_{which}_s", round(seconds, 3))
