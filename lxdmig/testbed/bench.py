@@ -124,9 +124,11 @@ def _lxdmig_move(name: str, spec: WorkloadSpec, mode: str, subject: str, extra: 
     dump_s = float(report.get("final_dump_s") or 0)
     transfer = (int(report["final_pages_written"]) * 4096 / dump_s / 1e6
                 if report["mode"] == "stop-copy" and dump_s > 0 else None)
+    lazy_s = float(report.get("lazy_transfer_s") or 0)
+    lazy = int(report.get("final_pages_lazy") or 0) * 4096 / lazy_s / 1e6 if lazy_s > 0 else None
     return Sample("host", subject, report["mode"], spec.memory_mib, spec.dirty_rate_mib_s,
                   _same_process(before, after), _gap(before, after), round(total, 3), int(report["bytes_sent"]),
-                  len(report["rounds"]), round(cpu, 3), float(report["downtime_ms"]), transfer)
+                  len(report["rounds"]), round(cpu, 3), float(report["downtime_ms"]), transfer, lazy_mb_s=lazy)
 
 
 def _adopt(name: str) -> None:

@@ -64,3 +64,22 @@ def test_vm_rows_are_labelled_and_not_used_for_targets(tmp_path: Path) -> None:
     write_json(out, samples, rows, targets(rows, None), {"machine": "test"})
     data = json.loads(out.read_text())
     assert len(data["samples"]) == 2 and data["rows"][0]["where"] in ("host", "vm")
+
+
+def test_f11_targets_downtime_excess_and_background_rate() -> None:
+    def post(mib: int, pause: float, reported: float, lazy: float | None = None) -> Sample:
+        return Sample("host", "lxdmig", "post-copy", mib, 0.0, True, pause, 1.0, reported_downtime_ms=reported,
+                      lazy_mb_s=lazy)
+
+    samples = [post(64, 450, 400), post(64, 480, 420), post(64, 700, 430),
+               post(1024, 520, 380, 600.0), post(1024, 510, 390, 700.0), post(1024, 530, 400, 800.0)]
+    rows = summarise(samples)
+    assert rows[0].reported_ms == 420 and rows[0].excess_ms == 60
+    found = {t.name: t for t in targets(rows, tcp_mb_s=1000.0)}
+    assert found["post-copy downtime ms (the workload's pause), 64 MiB"].met is True  # 480
+    assert found["post-copy downtime ms (the workload's pause), 1024 MiB"].met is False  # 520
+    assert found["post-copy: the workload's pause - lxdmig's downtime, ms, 64 MiB"].met is True  # 60
+    assert found["post-copy: the workload's pause - lxdmig's downtime, ms, 1024 MiB"].met is False  # 130
+    assert found["post-copy background transfer / plain TCP stream, 1024 MiB"].value == pytest.approx(0.7)
+    table = markdown(rows, list(found.values()), machine="test", tcp_mb_s=1000.0)
+    assert "| 700 |" in table  # the median lazy rate, in its column
