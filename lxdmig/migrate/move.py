@@ -182,6 +182,7 @@ class Mover:
         self._last_lap = 0.0  # (the frozen window's steps: _lap)
         self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
+        self.page_server_port = 0  # the destination's page server for a final dump's pages
         self.guard: Guard | None = None
         self.dump_timeout = DUMP_BASE_S
         self.dump_options: list[str] = []  # what this container's CRIU dumps need besides the move's own
@@ -263,6 +264,7 @@ class Mover:
             if choice.mode in ("pre-copy", "hybrid"):
                 parent, switch = self._precopy(choice)
                 lazy = lazy or switch
+            self._prepare_destination(lazy, parent)
             self._freeze()
             self._lap("freeze")
             # The final sync runs beside the final dump: both only read the frozen container.
@@ -414,13 +416,23 @@ class Mover:
             self.say(f"leaving behind (--allow-drop): {'; '.join(self.report.dropped)}")
         self.report.tasks = self.backend.task_count(name)
 
+    def _prepare_destination(self, lazy: bool, parent: str | None) -> None:
+        """Start the destination's page server for the final dump's pages before the freeze: its start,
+        CRIU's probing of the kernel included (~50 ms here), is then not downtime. (A post-copy's
+        lazy-pages daemon cannot start before the images it reads are there.)"""
+        if not lazy and not self._local_pages(parent):
+            self.page_server_port = self._client().start_page_server(self.mid, "dump", parent)
+
+    def _local_pages(self, parent: str | None) -> bool:
+        return self.local_pages and parent is None  # (a chained dump's parent is on the page server)
+
     def _final_dump(self, lazy: bool, parent: str | None) -> proc.Child | None:
         client = self._client()
         name = self.request.container
         directory = self.work / "dump"
         directory.mkdir()
         chain = ["--prev-images-dir", parent, "--track-mem"] if parent else []
-        local_pages = self.local_pages and parent is None  # (a chained dump's parent is on the page server)
+        local_pages = self._local_pages(parent)
         child: proc.Child | None = None
         start = time.monotonic()
         if lazy:
@@ -439,7 +451,7 @@ class Mover:
             config = self._criu_config(directory, [])
             self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         else:
-            port = client.start_page_server(self.mid, "dump", parent)
+            port = self.page_server_port
             config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
                                                    "--port", str(port), *chain])
             with self._peer_watch(port):
