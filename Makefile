@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
+.PHONY: all install check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
 
 all: test
 
@@ -19,6 +19,12 @@ unit: install
 
 integration: install
 	$(PY) -m pytest tests/integration
+
+# The fast tier, after every change (about 15 s here; no test bed): the type check and the unit
+# tests.
+check: install
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q tests/unit
 
 # The whole suite: type check, unit tests, the real test bed, then the slow
 # VM tests (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm).
