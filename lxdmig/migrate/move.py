@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,13 +268,17 @@ class Mover:
             self._freeze()
             self._lap("freeze")
             # The final sync runs beside the final dump: both only read the frozen container.
+            rsync = proc.Child(self._rsync_argv(), log_file=self.work / "rsync-final.log")
+            start = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="final-sync") as pool:
-                final_sync = pool.submit(self._rsync, "final")
+                final_sync = pool.submit(lambda: (rsync.wait(RSYNC_TIMEOUT), time.monotonic() - start))
                 try:
                     lazy_child = self._final_dump(lazy, parent)
-                finally:
-                    concurrent.futures.wait([final_sync])  # (before any rollback)
-            self._account_sync("final", *final_sync.result())
+                except BaseException:
+                    rsync.stop()  # roll back now, not once rsync notices a destination that hangs
+                    raise
+            code, seconds = final_sync.result()
+            self._account_sync("final", rsync.argv, code, rsync.log_tail(), seconds)
             self._lap("final_sync")  # (only what was left of it once the dump and upload were done)
             self._restore(lazy)
         except OutcomeUnknown:
@@ -317,27 +321,27 @@ class Mover:
     # -- steps ------------------------------------------------------------
 
     def _sync_filesystem(self, which: str) -> None:
-        with self._peer_watch(None):
-            result, seconds = self._rsync(which)
-        self._account_sync(which, result, seconds)
-
-    def _rsync(self, which: str) -> tuple[proc.Completed, float]:
-        """Copy the root filesystem to the destination (its changes since the last sync)."""
         start = time.monotonic()
+        with self._peer_watch(None):
+            result = proc.run(self._rsync_argv(), timeout=RSYNC_TIMEOUT, check=False,
+                              output_file=self.work / f"rsync-{which}.log")
+        self._account_sync(which, result.argv, result.returncode, proc.tail(result.stderr),
+                           time.monotonic() - start)
+
+    def _rsync_argv(self) -> list[str]:
+        """rsync of the root filesystem to the destination (what changed since the last sync)."""
         tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(self.conf.path),
                   "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
         source = str(self.backend.container_dir(self.request.container)) + "/"
         excludes = [f"--exclude={pattern}" for pattern in self.backend.sync_excludes]
-        result = proc.run(["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
-                           f"{self.request.remote}:container/"], timeout=RSYNC_TIMEOUT, check=False,
-                          output_file=self.work / f"rsync-{which}.log")
-        return result, time.monotonic() - start
+        return ["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
+                f"{self.request.remote}:container/"]
 
-    def _account_sync(self, which: str, result: proc.Completed, seconds: float) -> None:
+    def _account_sync(self, which: str, argv: Sequence[str], code: int, said: str, seconds: float) -> None:
         # 24: files vanished between rsync's listing and their transfer. Normal while the container
         # runs (a service's temporary files); the final sync, with the container frozen, has the last word.
-        if result.returncode not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
-            raise proc.CommandFailed(result.argv, result.returncode, proc.tail(result.stderr))
+        if code not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
+            raise proc.CommandFailed(argv, code, said)
         sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
         self.report.bytes_sent += sent
         setattr(self.report, f"fs_{which}_s", round(seconds, 3))

@@ -108,10 +108,9 @@ def _pids_matching(words: tuple[str, ...]) -> list[int]:
 
 
 def _dump_started() -> bool:
-    # Seen the way b's helper sees it (its mount namespace may have a disk of its own there).
-    pid = helpers.running_pid(B)
-    root = Path(f"/proc/{pid}/root") / (B.storage / "migrations").relative_to("/")
-    return pid is not None and root.exists() and any(root.glob("*/images/dump"))
+    # The source makes its final dump's image directory once the container is frozen (b's page
+    # server, and its image directory there, start before the freeze).
+    return any((A.storage / "outgoing").glob("*/dump"))
 
 
 def _restore_started() -> bool:

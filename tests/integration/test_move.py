@@ -157,8 +157,9 @@ def test_destination_helper_killed_mid_move_rolls_back(make_container: MakeConta
         argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
         mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     try:
-        target = (B.lxcpath / name, "rootfs") if when == "initial-sync" else \
-            (B.storage / "migrations", "*/images/dump")
+        # (The source's final dump directory appears once the container is frozen; b's page server,
+        # with its image directory there, starts before the freeze.)
+        target = (B.lxcpath / name, "rootfs") if when == "initial-sync" else (A.storage / "outgoing", "*/dump")
         assert _wait_for(target, time.monotonic() + 60), log.read_text()
         pid = helpers.running_pid(B)
         assert pid is not None
@@ -225,7 +226,7 @@ def test_interrupting_the_move_while_frozen_rolls_back(make_container: MakeConta
         argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
         mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     try:
-        assert _wait_for((B.storage / "migrations", "*/images/dump"), time.monotonic() + 60), log.read_text()
+        assert _wait_for((A.storage / "outgoing", "*/dump"), time.monotonic() + 60), log.read_text()
         mover.send_signal(sig)
         assert mover.wait(120) == ExitCode.INTERRUPTED
     finally:
