@@ -223,6 +223,11 @@ class HelperClient:
         """
         total = 0
         waiting: collections.deque[str] = collections.deque()
+
+        def read_replies(down_to: int) -> None:
+            while len(waiting) > down_to:
+                self.channel.reply_to(waiting.popleft())
+
         try:
             try:
                 for path in sorted(root.rglob("*")):
@@ -234,15 +239,11 @@ class HelperClient:
                         self._send_body(migration, path)
                         waiting.append("file-close")
                         total += size
-                        while len(waiting) > 2 * PIPELINED_FILES:
-                            self.channel.reply_to(waiting.popleft())
+                        read_replies(2 * PIPELINED_FILES)
             except (ConnectionClosed, TlsAlert) as e:
-                # The helper ends the connection after refusing a file: its reply says why.
-                while waiting:
-                    self.channel.reply_to(waiting.popleft())
+                read_replies(0)  # the helper ends the connection after refusing a file: its reply says why
                 raise e
-            while waiting:
-                self.channel.reply_to(waiting.popleft())
+            read_replies(0)
         except BaseException:
             if waiting:
                 self.channel.close()  # replies still in flight: this connection is out of step

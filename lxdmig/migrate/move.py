@@ -149,7 +149,8 @@ class MoveReport:
     warnings: list[str] = field(default_factory=list)
     # Where the downtime went, step by step from the freeze (ms): freeze (and cut the network, count the
     # processes), dump (CRIU; with the pages unless post-copy), upload (the other images), final_sync
-    # (rsync), restore (the destination's, as it measured it), round_trip (the rest of that request).
+    # (what was left of the final rsync, which runs beside the dump and upload), restore (the
+    # destination's, as it measured it), round_trip (the rest of that request).
     frozen_steps_ms: dict[str, float] = field(default_factory=dict)
     tasks: int = 0  # processes dumped (init's tree), and restored: the destination checks the count
     dropped: list[str] = field(default_factory=list)  # left behind with --allow-drop
@@ -267,19 +268,7 @@ class Mover:
             self._prepare_destination(lazy, parent)
             self._freeze()
             self._lap("freeze")
-            # The final sync runs beside the final dump: both only read the frozen container.
-            rsync = proc.Child(self._rsync_argv(), log_file=self.work / "rsync-final.log")
-            start = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="final-sync") as pool:
-                final_sync = pool.submit(lambda: (rsync.wait(RSYNC_TIMEOUT), time.monotonic() - start))
-                try:
-                    lazy_child = self._final_dump(lazy, parent)
-                except BaseException:
-                    rsync.stop()  # roll back now, not once rsync notices a destination that hangs
-                    raise
-            code, seconds = final_sync.result()
-            self._account_sync("final", rsync.argv, code, rsync.log_tail(), seconds)
-            self._lap("final_sync")  # (only what was left of it once the dump and upload were done)
+            lazy_child = self._final_dump_and_sync(lazy, parent)
             self._restore(lazy)
         except OutcomeUnknown:
             # No rollback: the destination may run it, the source stays frozen and offline. The
@@ -429,6 +418,24 @@ class Mover:
 
     def _local_pages(self, parent: str | None) -> bool:
         return self.local_pages and parent is None  # (a chained dump's parent is on the page server)
+
+    def _final_dump_and_sync(self, lazy: bool, parent: str | None) -> proc.Child | None:
+        """The final dump and upload, with the final filesystem sync beside them: both only read the
+        frozen container."""
+        rsync = proc.Child(self._rsync_argv(), log_file=self.work / "rsync-final.log")
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="final-sync") as pool:
+            # (The thread notes when rsync ended, for fs_final_s.)
+            final_sync = pool.submit(lambda: (rsync.wait(RSYNC_TIMEOUT), time.monotonic() - start))
+            try:
+                lazy_child = self._final_dump(lazy, parent)
+            except BaseException:
+                rsync.stop()  # roll back now, not once rsync notices a destination that hangs
+                raise
+        code, seconds = final_sync.result()
+        self._account_sync("final", rsync.argv, code, rsync.log_tail(), seconds)
+        self._lap("final_sync")  # (only what was left of it once the dump and upload were done)
+        return lazy_child
 
     def _final_dump(self, lazy: bool, parent: str | None) -> proc.Child | None:
         client = self._client()
