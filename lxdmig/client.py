@@ -55,6 +55,7 @@ class ProbeResult:
     lxcpath: str
     hardened: bool = False
     lxd_allow_keys: tuple[str, ...] = ()
+    plain_pages: bool = False  # takes memory pages over an authenticated plain connection
 
 
 def _tcp_connect(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> socket.socket:
@@ -182,6 +183,7 @@ class HelperClient:
             hardened="hardened" in reply.header and fields.get_bool(reply.header, "hardened"),
             lxd_allow_keys=tuple(fields.get_str_list(reply.header, "lxd_allow_keys"))
             if "lxd_allow_keys" in reply.header else (),
+            plain_pages="plain_pages" in reply.header and fields.get_bool(reply.header, "plain_pages"),
         )
 
     def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
@@ -250,13 +252,19 @@ class HelperClient:
             raise
         return total
 
+    def open_page_channel(self, migration: str, port: int, token: bytes) -> None:
+        """Have the helper connect to this host's ``port`` with ``token`` (page_channel); its next page
+        server or lazy-pages daemon uses that connection."""
+        self.channel.request({"type": "page-channel", "migration": migration, "port": port, "token": token.hex()})
+
     def start_page_server(self, migration: str, directory: str = "dump", parent: str | None = None) -> int:
-        """A CRIU page server (TLS) writing into images/``directory`` on the helper; returns its port."""
+        """A CRIU page server writing into images/``directory`` on the helper; returns its port (TLS),
+        or 0 when it took the page connection opened before (open_page_channel)."""
         request: dict[str, object] = {"type": "page-server", "migration": migration, "directory": directory}
         if parent is not None:
             request["parent"] = parent
         reply = self.channel.request(request)
-        return fields.get_int(reply.header, "port", minimum=1, maximum=65535)
+        return fields.get_int(reply.header, "port", minimum=0, maximum=65535)
 
     def restore(self, migration: str, directory: str, *, lazy: bool, source_address: str = "",
                 source_port: int = 0, tasks: int = 0) -> tuple[float, list[str]]:

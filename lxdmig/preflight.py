@@ -124,6 +124,17 @@ def required_bytes(container: ContainerFacts) -> int:
     return int((container.memory_bytes + container.rootfs_bytes) * SPACE_FACTOR) + SPACE_MARGIN_BYTES
 
 
+def page_transport_checks(probe: ProbeResult, transport: str, remote: str) -> list[Check]:
+    if transport == "tls":
+        return []
+    if not probe.plain_pages:
+        return [Check("page-transport", Status.FAIL, f"{remote}'s helper takes memory pages over TLS only (set "
+                                                     f"[helper] plain_pages = true there, or move with "
+                                                     "--page-transport tls)")]
+    return [Check("page-transport", Status.WARN, f"memory pages cross to {remote} unencrypted (--page-transport "
+                                                 "plain): only on a network you trust")]
+
+
 def hardened_checks(probe: ProbeResult, refusals: list[str], remote: str) -> list[Check]:
     """Whether ``remote``'s hardened mode takes the container (``refusals``: what its rules refuse in it)."""
     if not probe.hardened:

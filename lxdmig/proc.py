@@ -99,6 +99,7 @@ def run(
     cwd: str | Path | None = None,
     input_text: str | None = None,
     output_file: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run ``argv`` to completion and return its output.
 
@@ -123,6 +124,7 @@ def run(
                 env=clean_env(env),
                 cwd=cwd,
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
                 text=True,
             )
         except FileNotFoundError as e:

@@ -7,7 +7,7 @@ method says what it raises; BackendError covers "the manager refused".
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 import enum
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,17 +123,21 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
-                 config_file: Path, timeout: float) -> None:
-        """One pre-copy round: pages to the page server at address:port,
-        chained to ``parent`` (relative to ``directory``). Raises CriuError."""
+                 config_file: Path, timeout: float, pass_fds: Sequence[int] = ()) -> None:
+        """One pre-copy round: pages to the page server at address:port (port 0: to the connected
+        socket ``config_file`` names, one of ``pass_fds``), chained to ``parent`` (relative to
+        ``directory``). Raises CriuError."""
 
     @abc.abstractmethod
-    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float,
+             pass_fds: Sequence[int] = ()) -> None:
         """Checkpoint into ``directory``, leaving the (frozen) tasks in place,
-        with the extra CRIU options in ``config_file``. Raises CriuError."""
+        with the extra CRIU options in ``config_file`` (``pass_fds``: descriptors
+        those options name). Raises CriuError."""
 
     @abc.abstractmethod
-    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
+    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float,
+                  pass_fds: Sequence[int] = ()) -> proc.Child:
         """Checkpoint for post-copy: returns once every image but the memory
         is written and CRIU serves the pages (the returned child exits when
         all pages were fetched). Raises CriuError."""

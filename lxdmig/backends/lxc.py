@@ -12,7 +12,7 @@ import select
 import shutil
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -259,11 +259,13 @@ class LxcBackend(Backend):
         return ["lxc-checkpoint", *self._args(container), *(["-r"] if restore else []), "-D", str(directory)]
 
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
-                 config_file: Path, timeout: float) -> None:
-        argv = [*self._liblxc_argv("pre-dump", container, directory), "--address", address, "--port", str(port)]
+                 config_file: Path, timeout: float, pass_fds: Sequence[int] = ()) -> None:
+        argv = self._liblxc_argv("pre-dump", container, directory)
+        if port:
+            argv += ["--address", address, "--port", str(port)]
         if parent is not None:
             argv += ["--predump-dir", parent]
-        self._criu_step(argv, directory, config_file, timeout, "pre-dump")
+        self._criu_step(argv, directory, config_file, timeout, "pre-dump", pass_fds)
 
     def _record_beside_images(self, container: str, directory: Path) -> None:
         """What CRIU does not carry, beside the images (the tasks are frozen): the tasks' pressure
@@ -276,20 +278,24 @@ class LxcBackend(Backend):
         except (ramfs.RamfsError, OSError, ValueError) as e:
             raise BackendError(f"cannot read {container!r}'s ramfs files (credentials) to carry them: {e}") from None
 
-    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float) -> None:
+    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float,
+             pass_fds: Sequence[int] = ()) -> None:
         self._record_beside_images(container, directory)
         # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
         # so they stay frozen, ready to thaw if the move fails.
-        self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump")
+        self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump",
+                        pass_fds)
 
-    def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str) -> None:
+    def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str,
+                   pass_fds: Sequence[int] = ()) -> None:
         try:
             proc.run(argv, timeout=timeout, env={"CRIU_CONFIG_FILE": str(config_file)},
-                     output_file=directory / f"{what}.out")
+                     output_file=directory / f"{what}.out", pass_fds=pass_fds)
         except CommandError as e:
             raise CriuError(f"CRIU {what} failed: {_criu_reason(directory, what) or e}") from None
 
-    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float) -> proc.Child:
+    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float,
+                  pass_fds: Sequence[int] = ()) -> proc.Child:
         self._record_beside_images(container, directory)
         ready_r, ready_w = os.pipe()
         lazy_conf = directory / "criu-lazy.conf"
@@ -297,7 +303,7 @@ class LxcBackend(Backend):
         try:
             child = proc.Child(self._checkpoint_argv(container, directory),
                                log_file=directory / "dump.out", env={"CRIU_CONFIG_FILE": str(lazy_conf)},
-                               pass_fds=[ready_w], die_with_parent=False)  # lxdmig's guard looks after it
+                               pass_fds=[ready_w, *pass_fds], die_with_parent=False)  # lxdmig's guard looks after it
             os.close(ready_w)
             ready_w = -1
             readable, _, _ = select.select([ready_r], [], [], ready_timeout)

@@ -51,6 +51,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="move even if processes run in the container outside its init's tree (started with "
                         "lxc-attach or lxc exec): CRIU cannot move them, so they are left behind and end with the "
                         "source; the report lists them")
+    p.add_argument("--page-transport", choices=config.PAGE_TRANSPORTS,
+                   help="how memory pages travel: tls (CRIU's TLS page server), or plain (a TCP connection "
+                        "lxdmig authenticates over its TLS control connection, then unencrypted; 2-3x faster; "
+                        "only on a network you trust; the destination must set [helper] plain_pages). Default: "
+                        "[client] page_transport, tls")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(run=run)
@@ -112,13 +117,16 @@ def run(args: argparse.Namespace) -> ExitCode:
                          f"{conf.lxd_socket})")
     keys = _keys(conf, name, backend)
     request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0],
-                          allow_drop=args.allow_drop)
+                          allow_drop=args.allow_drop, page_transport=args.page_transport or conf.page_transport)
     engine, why = policy.choose_engine(args.engine, lxd_instance=isinstance(backend, LxdBackend),
                                        remote_helper=remote in [r.name for r in store.all()],
                                        remote_lxd=remote in [r.name for r in store.all_lxd()], mode=args.mode)
     if engine == "lxd" and args.allow_drop:
         raise ConfigError("--allow-drop works with lxdmig's engine only (--engine lxdmig): LXD's own move "
                           "cannot leave processes behind")
+    if engine == "lxd" and args.page_transport == "plain":
+        raise ConfigError("--page-transport plain works with lxdmig's engine only (--engine lxdmig): LXD's own "
+                          "move uses its own transport")
     progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -49,6 +50,9 @@ class Migration:
     # What to do with the restored container if lazy-pages fails after the commit (its missing pages
     # would read as zeros once the daemon is gone): stop it.
     on_memory_lost: Callable[[], None] | None = None
+    # --page-transport plain: the authenticated connection to the source the next CRIU page server or
+    # lazy-pages daemon takes (page_channel).
+    page_socket: socket.socket | None = None
 
     @property
     def images(self) -> Path:
@@ -58,10 +62,16 @@ class Migration:
     def peer_cert(self) -> Path:
         return self.root / "peer.crt"
 
+    def take_page_socket(self) -> socket.socket | None:
+        sock, self.page_socket = self.page_socket, None
+        return sock
+
     def stop_children(self) -> None:
         for child in self.children:
             child.stop()
         self.children.clear()
+        if (sock := self.take_page_socket()) is not None:
+            sock.close()
 
     def wait_children(self, timeout: float) -> None:
         """Let the programs finish on their own (lazy-pages exits once every page is in)."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import hardened, proc, tls
+from lxdmig import hardened, page_channel, proc, tls
 from lxdmig.backends import Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
@@ -90,6 +90,7 @@ class Session:
             "migration-begin": self._migration_begin,
             "file-open": self._file_open,
             "file-close": self._file_close,
+            "page-channel": self._page_channel,
             "page-server": self._page_server,
             "rsync": self._rsync,
             "restore": self._restore,
@@ -243,6 +244,7 @@ class Session:
             "networks": {n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}") for n in networks},
             "lxcpath": str(self.state.config.lxcpath),
             "hardened": self.state.config.hardened,
+            "plain_pages": self.state.config.plain_pages,
             "lxd_allow_keys": list(self.state.config.lxd_allow_keys),
         }
 
@@ -340,6 +342,30 @@ class Session:
         except OSError:
             pass
 
+    def _page_channel(self, frame: Frame) -> dict[str, object]:
+        """--page-transport plain: connect to the source's page port and authenticate (page_channel); the
+        migration's next page server or lazy-pages daemon takes the connection."""
+        migration = self._migration(frame)
+        if not self.state.config.plain_pages:
+            raise messages.RemoteRefused("this helper takes memory pages over TLS only ([helper] plain_pages = "
+                                         "false in its lxdmig.conf)")
+        port = fields.get_int(frame.header, "port", minimum=1, maximum=65535)
+        try:
+            token = bytes.fromhex(fields.get_str(frame.header, "token", max_len=2 * page_channel.TOKEN_BYTES))
+        except ValueError:
+            raise RemoteBadRequest("'token' must be hexadecimal") from None
+        if len(token) != page_channel.TOKEN_BYTES:
+            raise RemoteBadRequest(f"'token' must be {page_channel.TOKEN_BYTES} bytes")
+        address = self.sock.getpeername()[0]  # the source itself, nowhere else
+        try:
+            sock = page_channel.connect(address, port, token, timeout=page_channel.HANDSHAKE_TIMEOUT)
+        except page_channel.PageChannelError as e:
+            raise RemoteCommandFailed(str(e)) from None
+        if (old := migration.take_page_socket()) is not None:
+            old.close()
+        migration.page_socket = sock
+        return {"type": "page-channel-open"}
+
     def _page_server(self, frame: Frame) -> dict[str, object]:
         migration = self._migration(frame)
         directory = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=True)
@@ -353,6 +379,19 @@ class Session:
         port = start_page_server(self.state, migration, directory, address,
                                  parent_name if parent is not None else None)
         return {"type": "page-server-started", "port": port}
+
+    @staticmethod
+    def _source_page_server(frame: Frame, migration: Migration) -> tuple[str, int]:
+        """Where a lazy restore's pages come from: the source's TLS page server (none needed with a
+        plain page connection)."""
+        if migration.page_socket is not None:
+            return "", 0
+        address = fields.get_str(frame.header, "source_address", max_len=64)
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise RemoteBadRequest(f"source_address {address!r} is not an IP address") from None
+        return address, fields.get_int(frame.header, "source_port", minimum=1, maximum=65535)
 
     def _rsync(self, frame: Frame) -> dict[str, object]:
         # Any connection of the same peer may sync into its migration (rsync
@@ -398,12 +437,7 @@ class Session:
                 _refuse(migration.container, backend.hardened_refusals(
                     migration.container, self.state.config.lxd_allow_keys, received=migration.definition))
             if lazy:
-                address = fields.get_str(frame.header, "source_address", max_len=64)
-                try:
-                    ipaddress.ip_address(address)
-                except ValueError:
-                    raise RemoteBadRequest(f"source_address {address!r} is not an IP address") from None
-                port = fields.get_int(frame.header, "source_port", minimum=1, maximum=65535)
+                address, port = self._source_page_server(frame, migration)
                 start_lazy_pages(self.state, migration, images, address, port)
                 migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()

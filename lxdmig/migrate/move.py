@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lxdmig import backends, capabilities, criu, preflight, proc
+from lxdmig import backends, capabilities, criu, page_channel, preflight, proc
 from lxdmig.backends import Backend
 from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
@@ -110,6 +111,7 @@ class MoveRequest:
     limits: PrecopyLimits = PrecopyLimits()
     incremental: bool | None = None  # migration.incremental.memory, None when unset
     allow_drop: bool = False  # leave processes outside init's tree behind (listed in the report)
+    page_transport: str = "tls"  # or "plain": an authenticated unencrypted connection (page_channel)
 
 
 @dataclass
@@ -183,7 +185,8 @@ class Mover:
         self._last_lap = 0.0  # (the frozen window's steps: _lap)
         self.keep_work = False
         self.lazy_endpoint = ("", 0)  # where a post-copy source serves its pages
-        self.page_server_port = 0  # the destination's page server for a final dump's pages
+        self.final_pages: PageTarget | None = None  # where a stop-copy's final dump sends its pages
+        self.lazy_socket: socket.socket | None = None  # post-copy, --page-transport plain: to lazy-pages
         self.guard: Guard | None = None
         self.dump_timeout = DUMP_BASE_S
         self.dump_options: list[str] = []  # what this container's CRIU dumps need besides the move's own
@@ -233,10 +236,13 @@ class Mover:
         checks += preflight.destination_checks(probe, facts, self.request.remote)
         refusals = self.backend.hardened_refusals(name, probe.lxd_allow_keys) if probe.hardened else []
         checks += preflight.hardened_checks(probe, refusals, self.request.remote)
+        checks += preflight.page_transport_checks(probe, self.request.page_transport, self.request.remote)
         if preflight.failed(checks):
             raise PreflightFailed(checks)
         self.dump_options = self.backend.criu_dump_options(name) if facts.running else []
-        if facts.running and (reason := self.backend.local_pages_reason(name)):
+        # (A plain page connection has no TLS session for CRIU's shared-memory child to break.)
+        if facts.running and self.request.page_transport == "tls" and \
+                (reason := self.backend.local_pages_reason(name)):
             self.local_pages = True
             self.say(f"{reason}: a stop-copy dump writes its pages here and sends them with the other images "
                      "(CRIU's page server cannot stream them over TLS)")
@@ -341,8 +347,9 @@ class Mover:
         peer_cert = self.work / "peer.crt"
         peer_cert.write_bytes(client.remote.certificate)
         path = directory / "criu.conf"
-        path.write_text(criu.config_file_text(
-            [*options, *self.dump_options, *criu.tls_options(self.conf.cert, self.conf.key, peer_cert)]))
+        # (No TLS over a plain page connection: CRIU would send into a TLS session it never opened.)
+        tls = [] if "--ps-socket" in options else criu.tls_options(self.conf.cert, self.conf.key, peer_cert)
+        path.write_text(criu.config_file_text([*options, *self.dump_options, *tls]))
         return path
 
     def _precopy(self, choice: ModeChoice) -> tuple[str | None, bool]:
@@ -365,12 +372,14 @@ class Mover:
             number = len(rounds) + 1
             directory = self.work / str(number)
             directory.mkdir()
-            port = client.start_page_server(self.mid, str(number), parent)
+            pages = self._page_target(str(number), parent)
             start = time.monotonic()
-            with self._peer_watch(port):
+            with self._peer_watch(pages.cut), pages:
+                # (liblxc names a TLS page server itself, from address and port)
                 self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
-                                      port=port, config_file=self._criu_config(directory, []),
-                                      timeout=self.dump_timeout)
+                                      port=pages.port, config_file=self._criu_config(
+                                          directory, pages.options if pages.sock is not None else []),
+                                      timeout=self.dump_timeout, pass_fds=pages.fds)
             self.report.bytes_sent += client.send_tree(self.mid, directory, prefix=f"{number}/")
             stats = read_dump_stats(directory)
             seconds = time.monotonic() - start
@@ -412,9 +421,55 @@ class Mover:
     def _prepare_destination(self, lazy: bool, parent: str | None) -> None:
         """Start the destination's page server for the final dump's pages before the freeze: its start,
         CRIU's probing of the kernel included (~50 ms here), is then not downtime. (A post-copy's
-        lazy-pages daemon cannot start before the images it reads are there.)"""
-        if not lazy and not self._local_pages(parent):
-            self.page_server_port = self._client().start_page_server(self.mid, "dump", parent)
+        lazy-pages daemon cannot start before the images it reads are there; its plain page
+        connection, if any, is made now.)"""
+        if lazy:
+            if self.request.page_transport == "plain":
+                self.lazy_socket = self._page_connection()
+                self.undo.push("close the page connection", self.lazy_socket.close)
+        elif not self._local_pages(parent):
+            self.final_pages = self._page_target("dump", parent)
+            if self.final_pages.sock is not None:
+                self.undo.push("close the page connection", self.final_pages.close)
+
+    def _page_target(self, directory: str, parent: str | None) -> PageTarget:
+        """A page server on the destination writing into images/``directory``, and how CRIU reaches it."""
+        client = self._client()
+        sock = self._page_connection() if self.request.page_transport == "plain" else None
+        try:
+            port = client.start_page_server(self.mid, directory, parent)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if sock is not None:
+            return PageTarget(["--page-server", "--ps-socket", str(sock.fileno())], 0, sock)
+        host = client.remote.host
+        return PageTarget(["--page-server", "--address", host, "--port", str(port)], port, None,
+                          lambda: proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10,
+                                           check=False))
+
+    def _page_connection(self) -> socket.socket:
+        """--page-transport plain: a TCP connection from the destination's helper to this host, which
+        it authenticated with a token sent over the TLS control connection (page_channel)."""
+        client = self._client()
+        listener = page_channel.Listener(client.channel.sock.getsockname()[0], self.conf.lazy_ports)
+        token = page_channel.new_token()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="page-channel") as pool:
+            accepted = pool.submit(listener.accept, token, page_channel.HANDSHAKE_TIMEOUT * 2)
+            try:
+                client.open_page_channel(self.mid, listener.port, token)
+            except BaseException:
+                listener.close()  # (accept() gives up at once)
+                with contextlib.suppress(Exception):
+                    accepted.result().close()
+                raise
+            try:
+                return accepted.result()
+            except page_channel.PageChannelError as e:
+                raise MoveFailed(str(e)) from None
+            finally:
+                listener.close()
 
     def _local_pages(self, parent: str | None) -> bool:
         return self.local_pages and parent is None  # (a chained dump's parent is on the page server)
@@ -446,7 +501,14 @@ class Mover:
         local_pages = self._local_pages(parent)
         child: proc.Child | None = None
         start = time.monotonic()
-        if lazy:
+        if lazy and self.lazy_socket is not None:
+            sock, self.lazy_socket = self.lazy_socket, None
+            with sock:  # (CRIU has its own copy; the connection ends when CRIU is done with it)
+                config = self._criu_config(directory, ["--lazy-pages", "--ps-socket", str(sock.fileno()), *chain])
+                child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout,
+                                               pass_fds=[sock.fileno()])
+            self.undo.push("stop the lazy page server", child.stop)
+        elif lazy:
             address = client.channel.sock.getsockname()[0]
             port = free_port(address, *self.conf.lazy_ports)
             if port is None:
@@ -462,11 +524,12 @@ class Mover:
             config = self._criu_config(directory, [])
             self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
         else:
-            port = self.page_server_port
-            config = self._criu_config(directory, ["--page-server", "--address", client.remote.host,
-                                                   "--port", str(port), *chain])
-            with self._peer_watch(port):
-                self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout)
+            assert self.final_pages is not None
+            pages, self.final_pages = self.final_pages, None
+            config = self._criu_config(directory, [*pages.options, *chain])
+            with self._peer_watch(pages.cut), pages:
+                self.backend.dump(name, directory, config_file=config, timeout=self.dump_timeout,
+                                  pass_fds=pages.fds)
         dump_s = time.monotonic() - start
         self.report.final_dump_s = round(dump_s, 3)
         self._lap("dump")
@@ -622,9 +685,10 @@ class Mover:
         self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
 
     @contextlib.contextmanager
-    def _peer_watch(self, port: int | None) -> Iterator[None]:
-        """Watch the destination while CRIU streams pages to its page server on ``port``, or rsync
-        copies the root filesystem (``port`` None) through a connection of its own.
+    def _peer_watch(self, cut: Callable[[], None] | None) -> Iterator[None]:
+        """Watch the destination while CRIU streams pages to its page server (``cut`` cuts CRIU's
+        connection to it), or rsync copies the root filesystem (``cut`` None) through a connection
+        of its own.
 
         The pings also keep the migration's control connection busy: the
         helper ends one that stays silent for its io_timeout, and an initial
@@ -636,7 +700,6 @@ class Mover:
         container frozen. (rsync fails on its own when its tunnel breaks.)
         """
         stop = threading.Event()
-        host = self._client().remote.host
 
         def watch() -> None:
             while not stop.wait(PEER_HEARTBEAT_S):
@@ -645,10 +708,9 @@ class Mover:
                 except (LxdmigError, OSError) as e:
                     if stop.is_set():
                         return
-                    if port is not None:
+                    if cut is not None:
                         self.say(f"{self.request.remote} stopped answering ({e}); cutting CRIU's connection to it")
-                        proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10,
-                                 check=False)
+                        cut()
                     return
 
         watcher = threading.Thread(target=watch, name="peer-watch", daemon=True)
@@ -680,6 +742,40 @@ class Mover:
             client.close()
             self.say(f"rollback: the destination did not answer ({e}); it removes its copy when it sees the "
                      "connection closed")
+
+
+@dataclass
+class PageTarget:
+    """Where a dump sends its pages: the destination's TLS page server at ``port``, or the plain page
+    connection ``sock`` (port 0). ``options``: CRIU's options for it. Closing it closes this process's
+    copy of the connection (CRIU keeps its own while it runs)."""
+
+    options: list[str]
+    port: int
+    sock: socket.socket | None
+    cut_tls: Callable[[], object] | None = None
+
+    @property
+    def fds(self) -> list[int]:
+        return [self.sock.fileno()] if self.sock is not None else []
+
+    def cut(self) -> None:
+        """End CRIU's connection to the page server (the destination stopped answering)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # (the connection itself, CRIU's copy too)
+        elif self.cut_tls is not None:
+            self.cut_tls()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+    def __enter__(self) -> PageTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 RSYNC_VANISHED = 24  # rsync's exit status: "some files vanished before they could be transferred"

@@ -27,6 +27,7 @@ REQUESTS: dict[str, str] = {
     "migration-begin": "migration",
     "file-open": "ready",
     "file-close": "stored",
+    "page-channel": "page-channel-open",
     "page-server": "page-server-started",
     "rsync": "rsync-started",
     "restore": "restored",

@@ -28,10 +28,10 @@ from lxdmig.testbed.layout import Host, all_hosts, run_dir
 READY_TIMEOUT = 60.0
 
 
-def config_text(host: Host, *, hardened: bool = True) -> str:
+def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> str:
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
-            f"hardened = {str(hardened).lower()}\n"
+            f"hardened = {str(hardened).lower()}\nplain_pages = {str(plain_pages).lower()}\n"
             # A developer chasing a failed restore sets this to keep its images and CRIU logs.
             f"keep_failed = {os.environ.get('LXDMIG_TESTBED_KEEP_FAILED', 'false')}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
@@ -70,13 +70,14 @@ def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
     return host_command(host, lxdmig_argv(*args), check=False, timeout=timeout)
 
 
-def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True) -> int:
+def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True,
+          plain_pages: bool = True) -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)
     if pid is not None:
         return pid
     host.config_dir.mkdir(parents=True, exist_ok=True)
-    (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened))
+    (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened, plain_pages=plain_pages))
     notify_path = run_dir() / f"notify-{host.name}.sock"
     notify_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -105,9 +106,9 @@ def hardened(host: Host) -> bool:
         return True
 
 
-def restart(host: Host, *, hardened: bool = True) -> int:
+def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> int:
     stop(host)
-    return start(host, hardened=hardened)
+    return start(host, hardened=hardened, plain_pages=plain_pages)
 
 
 @contextlib.contextmanager
@@ -115,6 +116,17 @@ def unhardened(host: Host) -> Iterator[None]:
     """host's helper without hardened mode, as an operator may run it: for tests of what happens
     after what hardened mode refuses (a hook that fails a restore on purpose). Hardened again after."""
     restart(host, hardened=False)
+    try:
+        yield
+    finally:
+        restart(host)
+
+
+@contextlib.contextmanager
+def tls_pages_only(host: Host) -> Iterator[None]:
+    """host's helper with [helper] plain_pages = false, lxdmig's default (the test bed's helpers take
+    plain pages, for the tests of --page-transport plain). As before after."""
+    restart(host, plain_pages=False)
     try:
         yield
     finally:

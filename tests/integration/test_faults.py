@@ -53,6 +53,11 @@ class Cell:
     exit_code: int | None = None  # None: any failure status
     where: str = "host"
     memory_mib: int = 32
+    transport: str = "tls"  # --page-transport
+
+    @property
+    def label(self) -> str:
+        return self.mode + (" (plain pages)" if self.transport == "plain" else "")
 
 
 CELLS = (
@@ -73,6 +78,7 @@ CELLS = (
     Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back"),
     Cell("stop-copy", "final dump (frozen)", "network drops 10% of packets", DESTINATION, "moved", 0),
     Cell("stop-copy", "final dump (frozen)", "destination disk fills up", SOURCE, "rolled back"),
+    Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back", transport="plain"),
     # 256 MiB: the dump lasts long enough to grow the root filesystem under it, so the final sync has work.
     Cell("stop-copy", "final filesystem sync (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back",
          memory_mib=256),
@@ -81,6 +87,8 @@ CELLS = (
     Cell("stop-copy", "restore", "lxdmig interrupted (SIGINT)", SOURCE, "interrupted", ExitCode.INTERRUPTED),
     Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back"),
     Cell("post-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
+    Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back",
+         transport="plain"),
     Cell("post-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of"),
     # 256 MiB: the pages take long enough to stream for a fault to hit them on the way.
     Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, "", -9, memory_mib=256),
@@ -90,6 +98,8 @@ CELLS = (
          memory_mib=256),
     Cell("post-copy", "memory streaming", "network cut for good", LOST, "page transfer failed",
          ExitCode.INCOMPLETE, memory_mib=256),
+    Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, "", -9, memory_mib=256,
+         transport="plain"),
     Cell("pre-copy", "pre-copy round 2", "destination helper killed (SIGKILL)", SOURCE, "rolled back", where=VM),
     Cell("pre-copy", "pre-copy round 2", "lxdmig killed (SIGKILL)", SOURCE, "", -9, where=VM),
     Cell("pre-copy", "pre-copy round 2", "network cut for good", SOURCE, "rolled back", where=VM),
@@ -142,11 +152,11 @@ class Run:
     log: Path
 
 
-def _start_move(name: str, mode: str, log: Path, config: Path | None = None) -> Run:
+def _start_move(name: str, mode: str, log: Path, config: Path | None = None, transport: str = "tls") -> Run:
     extra = ["--config", str(config)] if config else []
     with open(log, "wb") as out:
         # testbed exec replaces itself with lxdmig (nsenter execs in place): signals reach lxdmig itself.
-        argv = helpers.lxdmig_argv(*extra, "move", name, f"b:{name}", "--mode", mode)
+        argv = helpers.lxdmig_argv(*extra, "move", name, f"b:{name}", "--mode", mode, "--page-transport", transport)
         mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
     return Run(mover, log)
 
@@ -305,7 +315,7 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
     before = containers.wait_for_full_verification(A, name)
     ports = _bridge_ports(B)
     run = _start_move(name, cell.mode, tmp_path / "move.log",
-                      _faults_config() if cell.fault == "network cut for good" else None)
+                      _faults_config() if cell.fault == "network cut for good" else None, cell.transport)
     try:
         if cell.phase == "final filesystem sync (frozen)":
             wait_until(_dump_started, 120, "the final dump")
@@ -376,7 +386,7 @@ def _check_end_state(cell: Cell, outcome: str, name: str, before: dict[str, obje
         assert not (B.lxcpath / name).exists(), "a copy is left on b"
 
 
-@pytest.mark.parametrize("cell", MATRIX, ids=[f"{c.mode}/{c.phase}/{c.fault}" for c in MATRIX])
+@pytest.mark.parametrize("cell", MATRIX, ids=[f"{c.label}/{c.phase}/{c.fault}" for c in MATRIX])
 def test_fault(cell: Cell, make_container: Callable[..., str], restore_hosts: None, tmp_path: Path,
                request: pytest.FixtureRequest) -> None:
     run_cell(cell, make_container, tmp_path, request)
@@ -391,7 +401,7 @@ def render() -> str:
                                                                                           f"exit {c.exit_code}")
         says = f"{status}, message: \"...{c.says}...\"" if c.says else status
         where = "the soft-dirty VM (`make test`'s VM stage)" if c.where == VM else "the host test bed"
-        lines.append(f"| {c.mode} | {c.phase} | {c.fault} | {says} | {c.outcome} | {where} |")
+        lines.append(f"| {c.label} | {c.phase} | {c.fault} | {says} | {c.outcome} | {where} |")
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,7 @@ from tests.integration.test_faults import VM_MATRIX, Cell, restore_hosts, run_ce
 pytestmark = pytest.mark.vm
 
 
-@pytest.mark.parametrize("cell", VM_MATRIX, ids=[f"{c.mode}/{c.phase}/{c.fault}" for c in VM_MATRIX])
+@pytest.mark.parametrize("cell", VM_MATRIX, ids=[f"{c.label}/{c.phase}/{c.fault}" for c in VM_MATRIX])
 def test_fault_in_vm(cell: Cell, make_container: MakeContainer, restore_hosts: None, tmp_path: Path,
                      request: pytest.FixtureRequest) -> None:
     run_cell(cell, make_container, tmp_path, request)

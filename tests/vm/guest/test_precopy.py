@@ -74,13 +74,17 @@ FAST = 64.0  # MiB/s: the whole buffer is rewritten within any round under emula
 
 def test_pre_copy_that_cannot_converge_stops_on_iterations(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=FAST)
-    report = moved("pre-copy-iterations", name, "--mode", "pre-copy", "--goal", "90", "--iterations", "3")
+    # (Over the plain page connection: each round's pages, chained, and the final stop-copy's.)
+    report = moved("pre-copy-iterations", name, "--mode", "pre-copy", "--goal", "90", "--iterations", "3",
+                   "--page-transport", "plain")
     assert len(rounds(report)) == 3 and not report["switched_to_post_copy"]
 
 
 def test_hybrid_switches_to_post_copy_when_rounds_do_not_converge(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=FAST)
-    report = moved("hybrid-switch", name, "--mode", "hybrid", "--goal", "90", "--iterations", "6")
+    # (Over the plain page connection: the rounds, then the lazy dump chained to the last of them.)
+    report = moved("hybrid-switch", name, "--mode", "hybrid", "--goal", "90", "--iterations", "6",
+                   "--page-transport", "plain")
     assert "not converging" in report["switched_to_post_copy"] and len(rounds(report)) < 6
     assert report["final_pages_lazy"] > 0
 
