@@ -27,14 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from lxdmig import capabilities
 from lxdmig.testbed import bed, containers, helpers, lxd
 from lxdmig.testbed.bench_report import (
-    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, Sample, markdown, plot, summarise, targets, write_json,
+    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, PLAIN, Sample, markdown, plot, summarise, targets, write_json,
 )
 from lxdmig.testbed.containers import WorkloadSpec, host_argv, host_command
 from lxdmig.testbed.layout import Host
@@ -105,8 +105,10 @@ def _verified(host: Host, name: str) -> dict[str, object]:
     return containers.wait_for_full_verification(host, name, timeout=VERIFY_TIMEOUT)
 
 
-def run_lxdmig(spec: WorkloadSpec, mode: str) -> Sample:
+def run_lxdmig(spec: WorkloadSpec, mode: str, plain: bool = False) -> Sample:
     with _lxc_container(spec) as name:
+        if plain:
+            return _lxdmig_move(name, spec, mode, PLAIN, ["--page-transport", "plain"])
         return _lxdmig_move(name, spec, mode, "lxdmig", [])
 
 
@@ -331,7 +333,7 @@ def run_real(mode: str, image: str = "debian-12") -> Sample:
 
 
 def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: list[str], with_lxd: bool,
-           reps: int) -> Iterator[tuple[str, Callable[[], Sample]]]:
+           reps: int, plain_modes: Sequence[str] = ()) -> Iterator[tuple[str, Callable[[], Sample]]]:
     for mib in sizes:
         for rate in rates:
             spec = WorkloadSpec(memory_mib=mib, dirty_rate_mib_s=rate)
@@ -339,6 +341,9 @@ def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: li
                 label = f"{mib} MiB, {rate:g} MiB/s, #{rep + 1}"
                 for mode in modes:
                     yield f"lxdmig {mode}, {label}", lambda s=spec, m=mode: run_lxdmig(s, m)  # type: ignore[misc]
+                for mode in plain_modes:
+                    yield (f"lxdmig {mode}, plain pages, {label}",
+                           lambda s=spec, m=mode: run_lxdmig(s, m, plain=True))  # type: ignore[misc]
                 if "stop-copy" in baselines:
                     yield f"{HAND_STOP_COPY}, {label}", lambda s=spec: run_hand_stop_copy(s)  # type: ignore[misc]
                 if "criu-post-copy" in baselines:
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", action="store_true",
                    help="add stock Debian 12 and 13 system containers moved with a Redis client connected "
                         "(post-copy and stop-copy; --sizes '' for these rows alone)")
+    p.add_argument("--plain", action="store_true",
+                   help="add lxdmig rows with --page-transport plain (stop-copy and post-copy)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -377,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[Sample] = []
     tcp = tcp_mb_s()
     _say(f"plain TCP a -> b: {tcp:.0f} MB/s; modes here: {', '.join(modes)}")
-    cells = list(matrix(sizes, rates, modes, baselines, False, args.reps))
+    plain_modes = [m for m in ("stop-copy", "post-copy") if m in modes] if args.plain else []
+    cells = list(matrix(sizes, rates, modes, baselines, False, args.reps, plain_modes))
     if args.lxd:
         try:
             setup_lxd()

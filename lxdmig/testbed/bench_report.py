@@ -16,6 +16,7 @@ from pathlib import Path
 HAND_STOP_COPY = "hand stop-and-copy"
 CRIU_POST_COPY = "raw CRIU post-copy"
 LXD_MOVE = "LXD lxc move"
+PLAIN = "lxdmig, plain pages"  # lxdmig move --page-transport plain
 BASELINES = (HAND_STOP_COPY, CRIU_POST_COPY, LXD_MOVE)
 POST_COPY_DOWNTIME_MS = 500.0  # issue F11: post-copy downtime, each size
 EXCESS_MS = 100.0  # issue F11: how far the workload's pause may exceed the reported downtime
@@ -142,18 +143,26 @@ def targets(rows: Sequence[Row], tcp_mb_s: float | None) -> list[Target]:
         if tcp_mb_s and stop is not None and stop.transfer_mb_s is not None:
             out.append(Target(f"stop-copy page transfer / plain TCP stream, {big} MiB", stop.transfer_mb_s / tcp_mb_s,
                               0.8, below=False))
-    # Issue F11's targets.
-    for mib in sizes:
-        post = find("lxdmig", "post-copy", mib, rate0)
-        out.append(Target(f"post-copy downtime ms (the workload's pause), {mib} MiB",
-                          post.downtime_ms if post else None, POST_COPY_DOWNTIME_MS))
-        out.append(Target(f"post-copy: the workload's pause - lxdmig's downtime, ms, {mib} MiB",
-                          post.excess_ms if post else None, EXCESS_MS))
-    if sizes and tcp_mb_s:
-        post = find("lxdmig", "post-copy", sizes[-1], rate0)
-        lazy = post.lazy_mb_s if post is not None else None
-        out.append(Target(f"post-copy background transfer / plain TCP stream, {sizes[-1]} MiB",
-                          lazy / tcp_mb_s if lazy is not None else None, 0.5, below=False))
+    # Issue F11's targets, for TLS pages (the default) and, where the run has them, plain ones.
+    for subject in ("lxdmig", PLAIN):
+        if subject == PLAIN and not any(r.subject == PLAIN for r in host):
+            continue
+        how = "" if subject == "lxdmig" else " (plain pages)"
+        for mib in sizes:
+            post = find(subject, "post-copy", mib, rate0)
+            out.append(Target(f"post-copy downtime ms (the workload's pause){how}, {mib} MiB",
+                              post.downtime_ms if post else None, POST_COPY_DOWNTIME_MS))
+            out.append(Target(f"post-copy: the workload's pause - lxdmig's downtime, ms{how}, {mib} MiB",
+                              post.excess_ms if post else None, EXCESS_MS))
+        if sizes and tcp_mb_s:
+            if subject == PLAIN and (stop := find(PLAIN, "stop-copy", sizes[-1], rate0)) is not None and \
+                    stop.transfer_mb_s is not None:
+                out.append(Target(f"stop-copy page transfer / plain TCP stream{how}, {sizes[-1]} MiB",
+                                  stop.transfer_mb_s / tcp_mb_s, 0.8, below=False))
+            post = find(subject, "post-copy", sizes[-1], rate0)
+            lazy = post.lazy_mb_s if post is not None else None
+            out.append(Target(f"post-copy background transfer / plain TCP stream{how}, {sizes[-1]} MiB",
+                              lazy / tcp_mb_s if lazy is not None else None, 0.5, below=False))
     lxd_rows = [r for r in host if r.subject == LXD_MOVE]
     for r in lxd_rows:
         ours = min((x for x in host if x.subject == "lxdmig (LXD container)" and x.key == r.key and x.downtime_ms),

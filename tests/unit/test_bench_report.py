@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lxdmig.testbed.bench_report import (
-    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, Sample, markdown, summarise, targets, write_json,
+    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, PLAIN, Sample, markdown, summarise, targets, write_json,
 )
 
 
@@ -83,3 +83,18 @@ def test_f11_targets_downtime_excess_and_background_rate() -> None:
     assert found["post-copy background transfer / plain TCP stream, 1024 MiB"].value == pytest.approx(0.7)
     table = markdown(rows, list(found.values()), machine="test", tcp_mb_s=1000.0)
     assert "| 700 |" in table  # the median lazy rate, in its column
+
+
+def test_f11_targets_for_plain_pages_only_when_the_run_has_them() -> None:
+    tls = [Sample("host", "lxdmig", "post-copy", 1024, 0.0, True, 900, 1.0, reported_downtime_ms=800,
+                  lazy_mb_s=150.0)]
+    assert not any("plain pages" in t.name for t in targets(summarise(tls), tcp_mb_s=1000.0))
+    plain = [Sample("host", PLAIN, "post-copy", 1024, 0.0, True, 700, 1.0, reported_downtime_ms=650,
+                    lazy_mb_s=400.0),
+             Sample("host", PLAIN, "stop-copy", 1024, 0.0, True, 3000, 1.0, transfer_mb_s=500.0)]
+    found = {t.name: t for t in targets(summarise(tls + plain), tcp_mb_s=1000.0)}
+    assert found["post-copy background transfer / plain TCP stream, 1024 MiB"].value == pytest.approx(0.15)
+    assert found["post-copy background transfer / plain TCP stream (plain pages), 1024 MiB"].value == \
+        pytest.approx(0.4)
+    assert found["stop-copy page transfer / plain TCP stream (plain pages), 1024 MiB"].value == pytest.approx(0.5)
+    assert found["post-copy: the workload's pause - lxdmig's downtime, ms (plain pages), 1024 MiB"].value == 50
