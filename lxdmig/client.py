@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import serialization
 
 from lxdmig import capabilities, tls
 from lxdmig.capabilities import HostCapabilities
+from lxdmig.config import Config
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, TlsAlert
 from lxdmig.protocol.framing import ConnectionClosed
 from lxdmig.protocol.messages import Hello, RemoteError, RemoteUntrusted
-from lxdmig.config import Config
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
 

@@ -20,9 +20,21 @@ from lxdmig import cgroups, criu, hardened, kernel, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
-    cgroup_base, cgroup_plan, config_lines, config_problems, device_problems, freezer_files, lent_terminal_problems,
-    network_unlock_commands, nft_unlock_commands, payload_candidates, process_stat, read_config, root_id_map,
-    session_problems, veth_nics,
+    cgroup_base,
+    cgroup_plan,
+    config_lines,
+    config_problems,
+    device_problems,
+    freezer_files,
+    lent_terminal_problems,
+    network_unlock_commands,
+    nft_unlock_commands,
+    payload_candidates,
+    process_stat,
+    read_config,
+    root_id_map,
+    session_problems,
+    veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
 

@@ -51,7 +51,8 @@ def _start_criu_daemon(migration: Migration, what: str, argv: list[str], die_wit
         readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
         if not readable or os.read(ready_r, 1) != b"\0":
             child.stop()
-            raise RemoteCommandFailed(f"criu {what} did not start: {_tail(log_path) or child.log_tail() or 'no output'}")
+            said = _tail(log_path) or child.log_tail() or "no output"
+            raise RemoteCommandFailed(f"criu {what} did not start: {said}")
         return child
     finally:
         os.close(ready_r)

@@ -20,10 +20,10 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,15 +33,23 @@ from lxdmig.backends import Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
-from lxdmig.helper.migrations import Migration
 from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
+from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
 from lxdmig.protocol.messages import (
-    Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteRefused, RemoteTooLarge,
-    RemoteUnsafePath, RemoteUntrusted, RemoteVersionMismatch,
+    Hello,
+    RemoteBadRequest,
+    RemoteCommandFailed,
+    RemoteError,
+    RemoteExists,
+    RemoteRefused,
+    RemoteTooLarge,
+    RemoteUnsafePath,
+    RemoteUntrusted,
+    RemoteVersionMismatch,
 )
 from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
 from lxdmig.protocol.relay import RelayTimeout, relay
@@ -67,7 +75,7 @@ class _Upload:
     fd: int
     size: int
     written: int = 0
-    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
 class Session:

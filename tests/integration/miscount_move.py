@@ -13,7 +13,7 @@ import sys
 from lxdmig import config
 from lxdmig.backends.lxc import LxcBackend
 from lxdmig.errors import LxdmigError
-from lxdmig.migrate.move import MoveRequest, Mover
+from lxdmig.migrate.move import Mover, MoveRequest
 
 
 class Miscounting(LxcBackend):
