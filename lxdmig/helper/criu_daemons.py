@@ -14,16 +14,13 @@ import os
 import select
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lxdmig import criu, proc
 from lxdmig.errors import LxdmigError
 from lxdmig.helper.migrations import Migration
+from lxdmig.helper.state import HelperState
 from lxdmig.netutil import free_port
 from lxdmig.protocol.messages import RemoteCommandFailed
-
-if TYPE_CHECKING:
-    from lxdmig.helper.server import HelperState
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -36,6 +36,7 @@ from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
 from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
 from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
+from lxdmig.helper.state import HelperState
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
@@ -54,9 +55,6 @@ from lxdmig.protocol.messages import (
 from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
 from lxdmig.protocol.relay import RelayTimeout, relay
 from lxdmig.tokens import TokenError
-
-if TYPE_CHECKING:
-    from lxdmig.helper.server import HelperState
 
 log = logging.getLogger(__name__)
 
