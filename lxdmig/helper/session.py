@@ -281,7 +281,7 @@ class Session:
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir, backend_name,
                                               definition)
-        migration.undo.append(("remove the partly moved container", lambda: remove_container(backend, container)))
+        migration.undo.push("remove the partly moved container", lambda: remove_container(backend, container))
         self.migrations.add(migration.id)
         try:
             backend.prepare(container, definition)

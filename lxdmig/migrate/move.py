@@ -46,14 +46,14 @@ from lxdmig.capabilities import HostCapabilities
 from lxdmig.client import HelperClient, open_remote
 from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
-from lxdmig.errors import BackendError, ExitCode, LxdmigError
+from lxdmig.errors import BackendError, ExitCode, LxdmigError, RollbackIncomplete
 from lxdmig.migrate import policy
 from lxdmig.migrate.guard import Guard
 from lxdmig.migrate.policy import ModeChoice, PrecopyLimits, Round, Step
-from lxdmig.migrate.undo import UndoStack
 from lxdmig.netutil import free_port
 from lxdmig.protocol import messages
 from lxdmig.protocol.messages import Hello
+from lxdmig.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,13 @@ class Mover:
             self.say(f"failed: {e}; rolling back")
             # The destination's copy goes first: the source must never run while it might.
             self._abort_destination()
-            self.undo.run(self.say)
+            failures = self.undo.run(self.say)
+            if failures:
+                # The guard stays: it keeps trying to bring the container back.
+                guard_log = self.conf.outgoing_dir / f"{self.work.name}.guard.log"
+                raise RollbackIncomplete(f"{e}; the rollback did not finish ({'; '.join(failures)}): {name} may "
+                                         f"be frozen or offline on this host; its guard tries once more (log: "
+                                         f"{guard_log})") from e
             self._guard_done()
             if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
                 if not self._still_running(name):
