@@ -31,7 +31,7 @@ from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
 from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
-from lxdmig.migrate.move import MoveFailed, MoveReport, MoveRequest, PreflightFailed, Progress
+from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed, Progress
 from lxdmig.preflight import Check, Status
 from lxdmig.remotes import RemoteStore
 
