@@ -256,6 +256,9 @@ class LxcBackend(Backend):
                 log.warning("removed the network lock a killed CRIU left in %s (%s)", container, tool)
 
     def _ip(self, *args: str) -> None:
+        """iproute2's ``ip``, not pyroute2 (measured 2026-12-04 on the test machine: ``ip`` takes 1.85 ms
+        per call, pyroute2 0.42 ms, but importing pyroute2 takes 113 ms in every ``lxdmig move``, which
+        runs 2-4 of these: a dependency that costs more than it saves)."""
         try:
             proc.run(["ip", *args], timeout=_TIMEOUT)
         except CommandError as e:
