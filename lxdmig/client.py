@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 PIPELINED_FILES = 32  # (their replies, ~100 bytes each, stay far below any socket buffer)
-# The helper gives a restore up to 600 s; the source waits a little longer.
-RESTORE_WAIT = 660.0
 
 
 class PeerUnreachable(RemoteError):
@@ -279,7 +277,7 @@ class HelperClient:
         if lazy:
             request.update(source_address=source_address, source_port=source_port)
         # A restore takes as long as it takes (the helper bounds it): wait for it.
-        reply = self.channel.request(request, timeout=RESTORE_WAIT)
+        reply = self.channel.request(request, timeout=messages.RESTORE_REPLY_WAIT_S)
         restore_ms = reply.header.get("restore_ms")
         return (float(restore_ms) if isinstance(restore_ms, (int, float)) else 0.0,
                 fields.get_str_list(reply.header, "announced"))

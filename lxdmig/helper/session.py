@@ -59,7 +59,6 @@ from lxdmig.tokens import TokenError
 log = logging.getLogger(__name__)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-RESTORE_TIMEOUT = 600.0
 _MAX_CERT = 8 * 1024  # a PEM certificate (an RSA-4096 one is under 2 KiB)
 # A stranger (no trusted certificate) may send hello, ping and trust-redeem: headers only, the largest
 # a certificate in JSON. Nothing larger is read from it (helper/gate.py bounds its time and number).
@@ -448,7 +447,7 @@ class Session:
                 migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()
             tasks = fields.get_int(frame.header, "tasks", maximum=1 << 22) if "tasks" in frame.header else 0
-            backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT,
+            backend.restore(migration.container, images, config_file=config, timeout=messages.RESTORE_TIMEOUT_S,
                             expect_tasks=tasks)
             restore_ms = (time.monotonic() - start) * 1000
         except (CriuError, BackendError, OSError) as e:
