@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
+.PHONY: all install lint check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
 
 all: test
 
@@ -14,21 +14,27 @@ install:
 typecheck: install
 	$(VENV)/bin/mypy
 
+# ruff: pyflakes, pycodestyle (120 columns), isort, bugbear, pyupgrade (pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check lxdmig tests
+
 unit: install
 	$(PY) -m pytest tests/unit
 
 integration: install
 	$(PY) -m pytest tests/integration
 
-# The fast tier, after every change (about 15 s here; no test bed): the type check and the unit
-# tests.
+# The fast tier, after every change (about 15 s here; no test bed): lint, the type check and the
+# unit tests.
 check: install
+	$(VENV)/bin/ruff check lxdmig tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests/unit
 
 # The whole suite: type check, unit tests, the real test bed, then the slow
 # VM tests (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm).
 test: install
+	$(VENV)/bin/ruff check lxdmig tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not vm" tests
 	$(PY) -m pytest -m vm tests/vm

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from cryptography.hazmat.primitives import serialization
 
 from lxdmig import capabilities, tls
 from lxdmig.capabilities import HostCapabilities
+from lxdmig.config import Config
+from lxdmig.errors import LxdmigError
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, TlsAlert
 from lxdmig.protocol.framing import ConnectionClosed
 from lxdmig.protocol.messages import Hello, RemoteError, RemoteUntrusted
-from lxdmig.config import Config
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
 
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 PIPELINED_FILES = 32  # (their replies, ~100 bytes each, stay far below any socket buffer)
-# The helper gives a restore up to 600 s; the source waits a little longer.
-RESTORE_WAIT = 660.0
 
 
 class PeerUnreachable(RemoteError):
@@ -277,7 +277,7 @@ class HelperClient:
         if lazy:
             request.update(source_address=source_address, source_port=source_port)
         # A restore takes as long as it takes (the helper bounds it): wait for it.
-        reply = self.channel.request(request, timeout=RESTORE_WAIT)
+        reply = self.channel.request(request, timeout=messages.RESTORE_REPLY_WAIT_S)
         restore_ms = reply.header.get("restore_ms")
         return (float(restore_ms) if isinstance(restore_ms, (int, float)) else 0.0,
                 fields.get_str_list(reply.header, "announced"))
@@ -303,3 +303,22 @@ def open_remote(conf: Config, name: str, local: HostCapabilities | None = None) 
     identity = tls.ensure_identity(conf.cert, conf.key)
     return HelperClient.connect(remote, identity, connect_timeout=conf.connect_timeout,
                                 io_timeout=conf.io_timeout, local=local)
+
+
+def settled_status(conf: Config, remote: str, migration: str, wait: float) -> str:
+    """The migration's state on ``remote`` once it has settled: committed, rolled-back (or aborted,
+    ended, unknown...), asked on fresh connections for up to ``wait`` s; "no answer" if none came.
+    "in-progress" is not an answer: a helper whose migration lost its connection is rolling it back.
+    (Used when the source does not know whether the destination restored: by ``lxdmig move`` after
+    a lost connection, and by its freeze guard.)"""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open_remote(conf, remote) as client:
+                state = client.status(migration)
+            if state != "in-progress":
+                return state
+        except (LxdmigError, OSError) as e:
+            log.info("asking %s about migration %s: %s", remote, migration, e)
+        time.sleep(1)
+    return "no answer"

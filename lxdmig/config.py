@@ -256,7 +256,8 @@ def load(path: Path | None = None) -> Config:
         io_timeout=number("helper", "io_timeout", 1),
         shutdown_grace=number("helper", "shutdown_grace", 0),
         page_server_ports=_port_range(text("helper", "page_server_ports"),
-                                      f"{_where(path, lines, 'helper', 'page_server_ports')}: [helper] page_server_ports"),
+                                      f"{_where(path, lines, 'helper', 'page_server_ports')}: "
+                                      "[helper] page_server_ports"),
         keep_failed=boolean("helper", "keep_failed"),
         hardened=boolean("helper", "hardened"),
         plain_pages=boolean("helper", "plain_pages"),

@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     CONFIG = 8
     PREFLIGHT = 9
     INCOMPLETE = 10
+    ROLLBACK = 11
     INTERRUPTED = 130
 
 
@@ -41,6 +42,8 @@ EXIT_MEANINGS: dict[ExitCode, str] = {
     ExitCode.PREFLIGHT: "a preflight check failed; nothing was frozen",
     ExitCode.INCOMPLETE: "post-copy: the container was restored on the destination, but the transfer of its "
                          "memory failed afterwards; the source's frozen copy and images are kept",
+    ExitCode.ROLLBACK: "move: the move failed and part of its rollback failed too; the message names what "
+                       "was not undone (the container may be frozen or offline on the source)",
     ExitCode.INTERRUPTED: "interrupted (SIGINT or SIGTERM); a move in progress was rolled back",
 }
 
@@ -73,3 +76,9 @@ class ConfigError(LxdmigError):
     """A configuration file or option is invalid."""
 
     exit_code = ExitCode.CONFIG
+
+
+class RollbackIncomplete(LxdmigError):
+    """A failed move whose rollback did not finish: the container is not known to run as before."""
+
+    exit_code = ExitCode.ROLLBACK

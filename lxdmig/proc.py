@@ -254,7 +254,7 @@ def _kill(pids: list[int]) -> list[int]:
     return killed
 
 
-def kill_group(proc: "subprocess.Popen[Any]", grace: float = 2.0) -> None:
+def kill_group(proc: subprocess.Popen[Any], grace: float = 2.0) -> None:
     """TERM the child's process group, KILL whatever is left, and reap it."""
     _signal_group(proc.pid, signal.SIGTERM)
     try:

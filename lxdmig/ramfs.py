@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import functools
 import json
 import os
 import stat
@@ -251,7 +252,7 @@ def _read_tree(point: str) -> list[dict[str, Any]]:
             elif stat.S_ISREG(st.st_mode):
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
                 try:
-                    data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+                    data = b"".join(iter(functools.partial(os.read, fd, 1 << 20), b""))
                 finally:
                     os.close(fd)
                 total += len(data)

@@ -3,6 +3,11 @@
 Does nothing when the daemon was not started by systemd (no NOTIFY_SOCKET).
 Abstract socket names start with '@'. The watchdog interval comes from
 WATCHDOG_USEC, honoured only when WATCHDOG_PID is unset or names us.
+
+Written here rather than taken from the ``sdnotify`` package: that one
+swallows every send error (this one warns once and stops) and knows
+nothing of the watchdog, so the same code would be needed around it; and
+python3-systemd needs libsystemd's C bindings for one datagram.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ method says what it raises; BackendError covers "the manager refused".
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ class Backend(abc.ABC):
         container over (JSON-able; sent when the migration begins)."""
         return {}
 
-    def prepare(self, container: str, definition: dict[str, Any]) -> None:
+    def prepare(self, container: str, definition: dict[str, Any]) -> None:  # noqa: B027 (a hook: no-op here)
         """Destination: make the container known to the manager before its files arrive.
         Raises BackendError."""
 

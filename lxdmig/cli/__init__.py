@@ -7,15 +7,13 @@ Only this package knows argparse. Each subcommand is a module with
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 from lxdmig import __version__, config
 from lxdmig.cli import check_cmd, config_cmd, info_cmd, move_cmd, prepare_cmd, remote_cmd
-from lxdmig.errors import ExitCode, LxdmigError
+from lxdmig.dispatch import dispatch
 
 # The explicit list of subcommands, in the order --help shows them.
 COMMANDS: tuple[ModuleType, ...] = (move_cmd, check_cmd, prepare_cmd, config_cmd, remote_cmd, info_cmd)
@@ -43,27 +41,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     return dispatch(PROG, parser, parser.parse_args(argv))
-
-
-def dispatch(prog: str, parser: argparse.ArgumentParser, args: argparse.Namespace, *,
-             default_level: int = logging.WARNING, log_format: str | None = None) -> int:
-    """Run the chosen subcommand: one line per known error, tracebacks only with --debug."""
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else default_level,
-        format=log_format or "%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if getattr(args, "run", None) is None:
-        parser.print_help()
-        return ExitCode.USAGE
-    try:
-        code: int = args.run(args)
-        return code
-    except LxdmigError as e:
-        if args.debug:
-            logging.exception("failed")
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED

@@ -13,7 +13,8 @@ from lxdmig.backends.lxd import LxdBackend
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.migrate import policy
 from lxdmig.migrate.lxd_move import LxdEngineMove
-from lxdmig.migrate.move import MoveFailed, MoveReport, MoveRequest, Mover, PreflightFailed
+from lxdmig.migrate.move import Mover
+from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed
 from lxdmig.remotes import RemoteStore
 
 HELP = "live-migrate a running container to a remote host (same shape as 'lxc move')"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lxdmig import __version__, config, proc, tls
-from lxdmig.cli import dispatch
+from lxdmig.dispatch import dispatch
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.remotes import check_name, format_address
 from lxdmig.tokens import DEFAULT_LIFETIME, TokenStore

@@ -14,16 +14,13 @@ import os
 import select
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lxdmig import criu, proc
 from lxdmig.errors import LxdmigError
 from lxdmig.helper.migrations import Migration
+from lxdmig.helper.state import HelperState
 from lxdmig.netutil import free_port
 from lxdmig.protocol.messages import RemoteCommandFailed
-
-if TYPE_CHECKING:
-    from lxdmig.helper.server import HelperState
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +48,8 @@ def _start_criu_daemon(migration: Migration, what: str, argv: list[str], die_wit
         readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
         if not readable or os.read(ready_r, 1) != b"\0":
             child.stop()
-            raise RemoteCommandFailed(f"criu {what} did not start: {_tail(log_path) or child.log_tail() or 'no output'}")
+            said = _tail(log_path) or child.log_tail() or "no output"
+            raise RemoteCommandFailed(f"criu {what} did not start: {said}")
         return child
     finally:
         os.close(ready_r)

@@ -28,6 +28,7 @@ from typing import Any
 
 from lxdmig import proc
 from lxdmig.protocol.messages import RemoteBusy, RemoteNotFound, RemoteShuttingDown
+from lxdmig.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Migration:
     definition: dict[str, Any] = field(default_factory=dict)  # from the source backend's describe()
     started: float = field(default_factory=time.monotonic)
     children: list[proc.Child] = field(default_factory=list)
-    undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    undo: UndoStack = field(default_factory=UndoStack)
     committed: bool = False
     rsync_servers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # receiving its files now
     lazy_pages: proc.Child | None = None  # post-copy: the daemon the restored container's memory comes from
@@ -95,12 +96,8 @@ class Migration:
         for server in list(self.rsync_servers):  # first: it would write into what the undo removes
             proc.kill_group(server)
         self.stop_children()
-        for what, action in reversed(self.undo):
-            try:
-                action()
-            except Exception as e:  # one failed undo must not stop the others
-                log.error("migration %s: undo %r failed: %s", self.id, what, e)
-        self.undo.clear()
+        for failure in self.undo.run(lambda line: log.info("migration %s: %s", self.id, line)):
+            log.error("migration %s: undo failed: %s", self.id, failure)
 
 
 STATE_FILE = "state.json"

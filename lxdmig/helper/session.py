@@ -20,10 +20,10 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,27 +33,32 @@ from lxdmig.backends import Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
-from lxdmig.helper.migrations import Migration
 from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
+from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
+from lxdmig.helper.state import HelperState
 from lxdmig.protocol import fields, messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
 from lxdmig.protocol.messages import (
-    Hello, RemoteBadRequest, RemoteCommandFailed, RemoteError, RemoteExists, RemoteRefused, RemoteTooLarge,
-    RemoteUnsafePath, RemoteUntrusted, RemoteVersionMismatch,
+    Hello,
+    RemoteBadRequest,
+    RemoteCommandFailed,
+    RemoteError,
+    RemoteExists,
+    RemoteRefused,
+    RemoteTooLarge,
+    RemoteUnsafePath,
+    RemoteUntrusted,
+    RemoteVersionMismatch,
 )
 from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
 from lxdmig.protocol.relay import RelayTimeout, relay
 from lxdmig.tokens import TokenError
 
-if TYPE_CHECKING:
-    from lxdmig.helper.server import HelperState
-
 log = logging.getLogger(__name__)
 
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-RESTORE_TIMEOUT = 600.0
 _MAX_CERT = 8 * 1024  # a PEM certificate (an RSA-4096 one is under 2 KiB)
 # A stranger (no trusted certificate) may send hello, ping and trust-redeem: headers only, the largest
 # a certificate in JSON. Nothing larger is read from it (helper/gate.py bounds its time and number).
@@ -67,7 +72,7 @@ class _Upload:
     fd: int
     size: int
     written: int = 0
-    digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
 class Session:
@@ -275,7 +280,7 @@ class Session:
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
         migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir, backend_name,
                                               definition)
-        migration.undo.append(("remove the partly moved container", lambda: remove_container(backend, container)))
+        migration.undo.push("remove the partly moved container", lambda: remove_container(backend, container))
         self.migrations.add(migration.id)
         try:
             backend.prepare(container, definition)
@@ -442,7 +447,7 @@ class Session:
                 migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()
             tasks = fields.get_int(frame.header, "tasks", maximum=1 << 22) if "tasks" in frame.header else 0
-            backend.restore(migration.container, images, config_file=config, timeout=RESTORE_TIMEOUT,
+            backend.restore(migration.container, images, config_file=config, timeout=messages.RESTORE_TIMEOUT_S,
                             expect_tasks=tasks)
             restore_ms = (time.monotonic() - start) * 1000
         except (CriuError, BackendError, OSError) as e:

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from lxdmig import backends, config, proc
+from lxdmig.client import settled_status
 from lxdmig.criu_stats import read_dump_stats
 from lxdmig.errors import LxdmigError
 
@@ -75,22 +76,6 @@ class Guard:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-
-
-def _status(conf: config.Config, remote: str, migration: str) -> str:
-    from lxdmig.client import open_remote
-
-    deadline = time.monotonic() + STATUS_WAIT
-    while time.monotonic() < deadline:
-        try:
-            with open_remote(conf, remote) as client:
-                state = client.status(migration)
-            if state != "in-progress":  # in progress: the helper is still rolling back
-                return state
-        except (LxdmigError, OSError) as e:
-            log.info("asking %s about migration %s: %s", remote, migration, e)
-        time.sleep(1)
-    return "no answer"
 
 
 def _stop_leftovers(work_dir: Path) -> None:
@@ -139,7 +124,7 @@ def watch(args: argparse.Namespace) -> int:
     if state == "streaming":
         return _finish_streaming(backend, name, args.work_dir, float(detail or 0))
     if state == "restoring":
-        outcome = _status(conf, args.remote, args.migration)
+        outcome = settled_status(conf, args.remote, args.migration, STATUS_WAIT)
         if outcome == "committed":
             log.error("%s runs on %s (the move was committed): it stays frozen and offline here; remove it "
                       "here", name, args.remote)

@@ -30,8 +30,8 @@ from lxdmig import lxd_api, lxd_keys, preflight, proc
 from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
-from lxdmig.errors import BackendError, LxdmigError
-from lxdmig.migrate.move import MoveFailed, MoveReport, MoveRequest, PreflightFailed, Progress
+from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
+from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed, Progress
 from lxdmig.preflight import Check, Status
 from lxdmig.remotes import RemoteStore
 
@@ -127,9 +127,10 @@ class LxdEngineMove:
             self.say(f"failed: {e}; rolling back")
             running = self._roll_back(source, target)
             if isinstance(e, LxdmigError):
-                where = (f"rolled back: {name} runs on this host as before" if running else
-                         f"{name} could not be brought back here; see 'lxc info {name}'")
-                raise MoveFailed(f"{e} ({where})") from e
+                if not running:
+                    raise RollbackIncomplete(f"{e} ({name} could not be brought back here; see 'lxc info {name}')"
+                                             ) from e
+                raise MoveFailed(f"{e} (rolled back: {name} runs on this host as before)") from e
             raise
         watch.join(timeout=10)
         watch.stop_event.set()

@@ -36,24 +36,34 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig import backends, capabilities, criu, page_channel, preflight, proc
 from lxdmig.backends import Backend
 from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
-from lxdmig.client import HelperClient, open_remote
+from lxdmig.client import HelperClient, open_remote, settled_status
 from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
-from lxdmig.errors import BackendError, ExitCode, LxdmigError
+from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
 from lxdmig.migrate import policy
 from lxdmig.migrate.guard import Guard
-from lxdmig.migrate.policy import ModeChoice, PrecopyLimits, Round, Step
-from lxdmig.migrate.undo import UndoStack
+from lxdmig.migrate.policy import ModeChoice, Round, Step
+from lxdmig.migrate.report import (
+    MoveFailed,
+    MoveReport,
+    MoveRequest,
+    OutcomeUnknown,
+    PostCopyIncomplete,
+    PreflightFailed,
+    Progress,
+    RoundReport,
+)
 from lxdmig.netutil import free_port
 from lxdmig.protocol import messages
 from lxdmig.protocol.messages import Hello
+from lxdmig.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
@@ -73,95 +83,9 @@ PAGES_HEARTBEAT_S = 2.0
 # answer within PEER_PING_TIMEOUT (or [helper] io_timeout if shorter) is taken for gone.
 PEER_HEARTBEAT_S = 1.0
 PEER_PING_TIMEOUT = 10.0
+# How long a source that lost its connection after asking for the restore asks for the outcome.
+OUTCOME_WAIT_S = 30.0
 RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
-
-
-class MoveFailed(LxdmigError):
-    """The move did not happen; the container runs on the source as before."""
-
-    exit_code = ExitCode.FAILURE
-
-
-class PreflightFailed(MoveFailed):
-    exit_code = ExitCode.PREFLIGHT
-
-    def __init__(self, checks: list[preflight.Check]) -> None:
-        self.checks = checks
-        bad = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.FAIL]
-        super().__init__("preflight failed, nothing was frozen: " + "; ".join(bad))
-
-
-class PostCopyIncomplete(LxdmigError):
-    """Post-copy: the container was restored on the destination, but not all of its memory got there."""
-
-    exit_code = ExitCode.INCOMPLETE
-
-
-class OutcomeUnknown(LxdmigError):
-    """The destination may or may not have the container: the source stays frozen."""
-
-    exit_code = ExitCode.PEER
-
-
-@dataclass(frozen=True)
-class MoveRequest:
-    container: str
-    remote: str
-    mode: str = "auto"
-    limits: PrecopyLimits = PrecopyLimits()
-    incremental: bool | None = None  # migration.incremental.memory, None when unset
-    allow_drop: bool = False  # leave processes outside init's tree behind (listed in the report)
-    page_transport: str = "tls"  # or "plain": an authenticated unencrypted connection (page_channel)
-
-
-@dataclass
-class RoundReport:
-    number: int
-    pages_written: int
-    pages_skipped_parent: int
-    unchanged_percent: float
-    seconds: float
-    frozen_ms: float
-    estimated_downtime_ms: float | None
-    decision: str
-
-
-@dataclass
-class MoveReport:
-    container: str
-    remote: str
-    engine: str = "lxdmig"
-    engine_reason: str = ""
-    mode: str = ""
-    mode_reason: str = ""
-    switched_to_post_copy: str = ""  # why, if it did
-    downtime_ms: float = 0.0
-    total_ms: float = 0.0
-    bytes_sent: int = 0
-    rounds: list[RoundReport] = field(default_factory=list)
-    final_pages_written: int = 0
-    final_pages_lazy: int = 0
-    frozen_dump_ms: float = 0.0
-    final_dump_s: float = 0.0  # wall time of the final dump (with its pages' transfer, unless post-copy)
-    restore_ms: float = 0.0
-    fs_initial_s: float = 0.0
-    fs_final_s: float = 0.0
-    lazy_transfer_s: float = 0.0
-    announced: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Where the downtime went, step by step from the freeze (ms): freeze (and cut the network, count the
-    # processes), dump (CRIU; with the pages unless post-copy), upload (the other images), final_sync
-    # (what was left of the final rsync, which runs beside the dump and upload), restore (the
-    # destination's, as it measured it), round_trip (the rest of that request).
-    frozen_steps_ms: dict[str, float] = field(default_factory=dict)
-    tasks: int = 0  # processes dumped (init's tree), and restored: the destination checks the count
-    dropped: list[str] = field(default_factory=list)  # left behind with --allow-drop
-
-    def as_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-Progress = Callable[[str], None]
 
 
 def _quiet(message: str) -> None:
@@ -284,7 +208,13 @@ class Mover:
             self.say(f"failed: {e}; rolling back")
             # The destination's copy goes first: the source must never run while it might.
             self._abort_destination()
-            self.undo.run(self.say)
+            failures = self.undo.run(self.say)
+            if failures:
+                # The guard stays: it keeps trying to bring the container back.
+                guard_log = self.conf.outgoing_dir / f"{self.work.name}.guard.log"
+                raise RollbackIncomplete(f"{e}; the rollback did not finish ({'; '.join(failures)}): {name} may "
+                                         f"be frozen or offline on this host; its guard tries once more (log: "
+                                         f"{guard_log})") from e
             self._guard_done()
             if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
                 if not self._still_running(name):
@@ -589,27 +519,15 @@ class Mover:
         did not get a commit for, so its answer settles it: committed, or not.
         """
         self._client().close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with open_remote(self.conf, self.request.remote) as again:
-                    state = again.status(self.mid)
-                    if state == "in-progress":
-                        # Our connection is gone, so the helper is rolling back; wait for it.
-                        time.sleep(1)
-                        continue
-                    if state == "committed":
-                        self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
-                        self.report.warnings.append(f"lost the connection after the restore ({error}); "
-                                                    "the destination confirmed the commit")
-                        return
-                    if state == "rolled-back":
-                        raise error  # the destination has nothing: roll back here
-                    break  # it does not know: nothing proves the destination does not run it
-            except (messages.RemoteError, OSError, LxdmigError) as e:
-                if e is error:
-                    raise
-                time.sleep(2)
+        state = settled_status(self.conf, self.request.remote, self.mid, OUTCOME_WAIT_S)
+        if state == "committed":
+            self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
+            self.report.warnings.append(f"lost the connection after the restore ({error}); "
+                                        "the destination confirmed the commit")
+            return
+        if state == "rolled-back":
+            raise error  # the destination has nothing: roll back here
+        # Anything else: nothing proves the destination does not run it.
         raise OutcomeUnknown(
             f"lost the connection to {self.request.remote} after asking it to restore ({error}), and it does "
             f"not answer. {self.request.container} stays frozen and offline here so that it never runs twice. "

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lxdmig.capabilities import HostCapabilities
-from lxdmig.errors import LxdmigError, ExitCode
+from lxdmig.errors import ExitCode, LxdmigError
 
 PAGE = 4096
 MODES = ("auto", "stop-copy", "pre-copy", "post-copy", "hybrid")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lxdmig.errors import LxdmigError, ExitCode
+from lxdmig.errors import ExitCode, LxdmigError
 
 PREFIX = struct.Struct("!IQ")
 MAX_HEADER_BYTES = 64 * 1024

@@ -19,6 +19,11 @@ from lxdmig.protocol.framing import ProtocolError
 
 PROTOCOL_VERSION = 1
 
+# A restore request: the helper gives liblxc and CRIU this long; the source waits for the reply a
+# little longer, so that it hears the helper's verdict rather than its own timeout.
+RESTORE_TIMEOUT_S = 600.0
+RESTORE_REPLY_WAIT_S = RESTORE_TIMEOUT_S + 60.0
+
 # request type -> reply type
 REQUESTS: dict[str, str] = {
     "ping": "pong",

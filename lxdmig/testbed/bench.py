@@ -34,7 +34,16 @@ from pathlib import Path
 from lxdmig import capabilities
 from lxdmig.testbed import bed, containers, helpers, lxd
 from lxdmig.testbed.bench_report import (
-    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, PLAIN, Sample, markdown, plot, summarise, targets, write_json,
+    CRIU_POST_COPY,
+    HAND_STOP_COPY,
+    LXD_MOVE,
+    PLAIN,
+    Sample,
+    markdown,
+    plot,
+    summarise,
+    targets,
+    write_json,
 )
 from lxdmig.testbed.containers import WorkloadSpec, host_argv, host_command
 from lxdmig.testbed.layout import Host

@@ -123,7 +123,7 @@ def targets(rows: Sequence[Row], tcp_mb_s: float | None) -> list[Target]:
 
     def find(subject: str, mode: str, mib: int, rate: float | None = None) -> Row | None:
         for r in host:
-            if r.subject == subject and r.mode == mode and r.memory_mib == mib and (rate is None or r.dirty_rate == rate):
+            if (r.subject, r.mode, r.memory_mib) == (subject, mode, mib) and rate in (None, r.dirty_rate):
                 return r
         return None
 
@@ -225,7 +225,7 @@ def plot(path: Path, rows: Sequence[Row]) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2 if any(r.where == "vm" for r in rows) else 1, figsize=(11, 5), squeeze=False)
-    for ax, where in zip(axes[0], ("host", "vm")):
+    for ax, where in zip(axes[0], ("host", "vm"), strict=False):  # (one plot when there are no VM rows)
         rate0 = min((r.dirty_rate for r in rows if r.where == where), default=0.0)
         lines: dict[str, list[Row]] = {}
         for r in rows:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
+from lxdmig.testbed import images
+from lxdmig.testbed.hosts import TestbedError
 from lxdmig.testbed.layout import (
     BRIDGE,
     CONTAINER_NET,
@@ -26,8 +28,6 @@ from lxdmig.testbed.layout import (
     all_hosts,
     workload_binary,
 )
-from lxdmig.testbed import images
-from lxdmig.testbed.hosts import TestbedError
 
 _T = 60.0
 BUSYBOX = Path("/bin/busybox")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.testbed import hosts, images
-from lxdmig.testbed.hosts import TestbedError
 from lxdmig.testbed.containers import WorkloadSpec, host_command, make_rootfs
+from lxdmig.testbed.hosts import TestbedError
 from lxdmig.testbed.layout import BRIDGE, Host
 
 IMAGE_ALIAS = "lxdmig-busybox"

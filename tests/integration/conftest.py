@@ -18,6 +18,8 @@ from lxdmig.testbed import bed, containers, hosts
 from lxdmig.testbed.containers import host_command
 from lxdmig.testbed.layout import Host
 
+HOST_A = Host("a")
+
 pytestmark = pytest.mark.integration
 
 _names = itertools.count()
@@ -78,7 +80,7 @@ def wait_until(predicate: Callable[[], bool], seconds: float, what: str) -> None
         time.sleep(0.005)
 
 
-def echo_answers(name: str, where: Host = Host("a")) -> bool:
+def echo_answers(name: str, where: Host = HOST_A) -> bool:
     """Whether the container (configured on ``where``) answers on its echo service, asked from host a."""
     address = containers.container_address(where, name)
     echo = host_command(Host("a"), ["sh", "-c", f"echo lxdmig | busybox nc -w 2 {address} {containers.ECHO_PORT}"],

@@ -13,7 +13,8 @@ import sys
 from lxdmig import config
 from lxdmig.backends.lxc import LxcBackend
 from lxdmig.errors import LxdmigError
-from lxdmig.migrate.move import MoveRequest, Mover
+from lxdmig.migrate.move import Mover
+from lxdmig.migrate.report import MoveRequest
 
 
 class Miscounting(LxcBackend):

@@ -35,7 +35,8 @@ FIELDS = ("container", "source_dir", "backend", "definition", "migration", "name
 # rsync hands the connection to a relay, file-data is only valid inside an upload: both end the connection
 # when misused, which the test allows; everything else must leave the connection usable.
 ENDS_CONNECTION = {"rsync", "file-data"}
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70)
+                           | st.floats(allow_nan=False, allow_infinity=False)
                            | st.text(max_size=40) | st.sampled_from(["lxc", "lxd", "../../etc", "/etc/passwd",
                                                                      "c1", "a" * 5000, "{}", "-1", "\ud800",
                                                                      "a\udfffb", "-----BEGIN CERTIFICATE-----"]),

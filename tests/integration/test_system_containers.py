@@ -1,11 +1,12 @@
-"""Real system containers: Debian 12 and 13 with systemd as init and services from their packages, with their
-stock units, unprivileged, moved live while a real client of one of them stays connected.
+"""Real system containers: Debian 12 and 13 with systemd as init and services from their packages,
+with their stock units, unprivileged, moved live while a real client of one of them stays connected.
 
 The container is built from the cached debian-12, then the debian-13 image (testbed.images). The
-tests run in order on one container of each: the preflight names each obstacle of the stock container before anything is frozen,
-``lxdmig prepare --dry-run`` changes nothing, ``lxdmig prepare`` makes it movable, then a Redis
-client in host b's network namespace sends INCR every 10 ms over one connection while the container
-moves a -> b -> a (Debian 13's memory over --page-transport plain); every reply must be the previous plus one (no reconnect, no lost or doubled
+tests run in order on one container of each: the preflight names each obstacle of the stock
+container before anything is frozen, ``lxdmig prepare --dry-run`` changes nothing, ``lxdmig
+prepare`` makes it movable, then a Redis client in host b's network namespace sends INCR every
+10 ms over one connection while the container moves a -> b -> a (Debian 13's memory over
+--page-transport plain); every reply must be the previous plus one (no reconnect, no lost or doubled
 write), and on each destination systemd must be running, journald writing and every service up
 (one with a credential, which lxdmig carries: CRIU does not).
 """

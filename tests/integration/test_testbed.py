@@ -6,8 +6,7 @@ import json
 import subprocess
 import sys
 
-from lxdmig.testbed import containers, hosts
-from lxdmig.testbed import layout
+from lxdmig.testbed import containers, hosts, layout
 from lxdmig.testbed.layout import Host
 from tests.integration.conftest import MakeContainer
 

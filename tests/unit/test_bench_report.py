@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from lxdmig.testbed.bench_report import (
-    CRIU_POST_COPY, HAND_STOP_COPY, LXD_MOVE, PLAIN, Sample, markdown, summarise, targets, write_json,
+    CRIU_POST_COPY,
+    HAND_STOP_COPY,
+    LXD_MOVE,
+    PLAIN,
+    Sample,
+    markdown,
+    summarise,
+    targets,
+    write_json,
 )
 
 

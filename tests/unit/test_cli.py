@@ -89,7 +89,7 @@ def test_bad_remote_names_are_refused(conf_with_remote: Path, capsys: pytest.Cap
 
 def test_the_report_says_what_was_counted_and_left_behind() -> None:
     from lxdmig.cli.move_cmd import format_report
-    from lxdmig.migrate.move import MoveReport
+    from lxdmig.migrate.report import MoveReport
 
     report = MoveReport("c1", "b", mode="post-copy", tasks=7, dropped=["process 4242 ('sleep 100')"],
                         frozen_steps_ms={"freeze": 12.0, "dump": 301.4, "final_sync": 180.0})

@@ -36,7 +36,7 @@ def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, messages: list[dict[str
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setattr(guard.backends, "get", lambda *a, **k: backend)
-    monkeypatch.setattr(guard, "_status", lambda conf, remote, mid: status)
+    monkeypatch.setattr(guard, "settled_status", lambda conf, remote, mid, wait: status)
     monkeypatch.setattr(guard.sys, "stdin", io.StringIO("".join(json.dumps(m) + "\n" for m in messages)))
     args = argparse.Namespace(config=tmp_path / "none.conf", backend="lxc", container="c1", remote="b",
                               migration="m1", log=tmp_path / "g.log", work_dir=work)

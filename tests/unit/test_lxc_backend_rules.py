@@ -6,7 +6,12 @@ from pathlib import Path
 
 from lxdmig.backends.base import Severity
 from lxdmig.backends.lxc_rules import (
-    config_problems, lent_terminal_problems, network_unlock_commands, nft_unlock_commands, read_config, session_problems,
+    config_problems,
+    lent_terminal_problems,
+    network_unlock_commands,
+    nft_unlock_commands,
+    read_config,
+    session_problems,
 )
 
 GOOD = [("lxc.tty.max", "0"), ("lxc.pty.max", "0"), ("lxc.console.path", "none")]

@@ -3,6 +3,7 @@ the rsync server whitelist, the undo stack, freezer discovery, lazy page countin
 
 from __future__ import annotations
 
+import signal
 import struct
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import pytest
 from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.criu_stats import lazy_pages
 from lxdmig.helper.rsync_server import server_argv
-from lxdmig.migrate.undo import UndoStack
 from lxdmig.protocol.messages import RemoteBadRequest
+from lxdmig.undo import UndoStack
 
 GOOD = ["rsync", "--server", "-lHogDtpAXrSe.iLsfxCIvu", "--delete", "--numeric-ids", "--stats", ".", "container/"]
 
@@ -125,3 +126,15 @@ def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Pa
     with pytest.raises(BackendError, match="cannot open its config"):
         backend.adopt_config("c2", "/src/c1/", {})
     assert victim.read_text() == "/src/c1 must stay\n"
+
+
+def test_a_signal_during_the_rollback_waits_until_it_is_over() -> None:
+    said: list[str] = []
+    done: list[str] = []
+    undo = UndoStack()
+    undo.push("first", lambda: done.append("first"))
+    undo.push("interrupted", lambda: (signal.raise_signal(signal.SIGINT), done.append("interrupted")))
+    previous = signal.getsignal(signal.SIGINT)
+    assert undo.run(said.append) == []  # no KeyboardInterrupt half-way
+    assert done == ["interrupted", "first"] and "SIGINT ignored: the rollback finishes first" in said
+    assert signal.getsignal(signal.SIGINT) is previous

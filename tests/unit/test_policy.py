@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 from lxdmig.capabilities import LAZY_PIPE_BYTES, HostCapabilities
 from lxdmig.migrate import policy
 from lxdmig.migrate.policy import (
-    ModeUnavailable, PrecopyLimits, Round, Step, choose_mode, estimate_downtime_ms, next_step,
+    ModeUnavailable,
+    PrecopyLimits,
+    Round,
+    Step,
+    choose_mode,
+    estimate_downtime_ms,
+    next_step,
 )
 
 FULL = HostCapabilities(

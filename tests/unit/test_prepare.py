@@ -7,8 +7,23 @@ from pathlib import Path
 import pytest
 
 from lxdmig.prepare import (
-    DROPIN, DROPIN_SETTINGS, DROPIN_TEXT, LXD_DENY, OURS, SECCOMP_FILE, UNDO_CONFIG, UNDO_LXD_CONFIG, WAS,
-    config_plan, denies_bpf, lxd_config_plan, plan, set_line, undo_plan, unset_lines, with_bpf_denied,
+    DROPIN,
+    DROPIN_SETTINGS,
+    DROPIN_TEXT,
+    LXD_DENY,
+    OURS,
+    SECCOMP_FILE,
+    UNDO_CONFIG,
+    UNDO_LXD_CONFIG,
+    WAS,
+    config_plan,
+    denies_bpf,
+    lxd_config_plan,
+    plan,
+    set_line,
+    undo_plan,
+    unset_lines,
+    with_bpf_denied,
 )
 
 

@@ -63,7 +63,8 @@ def test_guessed_triggers_are_named_by_the_preflight() -> None:
     watches = [psi.Watch(1, 33, "/proc/pressure/memory", psi.SD_EVENT_DEFAULT, True),
                psi.Watch(40, 5, "/proc/pressure/io", psi.SD_EVENT_DEFAULT, False)]
     [problem] = pressure_problems(watches)
-    assert problem.severity == Severity.WARN and "process 40" in problem.message and "/proc/pressure/io" in problem.message
+    assert problem.severity == Severity.WARN
+    assert "process 40" in problem.message and "/proc/pressure/io" in problem.message
 
 
 def test_rearm_gives_a_restored_open_file_its_trigger_back() -> None:

@@ -9,7 +9,16 @@ from lxdmig import proc, ramfs
 from lxdmig.backends import task_rules
 from lxdmig.backends.base import Severity
 from lxdmig.backends.task_rules import (
-    Mount, Task, ramfs_mounts, fd_problems, mount_problems, systemd_problems, systemd_version, nested_namespace_problems, read_tasks, rlimit_problems,
+    Mount,
+    Task,
+    fd_problems,
+    mount_problems,
+    nested_namespace_problems,
+    ramfs_mounts,
+    read_tasks,
+    rlimit_problems,
+    systemd_problems,
+    systemd_version,
     unit_of,
 )
 
@@ -17,7 +26,8 @@ ROOT_IDS = (0, 0, 0, 0)
 
 
 def task(pid: int = 10, comm: str = "redis-server", unit: str = "redis-server.service", uid: int = 0,
-         userns: int = 1, mntns: int = 7, fds: tuple[tuple[int, str], ...] = (), mounts: tuple[Mount, ...] = ()) -> Task:
+         userns: int = 1, mntns: int = 7, fds: tuple[tuple[int, str], ...] = (),
+         mounts: tuple[Mount, ...] = ()) -> Task:
     ids = (uid,) * 4
     return Task(pid, comm, unit, ids, ids, {"user": userns, "mnt": mntns, "uts": 3}, fds, mounts)
 

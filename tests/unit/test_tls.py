@@ -16,7 +16,8 @@ from lxdmig.errors import ConfigError
 
 @pytest.fixture
 def ids(tmp_path: Path) -> dict[str, tls.Identity]:
-    return {n: tls.ensure_identity(tmp_path / n / "server.crt", tmp_path / n / "server.key", f"host-{n}") for n in ("server", "client", "stranger")}
+    return {n: tls.ensure_identity(tmp_path / n / "server.crt", tmp_path / n / "server.key", f"host-{n}")
+            for n in ("server", "client", "stranger")}
 
 
 def test_identity_is_made_once_with_a_private_key(tmp_path: Path) -> None:

@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         print(build())
         return 0
-    result = run(args.pytest_args, console_log=Path("vm-console.log"))
+    log = Path("build") / "vm-console.log"  # (build/ is ignored; nothing is written beside the sources)
+    log.parent.mkdir(exist_ok=True)
+    result = run(args.pytest_args, console_log=log)
     sys.stdout.write(result.console)
     return 0 if result.exit_code == 0 else 1
 

@@ -50,7 +50,7 @@ def healthy(host: Host) -> list[str]:
     if (state := containers.attach(host, NAME, "systemctl", "is-system-running")) != "running":
         wrong.append(f"{host.name}: systemd {state}: {containers.attach(host, NAME, 'systemctl', '--failed')}")
     if (active := containers.attach(host, NAME, "systemctl", "is-active", *SERVICES).split()) != ["active"] * 5:
-        wrong.append(f"{host.name}: services {dict(zip(SERVICES, active))}")
+        wrong.append(f"{host.name}: services {dict(zip(SERVICES, active, strict=False))}")
     if containers.attach(host, NAME, "sh", "-c", "systemd-run --wait --quiet true && echo ok", timeout=120) != "ok":
         wrong.append(f"{host.name}: systemd runs no more jobs")
     return wrong

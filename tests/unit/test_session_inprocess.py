@@ -1,0 +1,168 @@
+"""The helper's request dispatch, in process: a real Session and a real HelperClient over a socketpair
+with real TLS (the certificates made here), a fake backend in place of LXC. Seconds, no test bed, no
+root: what the RPM's %check can run. The real daemon over TCP is tests/integration/test_helper_daemon.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lxdmig import capabilities, config, page_channel, tls
+from lxdmig.capabilities import HostCapabilities
+from lxdmig.client import HelperClient, _handshake
+from lxdmig.helper.session import Session
+from lxdmig.helper.state import HelperState
+from lxdmig.protocol import messages
+from lxdmig.protocol.channel import Channel
+from lxdmig.remotes import Remote
+from lxdmig.sdnotify import Notifier
+
+
+class FakeBackend:
+    """The few backend calls the dispatch makes before a restore, recorded."""
+
+    name = "lxc"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[tuple[str, str]] = []
+
+    def exists(self, container: str) -> bool:
+        return (self.root / container / "config").exists()
+
+    def container_dir(self, container: str) -> Path:
+        return self.root / container
+
+    def prepare(self, container: str, definition: dict[str, Any]) -> None:
+        self.calls.append(("prepare", container))
+
+    def discard(self, container: str) -> None:
+        self.calls.append(("discard", container))
+
+    def delete(self, container: str) -> None:
+        self.calls.append(("delete", container))
+
+
+def _config(tmp: Path, extra: str = "") -> config.Config:
+    path = tmp / "lxdmig.conf"
+    path.write_text(f"[helper]\nwork_dir = {tmp / 'migrations'}\nio_timeout = 5\n{extra}"
+                    f"[lxc]\nlxcpath = {tmp / 'lxc'}\n[lxd]\nsocket = {tmp / 'no-lxd.socket'}\n")
+    return config.load(path)
+
+
+class Pair:
+    """A helper state and session on one end of a socketpair, a trusted client on the other."""
+
+    def __init__(self, tmp: Path, extra: str = "") -> None:
+        self.state = HelperState(_config(tmp, extra), Notifier({}))
+        self.backend = FakeBackend(tmp / "lxc")
+        self.state.backend = self.backend  # type: ignore[assignment]
+        client_id = tls.ensure_identity(tmp / "client" / "c.crt", tmp / "client" / "c.key", "host-a")
+        self.state.trust.add("a", client_id.cert.read_bytes())
+        self.state.reload()
+        server_end, client_end = socket.socketpair()
+        server_tls = self.state.context().wrap_socket(server_end, server_side=True, do_handshake_on_connect=False)
+        cert = self.state.config.cert.read_bytes()
+        client_tls = tls.client_context(client_id, cert).wrap_socket(client_end, server_hostname=None,
+                                                                      do_handshake_on_connect=False)
+        self.session = Session(self.state, server_tls, "test-peer", on_trusted=lambda: None)
+
+        def serve() -> None:
+            server_tls.do_handshake()
+            self.session.run()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        client_tls.do_handshake()
+        channel = Channel(client_tls, timeout=5)
+        peer = _handshake(channel, HostCapabilities.withheld())
+        assert peer.trusted
+        self.client = HelperClient(channel, Remote("b", "127.0.0.1", 8445, cert), peer)
+
+    def close(self) -> None:
+        self.client.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+    monkeypatch.setattr(capabilities, "probe", HostCapabilities.withheld)  # (no criu check here)
+    p = Pair(tmp_path)
+    yield p
+    p.close()
+
+
+def test_ping_probe_and_a_migration_that_is_aborted(pair: Pair, tmp_path: Path) -> None:
+    pair.client.ping()
+    probe = pair.client.probe("c1", ["lo", "no-such-bridge"])
+    assert probe.networks == {"lo": True, "no-such-bridge": False} and not probe.container_exists
+    assert probe.hardened and not probe.plain_pages  # lxdmig's defaults
+    mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
+    assert ("prepare", "c1") in pair.backend.calls
+    images = tmp_path / "migrations" / mid / "images"
+    assert images.is_dir()
+    pair.client.abort_migration(mid)
+    assert not (tmp_path / "migrations" / mid).exists()
+
+
+def test_a_file_is_stored_with_its_checksum_and_unsafe_names_are_refused(pair: Pair, tmp_path: Path) -> None:
+    mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
+    source = tmp_path / "inventory.img"
+    source.write_bytes(b"x" * 100_000)
+    pair.client.send_tree(mid, _tree(tmp_path, source), prefix="dump/")
+    stored = tmp_path / "migrations" / mid / "images" / "dump" / "inventory.img"
+    assert hashlib.sha256(stored.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+    with pytest.raises(messages.RemoteUnsafePath):
+        pair.client.channel.request({"type": "file-open", "migration": mid, "name": "../escape", "size": 1})
+
+
+def test_the_page_channel_is_refused_unless_plain_pages(pair: Pair) -> None:
+    mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
+    with pytest.raises(messages.RemoteRefused, match="plain_pages = false"):
+        pair.client.open_page_channel(mid, 27300, page_channel.new_token())
+
+
+def test_the_page_channel_connects_to_the_peer_and_authenticates(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(capabilities, "probe", HostCapabilities.withheld)
+    # (A socketpair has no address to connect back to: the helper is told its peer is 127.0.0.1.)
+    monkeypatch.setattr(ssl.SSLSocket, "getpeername", lambda self: ("127.0.0.1", 1))
+    pair = Pair(tmp_path, "plain_pages = true\n")
+    try:
+        mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
+        listener = page_channel.Listener("127.0.0.1", (27700, 27799))
+        token = page_channel.new_token()
+        accepted: list[socket.socket] = []
+        waiter = threading.Thread(target=lambda: accepted.append(listener.accept(token, 5)))
+        waiter.start()
+        pair.client.open_page_channel(mid, listener.port, token)
+        waiter.join(5)
+        listener.close()
+        assert accepted, "the helper did not connect"
+        migration = pair.state.registry.get(mid, next(iter(pair.state.trusted_fingerprints())))
+        assert migration.page_socket is not None  # kept for the next page server or lazy-pages
+        accepted[0].close()
+    finally:
+        pair.close()
+
+
+def test_an_unknown_request_is_refused_and_the_connection_stays_usable(pair: Pair) -> None:
+    pair.client.channel.send({"type": "format-disk"})  # (the client's request() would not send it)
+    reply = pair.client.channel.receive()
+    assert reply.type == "error" and reply.header["code"] == "bad-request"
+    pair.client.ping()
+
+
+def _tree(tmp: Path, file: Path) -> Path:
+    tree = tmp / "tree"
+    tree.mkdir(exist_ok=True)
+    (tree / file.name).write_bytes(file.read_bytes())
+    return tree
