@@ -210,7 +210,7 @@ class Mover:
             self._abort_destination()
             failures = self.undo.run(self.say)
             if failures:
-                # The guard stays: it keeps trying to bring the container back.
+                # The guard stays: once this process ends, it tries the rollback once more.
                 guard_log = self.conf.outgoing_dir / f"{self.work.name}.guard.log"
                 raise RollbackIncomplete(f"{e}; the rollback did not finish ({'; '.join(failures)}): {name} may "
                                          f"be frozen or offline on this host; its guard tries once more (log: "
