@@ -27,6 +27,7 @@ import socket
 import time
 
 from lxdmig.errors import LxdmigError
+from lxdmig.netutil import bound_socket
 
 TOKEN_BYTES = 32
 HALF = TOKEN_BYTES // 2
@@ -55,19 +56,12 @@ class Listener:
     """The source's end: one port, open until ``accept`` returns or ``close``."""
 
     def __init__(self, address: str, ports: tuple[int, int]) -> None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        for port in range(ports[0], ports[1] + 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.bind((address, port))
-                sock.listen(4)
-            except OSError:
-                sock.close()
-                continue
-            self.sock, self.port = sock, port
-            return
-        raise PageChannelError(f"no free port on {address} in {ports[0]}-{ports[1]} ([client] lazy_ports) for "
-                               "the page connection")
+        sock = bound_socket(address, *ports)  # (kept bound: no window for another process to take the port)
+        if sock is None:
+            raise PageChannelError(f"no free port on {address} in {ports[0]}-{ports[1]} ([client] lazy_ports) for "
+                                   "the page connection")
+        sock.listen(4)
+        self.sock, self.port = sock, int(sock.getsockname()[1])
 
     def accept(self, token: bytes, timeout: float) -> socket.socket:
         """The first connection that presents ``token``; others are closed. Raises PageChannelError."""
