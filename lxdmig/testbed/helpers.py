@@ -112,25 +112,25 @@ def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> i
 
 
 @contextlib.contextmanager
-def unhardened(host: Host) -> Iterator[None]:
+def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> Iterator[None]:
+    """host's helper restarted with these settings for the block, and with the test bed's after it."""
+    restart(host, hardened=hardened, plain_pages=plain_pages)
+    try:
+        yield
+    finally:
+        restart(host)
+
+
+def unhardened(host: Host) -> contextlib.AbstractContextManager[None]:
     """host's helper without hardened mode, as an operator may run it: for tests of what happens
     after what hardened mode refuses (a hook that fails a restore on purpose). Hardened again after."""
-    restart(host, hardened=False)
-    try:
-        yield
-    finally:
-        restart(host)
+    return _restarted(host, hardened=False)
 
 
-@contextlib.contextmanager
-def tls_pages_only(host: Host) -> Iterator[None]:
+def tls_pages_only(host: Host) -> contextlib.AbstractContextManager[None]:
     """host's helper with [helper] plain_pages = false, lxdmig's default (the test bed's helpers take
     plain pages, for the tests of --page-transport plain). As before after."""
-    restart(host, plain_pages=False)
-    try:
-        yield
-    finally:
-        restart(host)
+    return _restarted(host, plain_pages=False)
 
 
 def wait_ready(notify: socket.socket, child: subprocess.Popen[bytes], timeout: float) -> list[str]:
