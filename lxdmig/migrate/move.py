@@ -431,24 +431,27 @@ class Mover:
         local_pages = self._local_pages(parent)
         child: proc.Child | None = None
         start = time.monotonic()
-        if lazy and self.lazy_socket is not None:
+        if lazy:
+            # CRIU serves the pages on the plain page connection, or listens for lazy-pages (TLS).
             sock, self.lazy_socket = self.lazy_socket, None
-            with sock:  # (CRIU has its own copy; the connection ends when CRIU is done with it)
-                config = self._criu_config(directory, ["--lazy-pages", "--ps-socket", str(sock.fileno()), *chain])
+            if sock is not None:
+                serve, fds = ["--ps-socket", str(sock.fileno())], [sock.fileno()]
+            else:
+                address = client.channel.sock.getsockname()[0]
+                port = free_port(address, *self.conf.lazy_ports)
+                if port is None:
+                    raise MoveFailed(f"no free port in {self.conf.lazy_ports} ([client] lazy_ports) for the "
+                                     "post-copy page server")
+                self.lazy_endpoint = (address, port)
+                serve, fds = ["--address", address, "--port", str(port)], []
+            try:
+                config = self._criu_config(directory, ["--lazy-pages", *serve, *chain])
                 child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout,
-                                               pass_fds=[sock.fileno()])
+                                               pass_fds=fds)
+            finally:
+                if sock is not None:
+                    sock.close()  # (CRIU has its own copy; the connection ends when CRIU is done with it)
             self.undo.push("stop the lazy page server", child.stop)
-        elif lazy:
-            address = client.channel.sock.getsockname()[0]
-            port = free_port(address, *self.conf.lazy_ports)
-            if port is None:
-                raise MoveFailed(f"no free port in {self.conf.lazy_ports} ([client] lazy_ports) for the "
-                                 "post-copy page server")
-            config = self._criu_config(directory, ["--lazy-pages", "--address", address, "--port", str(port),
-                                                   *chain])
-            child = self.backend.dump_lazy(name, directory, config_file=config, ready_timeout=self.dump_timeout)
-            self.undo.push("stop the lazy page server", child.stop)
-            self.lazy_endpoint = (address, port)
         elif local_pages:
             # Pages into local images, sent over lxdmig's own TLS connection with the rest.
             config = self._criu_config(directory, [])
@@ -612,7 +615,7 @@ class Mover:
         helper ends one that stays silent for its io_timeout, and an initial
         sync of a big root filesystem takes longer than that. If the
         destination's helper stops answering (PEER_PING_TIMEOUT), CRIU's
-        connection to the page server is cut (``ss -K``): CRIU then fails at
+        connection to the page server is cut (PageTarget.cut): CRIU then fails at
         once and cleans up after itself (network lock, parasite), instead of
         writing into a dead connection until its own timeout with the
         container frozen. (rsync fails on its own when its tunnel breaks.)
