@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,11 @@ from lxdmig import capabilities, tls
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.config import Config
 from lxdmig.errors import LxdmigError
-from lxdmig.protocol import fields, messages
+from lxdmig.protocol import messages
 from lxdmig.protocol.channel import Channel, TlsAlert
 from lxdmig.protocol.framing import ConnectionClosed
-from lxdmig.protocol.messages import Hello, RemoteError, RemoteUntrusted
+from lxdmig.protocol.messages import Hello, ProbeResult, RemoteError, RemoteUntrusted
+from lxdmig.protocol.schema import Request
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
 
@@ -43,19 +42,6 @@ class PeerCertificateMismatch(RemoteError):
     """The helper's certificate is not the pinned one (or not the token's)."""
 
     code = "certificate-mismatch"
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What the destination says about a prospective migration."""
-
-    free_bytes: int
-    container_exists: bool
-    networks: dict[str, bool]
-    lxcpath: str
-    hardened: bool = False
-    lxd_allow_keys: tuple[str, ...] = ()
-    plain_pages: bool = False  # takes memory pages over an authenticated plain connection
 
 
 def _tcp_connect(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> socket.socket:
@@ -123,8 +109,7 @@ def redeem_token(token: Token, identity: tls.Identity, timeout: float,
         with _tls_connect(host, port, tls.client_context(None, cert), timeout, "the helper") as sock:
             channel = Channel(sock, timeout=timeout)
             _handshake(channel, local or capabilities.probe())
-            channel.request({"type": "trust-redeem", "secret": token.secret,
-                             "certificate": identity.cert.read_text()})
+            channel.ask(messages.TrustRedeem(secret=token.secret, certificate=identity.cert.read_text()))
         return host, port, cert
     raise PeerUnreachable("no address in the token answered: " + "; ".join(errors))
 
@@ -171,48 +156,34 @@ class HelperClient:
         self.close()
 
     def ping(self, timeout: float | None = None) -> None:
-        self.channel.request({"type": "ping"}, timeout=timeout)
+        self.channel.ask(messages.Ping(), timeout=timeout)
 
     def probe(self, container: str | None, networks: list[str]) -> ProbeResult:
-        reply = self.channel.request({"type": "probe", "container": container or "", "networks": networks})
-        return ProbeResult(
-            free_bytes=fields.get_int(reply.header, "free_bytes"),
-            container_exists=fields.get_bool(reply.header, "container_exists"),
-            networks=fields.get_bool_map(reply.header, "networks"),
-            lxcpath=fields.get_str(reply.header, "lxcpath"),
-            hardened="hardened" in reply.header and fields.get_bool(reply.header, "hardened"),
-            lxd_allow_keys=tuple(fields.get_str_list(reply.header, "lxd_allow_keys"))
-            if "lxd_allow_keys" in reply.header else (),
-            plain_pages="plain_pages" in reply.header and fields.get_bool(reply.header, "plain_pages"),
-        )
+        return self.channel.ask(messages.Probe(container=container or "", networks=tuple(networks)))
 
     def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
                         definition: dict[str, Any] | None = None) -> str:
         """Start a migration of ``container`` into the helper's ``backend``; returns its id."""
-        request: dict[str, object] = {"type": "migration-begin", "container": container, "source_dir": source_dir}
-        if backend != "lxc":
-            request.update(backend=backend)
-        if backend != "lxc" or definition:
-            request.update(definition=json.dumps(definition or {}))
-        reply = self.channel.request(request)
-        return fields.get_migration_id(reply.header)
+        return self.channel.ask(messages.MigrationBegin(container=container, source_dir=source_dir, backend=backend,
+                                                        definition=definition or {})).migration
 
     def send_file(self, migration: str, name: str, path: Path) -> int:
         """Upload one file into the migration's directory; returns its size."""
         size = path.stat().st_size
-        self.channel.request({"type": "file-open", "migration": migration, "name": name, "size": size})
-        self._send_body(migration, path)
-        self.channel.reply_to("file-close")
+        self.channel.ask(messages.FileOpen(migration=migration, name=name, size=size))
+        self.channel.reply_for(self._send_body(migration, path))
         return size
 
-    def _send_body(self, migration: str, path: Path) -> None:
-        """The data of a file being uploaded, then file-close (its reply not read)."""
+    def _send_body(self, migration: str, path: Path) -> messages.FileClose:
+        """The data of a file being uploaded, then file-close (returned; its reply not read)."""
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
-                self.channel.send({"type": "file-data"}, chunk)
-        self.channel.send({"type": "file-close", "migration": migration, "sha256": digest.hexdigest()})
+                self.channel.send(messages.FileData().header(), chunk)
+        close = messages.FileClose(migration=migration, sha256=digest.hexdigest())
+        self.channel.send(close.header())
+        return close
 
     def send_tree(self, migration: str, root: Path, prefix: str = "") -> int:
         """Upload every regular file under ``root``; returns the bytes sent.
@@ -224,22 +195,22 @@ class HelperClient:
         upload with the helper's reason.
         """
         total = 0
-        waiting: collections.deque[str] = collections.deque()
+        waiting: collections.deque[Request[Any]] = collections.deque()
 
         def read_replies(down_to: int) -> None:
             while len(waiting) > down_to:
-                self.channel.reply_to(waiting.popleft())
+                self.channel.reply_for(waiting.popleft())
 
         try:
             try:
                 for path in sorted(root.rglob("*")):
                     if path.is_file() and not path.is_symlink():
                         size = path.stat().st_size
-                        self.channel.send({"type": "file-open", "migration": migration, "size": size,
-                                           "name": prefix + path.relative_to(root).as_posix()})
-                        waiting.append("file-open")
-                        self._send_body(migration, path)
-                        waiting.append("file-close")
+                        opening = messages.FileOpen(migration=migration, size=size,
+                                                    name=prefix + path.relative_to(root).as_posix())
+                        self.channel.send(opening.header())
+                        waiting.append(opening)
+                        waiting.append(self._send_body(migration, path))
                         total += size
                         read_replies(2 * PIPELINED_FILES)
             except (ConnectionClosed, TlsAlert) as e:
@@ -255,46 +226,40 @@ class HelperClient:
     def open_page_channel(self, migration: str, port: int, token: bytes) -> None:
         """Have the helper connect to this host's ``port`` with ``token`` (page_channel); its next page
         server or lazy-pages daemon uses that connection."""
-        self.channel.request({"type": "page-channel", "migration": migration, "port": port, "token": token.hex()})
+        self.channel.ask(messages.PageChannel(migration=migration, port=port, token=token))
 
     def start_page_server(self, migration: str, directory: str = "dump", parent: str | None = None) -> int:
         """A CRIU page server writing into images/``directory`` on the helper; returns its port (TLS),
         or 0 when it took the page connection opened before (open_page_channel)."""
-        request: dict[str, object] = {"type": "page-server", "migration": migration, "directory": directory}
-        if parent is not None:
-            request["parent"] = parent
-        reply = self.channel.request(request)
-        return fields.get_int(reply.header, "port", minimum=0, maximum=65535)
+        return self.channel.ask(messages.PageServer(migration=migration, directory=directory, parent=parent)).port
 
     def restore(self, migration: str, directory: str, *, lazy: bool, source_address: str = "",
                 source_port: int = 0, tasks: int = 0) -> tuple[float, list[str]]:
         """Restore on the helper; returns (restore ms, addresses announced). ``tasks``: the processes
         dumped, which the restored copy must have before it is thawed (0: not checked)."""
-        request: dict[str, object] = {"type": "restore", "migration": migration, "directory": directory,
-                                      "lazy": lazy}
-        if tasks:
-            request["tasks"] = tasks
-        if lazy:
-            request.update(source_address=source_address, source_port=source_port)
+        request = messages.Restore(migration=migration, directory=directory, lazy=lazy, tasks=tasks,
+                                   source_address=source_address if lazy else "",
+                                   source_port=source_port if lazy else 0)
         # A restore takes as long as it takes (the helper bounds it): wait for it.
-        reply = self.channel.request(request, timeout=messages.RESTORE_REPLY_WAIT_S)
-        restore_ms = reply.header.get("restore_ms")
-        return (float(restore_ms) if isinstance(restore_ms, (int, float)) else 0.0,
-                fields.get_str_list(reply.header, "announced"))
+        reply = self.channel.ask(request, timeout=messages.RESTORE_REPLY_WAIT_S)
+        return reply.restore_ms, list(reply.announced)
+
+    def rsync(self, migration: str, argv: list[str]) -> None:
+        """Have the helper run rsync's server for ``migration``; the connection then carries rsync's bytes
+        (rsync_tunnel)."""
+        self.channel.ask(messages.Rsync(migration=migration, argv=tuple(argv)))
 
     def commit(self, migration: str) -> None:
-        self.channel.request({"type": "migration-commit", "migration": migration})
+        self.channel.ask(messages.MigrationCommit(migration=migration))
 
     def status(self, migration: str) -> str:
-        reply = self.channel.request({"type": "migration-status", "migration": migration})
-        return fields.get_str(reply.header, "state", max_len=32)
+        return self.channel.ask(messages.MigrationStatus(migration=migration)).state
 
     def end_migration(self, migration: str) -> None:
-        self.channel.request({"type": "migration-end", "migration": migration})
+        self.channel.ask(messages.MigrationEnd(migration=migration))
 
     def abort_migration(self, migration: str) -> None:
-        self.channel.request({"type": "migration-abort", "migration": migration})
-
+        self.channel.ask(messages.MigrationAbort(migration=migration))
 
 
 def open_remote(conf: Config, name: str, local: HostCapabilities | None = None) -> HelperClient:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from lxdmig import criu
 from lxdmig.backends import ContainerFacts, Problem, Severity
 from lxdmig.capabilities import LAZY_PIPE_BYTES, HostCapabilities
-from lxdmig.client import ProbeResult
+from lxdmig.protocol.messages import ProbeResult
 
 MODES = ("stop-copy", "pre-copy", "post-copy", "hybrid")
 # Room beyond the container's memory and root filesystem on the destination:

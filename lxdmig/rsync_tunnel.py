@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         caps = Hello.parse(json.loads(args.hello.read_text())).host
         with open_remote(conf, args.remote, caps) as client:
-            client.channel.request({"type": "rsync", "migration": args.migration, "argv": args.command})
+            client.rsync(args.migration, args.command)
             relay(client.channel.sock, sys.stdin.fileno(), sys.stdout.fileno(), idle_timeout=conf.io_timeout,
                   end_on_rfd_eof=False)
     except (LxdmigError, RelayTimeout, OSError) as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
 from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
 from lxdmig.helper.state import HelperState
-from lxdmig.protocol import fields, messages
+from lxdmig.protocol import messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
 from lxdmig.protocol.messages import (
@@ -54,6 +53,7 @@ from lxdmig.protocol.messages import (
 )
 from lxdmig.protocol.paths import UnsafePath, check_relative_name, open_for_receive
 from lxdmig.protocol.relay import RelayTimeout, relay
+from lxdmig.protocol.schema import Message, Request
 from lxdmig.tokens import TokenError
 
 log = logging.getLogger(__name__)
@@ -88,23 +88,24 @@ class Session:
         self.migrations: set[str] = set()
         self.upload: _Upload | None = None
         self._serving = threading.Lock()  # held from a request's arrival until its reply is sent
-        self.handlers: dict[str, Callable[[Frame], dict[str, object]]] = {
-            "ping": lambda frame: {"type": "pong"},
-            "trust-redeem": self._trust_redeem,
-            "probe": self._probe,
-            "migration-begin": self._migration_begin,
-            "file-open": self._file_open,
-            "file-close": self._file_close,
-            "page-channel": self._page_channel,
-            "page-server": self._page_server,
-            "rsync": self._rsync,
-            "restore": self._restore,
-            "migration-commit": self._commit,
-            "migration-status": self._status,
-            "migration-end": lambda frame: self._finish(frame, "ended", "ended"),
-            "migration-abort": lambda frame: self._finish(frame, "aborted", "aborted"),
+        # Each handler takes its request, parsed, and returns the reply (typed in its signature).
+        self.handlers: dict[type[Request[Any]], Callable[[Any], Message]] = {
+            messages.Ping: lambda request: messages.Pong(),
+            messages.TrustRedeem: self._trust_redeem,
+            messages.Probe: self._probe,
+            messages.MigrationBegin: self._migration_begin,
+            messages.FileOpen: self._file_open,
+            messages.FileClose: self._file_close,
+            messages.PageChannel: self._page_channel,
+            messages.PageServer: self._page_server,
+            messages.Rsync: self._rsync,
+            messages.Restore: self._restore,
+            messages.MigrationCommit: self._commit,
+            messages.MigrationStatus: self._status,
+            messages.MigrationEnd: self._end,
+            messages.MigrationAbort: self._abort,
         }
-        assert set(self.handlers) == set(messages.REQUESTS)
+        assert set(self.handlers) == set(messages.REQUESTS.values())
 
     # -- the connection --------------------------------------------------
 
@@ -203,11 +204,12 @@ class Session:
             self._drop_upload()
             raise RemoteBadRequest(f"{kind!r} in the middle of a file upload")
         try:
-            if kind not in self.handlers:
+            request_type = messages.REQUESTS.get(kind)
+            if request_type is None:
                 raise RemoteBadRequest(f"request {kind!r} is not allowed")
-            if not self.trusted and kind not in messages.UNAUTHENTICATED_REQUESTS:
+            if not self.trusted and not request_type.UNAUTHENTICATED:
                 raise RemoteUntrusted("this host's certificate is not trusted by the helper")
-            reply = self.handlers[kind](frame)
+            reply = self.handlers[request_type](request_type.parse(frame.header))
         except RemoteError as e:
             log.info("%s: %s refused: %s", self.peer, kind, e)
             self._send_error(e)
@@ -218,54 +220,48 @@ class Session:
         except (ProtocolError, BackendError, ConfigError) as e:
             self._send_error(RemoteBadRequest(str(e)))
             return
-        self.channel.send(reply)
+        self.channel.send(reply.header())
 
     # -- requests ----------------------------------------------------------
 
-    def _trust_redeem(self, frame: Frame) -> dict[str, object]:
-        secret = fields.get_str(frame.header, "secret", max_len=256)
-        cert_pem = fields.get_str(frame.header, "certificate", max_len=_MAX_CERT).encode()
+    def _trust_redeem(self, request: messages.TrustRedeem) -> messages.Trusted:
+        cert_pem = request.certificate.encode()
         try:
             x509.load_pem_x509_certificate(cert_pem)
         except ValueError:
             raise RemoteBadRequest("'certificate' is not a PEM certificate") from None
         try:
-            name = self.state.tokens.redeem(secret)
+            name = self.state.tokens.redeem(request.secret)
         except TokenError as e:
             raise RemoteUntrusted(str(e)) from None
         fp = self.state.trust.add(name, cert_pem)
         self.state.reload()
         log.warning("%s: trust token for %r redeemed; certificate %s is now trusted", self.peer, name, fp)
-        return {"type": "trusted", "name": name, "fingerprint": fp}
+        return messages.Trusted(name=name, fingerprint=fp)
 
-    def _probe(self, frame: Frame) -> dict[str, object]:
-        container = fields.get_str(frame.header, "container", max_len=64)
-        networks = fields.get_str_list(frame.header, "networks", max_items=64)
-        return {
-            "type": "probe-result",
-            "free_bytes": self.state.free_bytes(),
-            "container_exists": bool(container) and (self.state.container_exists(container)
-                                                     or self.state.path_taken(container) is not None),
-            "networks": {n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}") for n in networks},
-            "lxcpath": str(self.state.config.lxcpath),
-            "hardened": self.state.config.hardened,
-            "plain_pages": self.state.config.plain_pages,
-            "lxd_allow_keys": list(self.state.config.lxd_allow_keys),
-        }
+    def _probe(self, request: messages.Probe) -> messages.ProbeResult:
+        container = request.container
+        return messages.ProbeResult(
+            free_bytes=self.state.free_bytes(),
+            container_exists=bool(container) and (self.state.container_exists(container)
+                                                  or self.state.path_taken(container) is not None),
+            networks={n: bool(_IFNAME_RE.match(n)) and os.path.exists(f"/sys/class/net/{n}")
+                      for n in request.networks},
+            lxcpath=str(self.state.config.lxcpath),
+            hardened=self.state.config.hardened,
+            plain_pages=self.state.config.plain_pages,
+            lxd_allow_keys=tuple(self.state.config.lxd_allow_keys),
+        )
 
-    def _migration(self, frame: Frame) -> Migration:
-        mid = fields.get_migration_id(frame.header)
+    def _migration(self, mid: str) -> Migration:
         if mid not in self.migrations:
             raise messages.RemoteNotFound(f"no migration {mid!r} on this connection")
         return self.state.registry.get(mid, self.fingerprint or "")
 
-    def _migration_begin(self, frame: Frame) -> dict[str, object]:
-        container = fields.get_str(frame.header, "container", max_len=64)
-        source_dir = fields.get_str(frame.header, "source_dir", max_len=1024)
-        backend_name = fields.get_str(frame.header, "backend", max_len=16) if "backend" in frame.header else "lxc"
-        definition = _definition(frame.header)
-        backend = self.state.backend_named(backend_name)
-        if backend_name == "lxd" and self.state.config.hardened:  # (before LXD makes the instance)
+    def _migration_begin(self, request: messages.MigrationBegin) -> messages.MigrationBegun:
+        container, definition = request.container, request.definition
+        backend = self.state.backend_named(request.backend)
+        if request.backend == "lxd" and self.state.config.hardened:  # (before LXD makes the instance)
             try:
                 config, devices, _ = definition_fields(definition)
             except BackendError as e:
@@ -278,8 +274,8 @@ class Session:
                                f"receive {container!r} here")
         der = self.sock.getpeercert(binary_form=True) or b""
         pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-        migration = self.state.registry.begin(container, self.fingerprint or "", pem, source_dir, backend_name,
-                                              definition)
+        migration = self.state.registry.begin(container, self.fingerprint or "", pem, request.source_dir,
+                                              request.backend, definition)
         migration.undo.push("remove the partly moved container", lambda: remove_container(backend, container))
         self.migrations.add(migration.id)
         try:
@@ -287,12 +283,11 @@ class Session:
         except BackendError as e:
             raise RemoteCommandFailed(f"cannot take {container!r} over here: {e}") from None
         self.state.status(f"receiving {container} from {self.peer}")
-        return {"type": "migration", "migration": migration.id}
+        return messages.MigrationBegun(migration=migration.id)
 
-    def _file_open(self, frame: Frame) -> dict[str, object]:
-        migration = self._migration(frame)
-        name = fields.get_str(frame.header, "name", max_len=1024)
-        size = fields.get_int(frame.header, "size")
+    def _file_open(self, request: messages.FileOpen) -> messages.Ready:
+        migration = self._migration(request.migration)
+        name, size = request.name, request.size
         if size > self.state.config.max_file_bytes:
             raise RemoteTooLarge(f"{name!r}: {size} bytes is over this helper's limit of "
                                  f"{self.state.config.max_file_bytes} (max_file_bytes)")
@@ -301,7 +296,7 @@ class Session:
                                  f"free under {self.state.config.work_dir}")
         fd = open_for_receive(migration.images, name)
         self.upload = _Upload(migration, name, fd, size)
-        return {"type": "ready"}
+        return messages.Ready()
 
     def _file_data(self, frame: Frame) -> None:
         up = self.upload
@@ -320,22 +315,21 @@ class Session:
         up.written += len(frame.payload)
         up.digest.update(frame.payload)
 
-    def _file_close(self, frame: Frame) -> dict[str, object]:
+    def _file_close(self, request: messages.FileClose) -> messages.Stored:
         up = self.upload
         if up is None:
             raise RemoteBadRequest("file-close without file-open")
-        expected = fields.get_str(frame.header, "sha256", max_len=64)
         try:
             if up.written != up.size:
                 raise RemoteBadRequest(f"{up.name!r}: got {up.written} of {up.size} bytes")
-            if up.digest.hexdigest() != expected:
+            if up.digest.hexdigest() != request.sha256:
                 raise RemoteBadRequest(f"{up.name!r}: SHA-256 mismatch, the file was damaged in transit")
         except BaseException:
             self._drop_upload()
             raise
         os.close(up.fd)
         self.upload = None
-        return {"type": "stored", "name": up.name, "size": up.size}
+        return messages.Stored(name=up.name, size=up.size)
 
     def _drop_upload(self) -> None:
         up, self.upload = self.upload, None
@@ -347,73 +341,64 @@ class Session:
         except OSError:
             pass
 
-    def _page_channel(self, frame: Frame) -> dict[str, object]:
+    def _page_channel(self, request: messages.PageChannel) -> messages.PageChannelOpen:
         """--page-transport plain: connect to the source's page port and authenticate (page_channel); the
         migration's next page server or lazy-pages daemon takes the connection."""
-        migration = self._migration(frame)
+        migration = self._migration(request.migration)
         if not self.state.config.plain_pages:
             raise messages.RemoteRefused("this helper takes memory pages over TLS only ([helper] plain_pages = "
                                          "false in its lxdmig.conf)")
-        port = fields.get_int(frame.header, "port", minimum=1, maximum=65535)
-        try:
-            token = bytes.fromhex(fields.get_str(frame.header, "token", max_len=2 * page_channel.TOKEN_BYTES))
-        except ValueError:
-            raise RemoteBadRequest("'token' must be hexadecimal") from None
-        if len(token) != page_channel.TOKEN_BYTES:
-            raise RemoteBadRequest(f"'token' must be {page_channel.TOKEN_BYTES} bytes")
         address = self.sock.getpeername()[0]  # the source itself, nowhere else
         try:
-            sock = page_channel.connect(address, port, token, timeout=page_channel.HANDSHAKE_TIMEOUT)
+            sock = page_channel.connect(address, request.port, request.token, timeout=page_channel.HANDSHAKE_TIMEOUT)
         except page_channel.PageChannelError as e:
             raise RemoteCommandFailed(str(e)) from None
         if (old := migration.take_page_socket()) is not None:
             old.close()
         migration.page_socket = sock
-        return {"type": "page-channel-open"}
+        return messages.PageChannelOpen()
 
-    def _page_server(self, frame: Frame) -> dict[str, object]:
-        migration = self._migration(frame)
-        directory = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=True)
-        parent = frame.header.get("parent")
-        if parent is not None:
-            parent_name = fields.get_str(frame.header, "parent", max_len=70)
-            if not parent_name.startswith("../"):
+    def _page_server(self, request: messages.PageServer) -> messages.PageServerStarted:
+        migration = self._migration(request.migration)
+        directory = _images_subdir(migration, request.directory, create=True)
+        if request.parent is not None:
+            if not request.parent.startswith("../"):
                 raise RemoteBadRequest("'parent' must be '../NAME', relative to the images directory")
-            _images_subdir(migration, parent_name[3:], create=False)
+            _images_subdir(migration, request.parent[3:], create=False)
         address = self.sock.getsockname()[0]  # where the client reached us
-        port = start_page_server(self.state, migration, directory, address,
-                                 parent_name if parent is not None else None)
-        return {"type": "page-server-started", "port": port}
+        port = start_page_server(self.state, migration, directory, address, request.parent)
+        return messages.PageServerStarted(port=port)
 
     @staticmethod
-    def _source_page_server(frame: Frame, migration: Migration) -> tuple[str, int]:
+    def _source_page_server(request: messages.Restore, migration: Migration) -> tuple[str, int]:
         """Where a lazy restore's pages come from: the source's TLS page server (none needed with a
         plain page connection)."""
         if migration.page_socket is not None:
             return "", 0
-        address = fields.get_str(frame.header, "source_address", max_len=64)
         try:
-            ipaddress.ip_address(address)
+            ipaddress.ip_address(request.source_address)
         except ValueError:
-            raise RemoteBadRequest(f"source_address {address!r} is not an IP address") from None
-        return address, fields.get_int(frame.header, "source_port", minimum=1, maximum=65535)
+            raise RemoteBadRequest(f"source_address {request.source_address!r} is not an IP address") from None
+        if not request.source_port:
+            raise RemoteBadRequest("a lazy restore over TLS needs the source's page server port (source_port)")
+        return request.source_address, request.source_port
 
-    def _rsync(self, frame: Frame) -> dict[str, object]:
+    def _rsync(self, request: messages.Rsync) -> messages.RsyncStarted:
         # Any connection of the same peer may sync into its migration (rsync
         # runs beside the control connection, through its own tunnel).
-        mid = fields.get_migration_id(frame.header)
+        mid = request.migration
         migration = self.state.registry.get(mid, self.fingerprint or "")
         if migration.committed:
             raise RemoteBadRequest("the migration is committed: its files can no longer change")
         target = self.state.backend_named(migration.backend).container_dir(migration.container)
-        argv = server_argv(fields.get_str_list(frame.header, "argv", max_items=32), str(target))
+        argv = server_argv(list(request.argv), str(target))
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(migration.root / "rsync.log", "ab") as errors:
             server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
                                       env=proc.clean_env(), start_new_session=True)
         assert server.stdin is not None and server.stdout is not None
         migration.rsync_servers.append(server)
-        self.channel.send({"type": "rsync-started"})
+        self.channel.send(messages.RsyncStarted().header())
         try:
             relay(self.sock, server.stdout.fileno(), server.stdin.fileno(),
                   idle_timeout=self.state.config.io_timeout, end_on_rfd_eof=True)
@@ -428,27 +413,26 @@ class Session:
             log.info("%s: rsync for migration %s exited with %s", self.peer, mid, server.returncode)
         raise _Handed()
 
-    def _restore(self, frame: Frame) -> dict[str, object]:
-        migration = self._migration(frame)
-        images = _images_subdir(migration, fields.get_str(frame.header, "directory", max_len=64), create=False)
-        lazy = fields.get_bool(frame.header, "lazy")
+    def _restore(self, request: messages.Restore) -> messages.Restored:
+        migration = self._migration(request.migration)
+        images = _images_subdir(migration, request.directory, create=False)
         backend = self.state.backend_named(migration.backend)
         config = migration.root / "restore.conf"
-        config.write_text("lazy-pages\n" if lazy else "")
-        self.state.status(f"restoring {migration.container} ({'post-copy' if lazy else 'all pages here'})")
+        config.write_text("lazy-pages\n" if request.lazy else "")
+        self.state.status(f"restoring {migration.container} "
+                          f"({'post-copy' if request.lazy else 'all pages here'})")
         try:
             backend.adopt_config(migration.container, migration.source_dir, migration.definition)
             if self.state.config.hardened:
                 _refuse(migration.container, backend.hardened_refusals(
                     migration.container, self.state.config.lxd_allow_keys, received=migration.definition))
-            if lazy:
-                address, port = self._source_page_server(frame, migration)
+            if request.lazy:
+                address, port = self._source_page_server(request, migration)
                 start_lazy_pages(self.state, migration, images, address, port)
                 migration.on_memory_lost = lambda: backend.stop(migration.container)
             start = time.monotonic()
-            tasks = fields.get_int(frame.header, "tasks", maximum=1 << 22) if "tasks" in frame.header else 0
             backend.restore(migration.container, images, config_file=config, timeout=messages.RESTORE_TIMEOUT_S,
-                            expect_tasks=tasks)
+                            expect_tasks=request.tasks)
             restore_ms = (time.monotonic() - start) * 1000
         except (CriuError, BackendError, OSError) as e:
             raise RemoteCommandFailed(f"restore of {migration.container} failed: {e}") from None
@@ -459,23 +443,29 @@ class Session:
             log.warning("migration %s: could not announce the container's addresses: %s", migration.id, e)
             announced = []
         self.state.status(f"{migration.container} restored; waiting for the source to commit")
-        return {"type": "restored", "restore_ms": round(restore_ms, 1), "announced": announced}
+        return messages.Restored(restore_ms=round(restore_ms, 1), announced=tuple(announced))
 
-    def _commit(self, frame: Frame) -> dict[str, object]:
-        migration = self._migration(frame)
+    def _commit(self, request: messages.MigrationCommit) -> messages.Committed:
+        migration = self._migration(request.migration)
         self.state.registry.commit(migration.id, self.fingerprint or "")
-        return {"type": "committed"}
+        return messages.Committed()
 
-    def _status(self, frame: Frame) -> dict[str, object]:
-        mid = fields.get_migration_id(frame.header)
-        return {"type": "status", "state": self.state.registry.outcome(mid, self.fingerprint or "")}
+    def _status(self, request: messages.MigrationStatus) -> messages.Status:
+        return messages.Status(state=self.state.registry.outcome(request.migration, self.fingerprint or ""))
 
-    def _finish(self, frame: Frame, how: str, reply: str) -> dict[str, object]:
-        migration = self._migration(frame)
+    def _end(self, request: messages.MigrationEnd) -> messages.Ended:
+        self._finish(request.migration, "ended")
+        return messages.Ended()
+
+    def _abort(self, request: messages.MigrationAbort) -> messages.Aborted:
+        self._finish(request.migration, "aborted")
+        return messages.Aborted()
+
+    def _finish(self, mid: str, how: str) -> None:
+        migration = self._migration(mid)
         self.state.registry.finish(migration.id, self.fingerprint or "", how=how)
         self.migrations.discard(migration.id)
         self.state.status(self.state.idle_status())
-        return {"type": reply}
 
 
 def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
@@ -488,20 +478,6 @@ def _images_subdir(migration: Migration, name: str, *, create: bool) -> Path:
     elif not path.is_dir() or path.is_symlink():
         raise messages.RemoteNotFound(f"no image directory {name!r} in this migration")
     return path
-
-
-def _definition(header: Mapping[str, object]) -> dict[str, Any]:
-    """The source backend's description of the container (a JSON object, as a string)."""
-    if "definition" not in header:
-        return {}
-    text = fields.get_str(header, "definition", max_len=48 * 1024)
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise RemoteBadRequest("definition is not JSON") from None
-    if not isinstance(value, dict):
-        raise RemoteBadRequest("definition is not a JSON object")
-    return value
 
 
 def _refuse(container: str, refusals: list[str]) -> None:

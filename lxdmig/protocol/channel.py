@@ -6,9 +6,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Mapping
+from typing import TypeVar
 
 from lxdmig.protocol import framing, messages
 from lxdmig.protocol.framing import Frame, ProtocolError
+from lxdmig.protocol.schema import Message, Request
+
+R = TypeVar("R", bound=Message)
 
 
 class PeerTimeout(ProtocolError):
@@ -50,11 +54,20 @@ class Channel:
         except ssl.SSLError as e:
             raise TlsAlert(e.reason or str(e)) from None
 
-    def request(self, header: Mapping[str, object], payload: bytes = b"", *, timeout: float | None = None) -> Frame:
-        """Send a request and return its reply; an ``error`` reply is raised.
+    def ask(self, request: Request[R], *, timeout: float | None = None) -> R:
+        """Send ``request`` and return its reply; an ``error`` reply is raised.
 
         ``timeout``: wait this long for the reply instead of the channel's timeout.
         """
+        self.send(request.header())
+        return self.reply_for(request, timeout=timeout)
+
+    def reply_for(self, request: Request[R], *, timeout: float | None = None) -> R:
+        """The reply to ``request``, sent earlier (requests may be pipelined: replies come in order)."""
+        return request.read_reply(self.reply_to(request.TYPE, timeout=timeout).header)
+
+    def request(self, header: Mapping[str, object], payload: bytes = b"", *, timeout: float | None = None) -> Frame:
+        """Send a request as a raw header (tests send malformed ones); ``ask`` is the typed way."""
         request_type = str(header.get("type"))
         if request_type not in messages.REQUESTS:
             raise ValueError(f"{request_type!r} is not a protocol request")
@@ -62,8 +75,8 @@ class Channel:
         return self.reply_to(request_type, timeout=timeout)
 
     def reply_to(self, request_type: str, *, timeout: float | None = None) -> Frame:
-        """The reply to a request sent earlier (requests may be pipelined: replies come in order)."""
-        expected = messages.REQUESTS[request_type]
+        """The raw reply to a request of ``request_type`` sent earlier."""
+        expected = messages.REQUESTS[request_type].REPLY.TYPE
         if timeout is not None:
             self.sock.settimeout(timeout)
             self.timeout, saved = timeout, self.timeout

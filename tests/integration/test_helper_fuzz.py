@@ -76,7 +76,8 @@ def test_any_request_gets_a_clean_answer(fuzzed: Any, header: dict[str, Any]) ->
         if header["type"] in ENDS_CONNECTION:
             state["channel"] = daemon.raw("client", local)
     else:
-        assert reply.type == messages.REQUESTS.get(header["type"]), (header, reply.header)
+        assert header["type"] in messages.REQUESTS, (header, reply.header)
+        assert reply.type == messages.REQUESTS[header["type"]].REPLY.TYPE, (header, reply.header)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,8 +7,8 @@ import dataclasses
 from lxdmig import preflight
 from lxdmig.backends import ContainerFacts, Problem, Severity
 from lxdmig.capabilities import LAZY_PIPE_BYTES, HostCapabilities
-from lxdmig.client import ProbeResult
 from lxdmig.preflight import Status
+from lxdmig.protocol.messages import ProbeResult
 
 MIB = 1024**2
 
