@@ -36,7 +36,7 @@ check: install
 test: install
 	$(VENV)/bin/ruff check lxdmig tests
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -m "not vm" tests
+	$(PY) -m pytest -m "not vm" --durations=30 tests
 	$(PY) -m pytest -m vm tests/vm
 
 # Only the VM suite (builds its cached image on first use).
