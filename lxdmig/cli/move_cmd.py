@@ -12,8 +12,7 @@ from lxdmig.backends import Backend
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.migrate import policy
-from lxdmig.migrate.lxd_move import LxdEngineMove
-from lxdmig.migrate.move import Mover
+from lxdmig.migrate.engine import EngineOptions, make_engine
 from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed
 from lxdmig.remotes import RemoteStore
 
@@ -131,15 +130,8 @@ def run(args: argparse.Namespace) -> ExitCode:
     progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if engine == "lxd":
-            assert isinstance(backend, LxdBackend)
-            flags = {config.ITERATIONS: args.iterations, config.GOAL: args.goal}
-            report = LxdEngineMove(conf, request, progress, backend, timeout=args.timeout, engine_reason=why,
-                                   keys={k: str(v) for k, v in flags.items() if v is not None}).run()
-        else:
-            mover = Mover(conf, request, progress, backend)
-            mover.report.engine_reason = why
-            report = mover.run()
+        options = EngineOptions(timeout=args.timeout, iterations=args.iterations, goal=args.goal)
+        report = make_engine(engine, why, conf, request, progress, backend, options).run()
     except PreflightFailed as e:
         for check in e.checks:
             if check.status.value != "ok":

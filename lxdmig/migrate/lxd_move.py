@@ -86,7 +86,7 @@ class _DowntimeWatch(threading.Thread):
 
 class LxdEngineMove:
     def __init__(self, conf: Config, request: MoveRequest, progress: Progress, backend: LxdBackend, *,
-                 timeout: float = DEFAULT_TIMEOUT, engine_reason: str = "requested",
+                 timeout: float = DEFAULT_TIMEOUT, engine_reason: str = "",
                  keys: dict[str, str] | None = None) -> None:
         self.conf, self.request, self.progress, self.backend = conf, request, progress, backend
         self.timeout = timeout

@@ -94,12 +94,12 @@ def _quiet(message: str) -> None:
 
 class Mover:
     def __init__(self, conf: Config, request: MoveRequest, progress: Progress = _quiet,
-                 backend: Backend | None = None) -> None:
+                 backend: Backend | None = None, *, engine_reason: str = "") -> None:
         self.conf = conf
         self.request = request
         self.progress = progress
         self.backend: Backend = backend or backends.get("lxc", lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
-        self.report = MoveReport(request.container, request.remote)
+        self.report = MoveReport(request.container, request.remote, engine_reason=engine_reason)
         self.undo = UndoStack()
         self.start = time.monotonic()
         self.work = Path()
