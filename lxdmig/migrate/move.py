@@ -25,21 +25,17 @@ rollback is a thaw: no restore from images, no second copy of memory.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import json
 import logging
 import shutil
 import socket
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from lxdmig import backends, capabilities, criu, page_channel, preflight, proc
+from lxdmig import backends, capabilities, criu, preflight, proc
 from lxdmig.backends import Backend
 from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
@@ -48,8 +44,12 @@ from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
 from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
 from lxdmig.migrate import policy
+from lxdmig.migrate.filesystem_sync import FilesystemSync, rsync_argv
 from lxdmig.migrate.guard import Guard
+from lxdmig.migrate.page_transport import PageTarget, lazy_endpoint, page_connection, page_target
+from lxdmig.migrate.peer_watch import peer_watch
 from lxdmig.migrate.policy import ModeChoice, Round, Step
+from lxdmig.migrate.post_copy import lazy_wait, serve_pages
 from lxdmig.migrate.report import (
     MoveFailed,
     MoveReport,
@@ -60,7 +60,6 @@ from lxdmig.migrate.report import (
     Progress,
     RoundReport,
 )
-from lxdmig.netutil import free_port
 from lxdmig.protocol import messages
 from lxdmig.protocol.messages import Hello
 from lxdmig.undo import UndoStack
@@ -72,20 +71,8 @@ log = logging.getLogger(__name__)
 # and the move rolled back, rather than leaving the container frozen.
 DUMP_BASE_S = 60.0
 DUMP_MIN_RATE = 10e6  # bytes/s
-RSYNC_TIMEOUT = 3600.0
-# A post-copy source waits this long per MiB of memory (and at least
-# LAZY_MIN_WAIT) for the destination to fetch every page.
-LAZY_WAIT_PER_MIB = 2.0
-LAZY_MIN_WAIT = 120.0
-# ... and asks the destination how it is doing this often (an unreachable destination ends the transfer).
-PAGES_HEARTBEAT_S = 2.0
-# While a (pre-)dump streams pages to the destination, its helper is pinged this often; one that does not
-# answer within PEER_PING_TIMEOUT (or [helper] io_timeout if shorter) is taken for gone.
-PEER_HEARTBEAT_S = 1.0
-PEER_PING_TIMEOUT = 10.0
 # How long a source that lost its connection after asking for the restore asks for the outcome.
 OUTCOME_WAIT_S = 30.0
-RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
 
 
 def _quiet(message: str) -> None:
@@ -181,15 +168,20 @@ class Mover:
     def _move(self, choice: ModeChoice, local: HostCapabilities) -> None:
         client = self._client()
         name = self.request.container
-        source_dir = str(self.backend.container_dir(name))
+        source_dir = self.backend.container_dir(name)
         (self.work / "hello.json").write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
-        self.mid = client.begin_migration(name, source_dir, self.backend.name, self.backend.describe(name))
+        self.mid = client.begin_migration(name, str(source_dir), self.backend.name, self.backend.describe(name))
+        filesystem = FilesystemSync(rsync_argv("rsync", config=self.conf.path, hello=self.work / "hello.json",
+                                               remote=self.request.remote, migration=self.mid, source=source_dir,
+                                               excludes=self.backend.sync_excludes),
+                                    self.work, self.report, self.say)
         # If this process is killed (SIGKILL) from here on, the guard rolls back (or finishes a post-copy).
         self.guard = Guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
                            remote=self.request.remote, migration=self.mid, work_dir=self.work,
                            log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
         try:
-            self._sync_filesystem("initial")
+            with self._peer_watch(None):
+                filesystem.initial()
             lazy = choice.mode in ("post-copy", "hybrid")
             parent = None
             if choice.mode in ("pre-copy", "hybrid"):
@@ -198,7 +190,7 @@ class Mover:
             self._prepare_destination(lazy, parent)
             self._freeze()
             self._lap("freeze")
-            lazy_child = self._final_dump_and_sync(lazy, parent)
+            lazy_child = self._final_dump_and_sync(filesystem, lazy, parent)
             self._restore(lazy)
         except OutcomeUnknown:
             # No rollback: the destination may run it, the source stays frozen and offline. The
@@ -244,33 +236,6 @@ class Mover:
         return self.client
 
     # -- steps ------------------------------------------------------------
-
-    def _sync_filesystem(self, which: str) -> None:
-        start = time.monotonic()
-        with self._peer_watch(None):
-            result = proc.run(self._rsync_argv(), timeout=RSYNC_TIMEOUT, check=False,
-                              output_file=self.work / f"rsync-{which}.log")
-        self._account_sync(which, result.argv, result.returncode, proc.tail(result.stderr),
-                           time.monotonic() - start)
-
-    def _rsync_argv(self) -> list[str]:
-        """rsync of the root filesystem to the destination (what changed since the last sync)."""
-        tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(self.conf.path),
-                  "--hello", str(self.work / "hello.json"), self.request.remote, self.mid]
-        source = str(self.backend.container_dir(self.request.container)) + "/"
-        excludes = [f"--exclude={pattern}" for pattern in self.backend.sync_excludes]
-        return ["rsync", *RSYNC_OPTIONS, *excludes, "--stats", "-e", " ".join(tunnel), source,
-                f"{self.request.remote}:container/"]
-
-    def _account_sync(self, which: str, argv: Sequence[str], code: int, said: str, seconds: float) -> None:
-        # 24: files vanished between rsync's listing and their transfer. Normal while the container
-        # runs (a service's temporary files); the final sync, with the container frozen, has the last word.
-        if code not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
-            raise proc.CommandFailed(argv, code, said)
-        sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
-        self.report.bytes_sent += sent
-        setattr(self.report, f"fs_{which}_s", round(seconds, 3))
-        self.say(f"filesystem {which} sync: {sent / 1e6:.1f} MB in {seconds:.2f} s")
 
     def _criu_config(self, directory: Path, options: list[str]) -> Path:
         client = self._client()
@@ -355,7 +320,7 @@ class Mover:
         connection, if any, is made now.)"""
         if lazy:
             if self.request.page_transport == "plain":
-                self.lazy_socket = self._page_connection()
+                self.lazy_socket = page_connection(self._client(), self.mid, self.conf.lazy_ports)
                 self.undo.push("close the page connection", self.lazy_socket.close)
         elif not self._local_pages(parent):
             self.final_pages = self._page_target("dump", parent)
@@ -363,62 +328,17 @@ class Mover:
                 self.undo.push("close the page connection", self.final_pages.close)
 
     def _page_target(self, directory: str, parent: str | None) -> PageTarget:
-        """A page server on the destination writing into images/``directory``, and how CRIU reaches it."""
-        client = self._client()
-        sock = self._page_connection() if self.request.page_transport == "plain" else None
-        try:
-            port = client.start_page_server(self.mid, directory, parent)
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
-        if sock is not None:
-            return PageTarget(["--page-server", "--ps-socket", str(sock.fileno())], 0, sock)
-        host = client.remote.host
-        return PageTarget(["--page-server", "--address", host, "--port", str(port)], port, None,
-                          lambda: proc.run(["ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}"], timeout=10,
-                                           check=False))
-
-    def _page_connection(self) -> socket.socket:
-        """--page-transport plain: a TCP connection from the destination's helper to this host, which
-        it authenticated with a token sent over the TLS control connection (page_channel)."""
-        client = self._client()
-        listener = page_channel.Listener(client.channel.sock.getsockname()[0], self.conf.lazy_ports)
-        token = page_channel.new_token()
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="page-channel") as pool:
-            accepted = pool.submit(listener.accept, token, page_channel.HANDSHAKE_TIMEOUT * 2)
-            try:
-                client.open_page_channel(self.mid, listener.port, token)
-            except BaseException:
-                listener.close()  # (accept() gives up at once)
-                with contextlib.suppress(Exception):
-                    accepted.result().close()
-                raise
-            try:
-                return accepted.result()
-            except page_channel.PageChannelError as e:
-                raise MoveFailed(str(e)) from None
-            finally:
-                listener.close()
+        return page_target(self._client(), self.mid, directory, parent, plain=self.request.page_transport == "plain",
+                           ports=self.conf.lazy_ports)
 
     def _local_pages(self, parent: str | None) -> bool:
         return self.local_pages and parent is None  # (a chained dump's parent is on the page server)
 
-    def _final_dump_and_sync(self, lazy: bool, parent: str | None) -> proc.Child | None:
+    def _final_dump_and_sync(self, filesystem: FilesystemSync, lazy: bool, parent: str | None) -> proc.Child | None:
         """The final dump and upload, with the final filesystem sync beside them: both only read the
         frozen container."""
-        rsync = proc.Child(self._rsync_argv(), log_file=self.work / "rsync-final.log")
-        start = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="final-sync") as pool:
-            # (The thread notes when rsync ended, for fs_final_s.)
-            final_sync = pool.submit(lambda: (rsync.wait(RSYNC_TIMEOUT), time.monotonic() - start))
-            try:
-                lazy_child = self._final_dump(lazy, parent)
-            except BaseException:
-                rsync.stop()  # roll back now, not once rsync notices a destination that hangs
-                raise
-        code, seconds = final_sync.result()
-        self._account_sync("final", rsync.argv, code, rsync.log_tail(), seconds)
+        with filesystem.final_beside():
+            lazy_child = self._final_dump(lazy, parent)
         self._lap("final_sync")  # (only what was left of it once the dump and upload were done)
         return lazy_child
 
@@ -437,12 +357,7 @@ class Mover:
             if sock is not None:
                 serve, fds = ["--ps-socket", str(sock.fileno())], [sock.fileno()]
             else:
-                address = client.channel.sock.getsockname()[0]
-                port = free_port(address, *self.conf.lazy_ports)
-                if port is None:
-                    raise MoveFailed(f"no free port in {self.conf.lazy_ports} ([client] lazy_ports) for the "
-                                     "post-copy page server")
-                self.lazy_endpoint = (address, port)
+                self.lazy_endpoint = address, port = lazy_endpoint(client, self.conf.lazy_ports)
                 serve, fds = ["--address", address, "--port", str(port)], []
             try:
                 config = self._criu_config(directory, ["--lazy-pages", *serve, *chain])
@@ -552,52 +467,26 @@ class Mover:
         self.say(f"removed {name} from this host")
 
     def _serve_pages(self, lazy_child: proc.Child) -> None:
-        """Post-copy after the commit: CRIU here serves the memory until the destination has every page.
-
-        The destination's helper is asked how the migration is doing every
-        PAGES_HEARTBEAT_S (over a new connection if the old one broke: a
-        restarted helper answers too, and CRIU's transfer does not depend on
-        it). If no helper answers for ``[helper] io_timeout`` s, the
-        destination is unreachable and the pages cannot arrive: the transfer
-        is given up.
-        """
+        """Post-copy after the commit: wait until CRIU here served every page (post_copy.serve_pages)."""
         name = self.request.container
-        facts_mib = max(1, self.backend.facts(name).memory_bytes // 2**20) if self.backend.exists(name) else 1
-        wait = max(LAZY_MIN_WAIT, LAZY_WAIT_PER_MIB * facts_mib)
+        wait = lazy_wait(self.backend.facts(name).memory_bytes if self.backend.exists(name) else 0)
         if self.guard is not None:
             self.guard.tell("streaming", wait)
-        start = last_answer = time.monotonic()
+        start = time.monotonic()
         self.say("post-copy: the container runs on the destination; its memory streams from here")
-        code: int | None = None
-        failure = ""
-        while code is None:
-            code = lazy_child.exited_within(min(PAGES_HEARTBEAT_S, max(0.1, start + wait - time.monotonic())))
-            if code is not None:
-                break
-            if time.monotonic() - start >= wait:
-                failure = f"not finished after {wait:.0f} s"
-                break
-            try:
-                self._heartbeat()
-                last_answer = time.monotonic()
-            except (LxdmigError, OSError) as e:
-                if time.monotonic() - last_answer > self.conf.io_timeout:
-                    failure = f"{self.request.remote} did not answer for {self.conf.io_timeout:g} s ({e})"
-                    break
-        if failure:
-            lazy_child.stop()
+        failure = serve_pages(lazy_child, wait, self._heartbeat, self.conf.io_timeout, self.request.remote)
         self.report.lazy_transfer_s = round(time.monotonic() - start, 3)
         try:
             self.report.final_pages_lazy = lazy_pages(self.work / "dump")
             self.report.bytes_sent += self.report.final_pages_lazy * policy.PAGE
         except LxdmigError as e:
             self.report.warnings.append(f"could not count the pages sent lazily: {e}")
-        if failure or code != 0:
+        if failure:
             # The destination lacks pages: keep the frozen source and the images for the operator.
             self.keep_work = True
             self._guard_done()
             raise PostCopyIncomplete(
-                f"post-copy page transfer failed after the commit ({failure or f'CRIU exited with {code}'}): "
+                f"post-copy page transfer failed after the commit ({failure}): "
                 f"{name} was restored on {self.request.remote} without all of its memory, and its helper stops it "
                 f"there when the transfer fails. The frozen, offline copy here and the images in {self.work} are "
                 f"kept (CRIU's log: {self.work / 'dump' / 'dump.log'}): once it is stopped on "
@@ -605,42 +494,8 @@ class Mover:
                 f"the freeze (docs/reliability.md, 'What post-copy cannot recover from')")
         self.say(f"post-copy: every page sent in {self.report.lazy_transfer_s:.2f} s")
 
-    @contextlib.contextmanager
-    def _peer_watch(self, cut: Callable[[], None] | None) -> Iterator[None]:
-        """Watch the destination while CRIU streams pages to its page server (``cut`` cuts CRIU's
-        connection to it), or rsync copies the root filesystem (``cut`` None) through a connection
-        of its own.
-
-        The pings also keep the migration's control connection busy: the
-        helper ends one that stays silent for its io_timeout, and an initial
-        sync of a big root filesystem takes longer than that. If the
-        destination's helper stops answering (PEER_PING_TIMEOUT), CRIU's
-        connection to the page server is cut (PageTarget.cut): CRIU then fails at
-        once and cleans up after itself (network lock, parasite), instead of
-        writing into a dead connection until its own timeout with the
-        container frozen. (rsync fails on its own when its tunnel breaks.)
-        """
-        stop = threading.Event()
-
-        def watch() -> None:
-            while not stop.wait(PEER_HEARTBEAT_S):
-                try:
-                    self._client().ping(timeout=min(self.conf.io_timeout, PEER_PING_TIMEOUT))
-                except (LxdmigError, OSError) as e:
-                    if stop.is_set():
-                        return
-                    if cut is not None:
-                        self.say(f"{self.request.remote} stopped answering ({e}); cutting CRIU's connection to it")
-                        cut()
-                    return
-
-        watcher = threading.Thread(target=watch, name="peer-watch", daemon=True)
-        watcher.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            watcher.join()
+    def _peer_watch(self, cut: Callable[[], None] | None) -> AbstractContextManager[None]:
+        return peer_watch(self._client(), self.conf.io_timeout, cut, self.say)
 
     def _heartbeat(self) -> None:
         """Ask the destination about the migration, reconnecting if the connection broke."""
@@ -663,47 +518,3 @@ class Mover:
             client.close()
             self.say(f"rollback: the destination did not answer ({e}); it removes its copy when it sees the "
                      "connection closed")
-
-
-@dataclass
-class PageTarget:
-    """Where a dump sends its pages: the destination's TLS page server at ``port``, or the plain page
-    connection ``sock`` (port 0). ``options``: CRIU's options for it. Closing it closes this process's
-    copy of the connection (CRIU keeps its own while it runs)."""
-
-    options: list[str]
-    port: int
-    sock: socket.socket | None
-    cut_tls: Callable[[], object] | None = None
-
-    @property
-    def fds(self) -> list[int]:
-        return [self.sock.fileno()] if self.sock is not None else []
-
-    def cut(self) -> None:
-        """End CRIU's connection to the page server (the destination stopped answering)."""
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # (the connection itself, CRIU's copy too)
-        elif self.cut_tls is not None:
-            self.cut_tls()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-
-    def __enter__(self) -> PageTarget:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-RSYNC_VANISHED = 24  # rsync's exit status: "some files vanished before they could be transferred"
-
-
-def _rsync_bytes_sent(log: Path) -> int:
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("Total bytes sent:"):
-            return int(line.split(":", 1)[1].strip().replace(",", "").split()[0])
-    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from lxdmig import capabilities, config, proc
 from lxdmig.client import open_remote
 from lxdmig.errors import LxdmigError
-from lxdmig.migrate.move import RSYNC_OPTIONS
+from lxdmig.migrate.filesystem_sync import RSYNC_OPTIONS
 from lxdmig.protocol import messages
 from lxdmig.protocol.messages import Hello
 
