@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig import backends, capabilities, criu, preflight, proc
@@ -79,12 +80,26 @@ def _quiet(message: str) -> None:
     log.info("%s", message)
 
 
+Connect = Callable[[Config, str, HostCapabilities | None], HelperClient]
+
+
+@dataclass(frozen=True)
+class Seams:
+    """What a move reaches beyond this process and its backend through. The defaults are the real
+    ones; the in-process tests (tests/unit/test_move_inprocess.py) put their own in their place."""
+
+    connect: Connect = open_remote  # a connection to the remote's helper (client.open_remote)
+    guard: type[Guard] = Guard  # the freeze guard, a process of its own
+    rsync: str = "rsync"  # the program that syncs the root filesystem (filesystem_sync)
+
+
 class Mover:
     def __init__(self, conf: Config, request: MoveRequest, progress: Progress = _quiet,
-                 backend: Backend | None = None, *, engine_reason: str = "") -> None:
+                 backend: Backend | None = None, *, engine_reason: str = "", seams: Seams = Seams()) -> None:
         self.conf = conf
         self.request = request
         self.progress = progress
+        self.seams = seams
         self.backend: Backend = backend or backends.get("lxc", lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
         self.report = MoveReport(request.container, request.remote, engine_reason=engine_reason)
         self.undo = UndoStack()
@@ -121,7 +136,7 @@ class Mover:
         self.conf.outgoing_dir.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.conf.outgoing_dir))
         try:
-            with open_remote(self.conf, self.request.remote, local) as client:
+            with self.seams.connect(self.conf, self.request.remote, local) as client:
                 self.client = client
                 choice = self._preflight(local, client)
                 self._move(choice, local)
@@ -171,14 +186,14 @@ class Mover:
         source_dir = self.backend.container_dir(name)
         (self.work / "hello.json").write_text(json.dumps(Hello(messages.PROTOCOL_VERSION, local).header()))
         self.mid = client.begin_migration(name, str(source_dir), self.backend.name, self.backend.describe(name))
-        filesystem = FilesystemSync(rsync_argv("rsync", config=self.conf.path, hello=self.work / "hello.json",
+        filesystem = FilesystemSync(rsync_argv(self.seams.rsync, config=self.conf.path, hello=self.work / "hello.json",
                                                remote=self.request.remote, migration=self.mid, source=source_dir,
                                                excludes=self.backend.sync_excludes),
                                     self.work, self.report, self.say)
         # If this process is killed (SIGKILL) from here on, the guard rolls back (or finishes a post-copy).
-        self.guard = Guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
-                           remote=self.request.remote, migration=self.mid, work_dir=self.work,
-                           log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
+        self.guard = self.seams.guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
+                                      remote=self.request.remote, migration=self.mid, work_dir=self.work,
+                                      log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
         try:
             with self._peer_watch(None):
                 filesystem.initial()
@@ -501,7 +516,7 @@ class Mover:
         """Ask the destination about the migration, reconnecting if the connection broke."""
         client = self._client()
         if client.channel.closed:
-            client = self.client = open_remote(self.conf, self.request.remote)
+            client = self.client = self.seams.connect(self.conf, self.request.remote, None)
         try:
             client.status(self.mid)
         except (LxdmigError, OSError):
