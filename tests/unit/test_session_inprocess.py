@@ -1,6 +1,6 @@
 """The helper's request dispatch, in process: a real Session and a real HelperClient over a socketpair
-with real TLS (the certificates made here), a fake backend in place of LXC. Seconds, no test bed, no
-root: what the RPM's %check can run. The real daemon over TCP is tests/integration/test_helper_daemon.py.
+with real TLS (inprocess_helper.py), a fake backend in place of LXC. Seconds, no test bed, no root: what
+the RPM's %check can run. The real daemon over TCP is tests/integration/test_helper_daemon.py.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ from typing import Any
 
 import pytest
 
-from lxdmig import capabilities, config, page_channel, tls
+from lxdmig import capabilities, page_channel, tls
 from lxdmig.capabilities import HostCapabilities
-from lxdmig.client import HelperClient, _handshake
-from lxdmig.helper.session import Session
-from lxdmig.helper.state import HelperState
 from lxdmig.protocol import messages
-from lxdmig.protocol.channel import Channel
-from lxdmig.remotes import Remote
-from lxdmig.sdnotify import Notifier
+from tests.unit.inprocess_helper import InProcessHelper
 
 
 class FakeBackend:
@@ -51,45 +46,18 @@ class FakeBackend:
         self.calls.append(("delete", container))
 
 
-def _config(tmp: Path, extra: str = "") -> config.Config:
-    path = tmp / "lxdmig.conf"
-    path.write_text(f"[helper]\nwork_dir = {tmp / 'migrations'}\nio_timeout = 5\n{extra}"
-                    f"[lxc]\nlxcpath = {tmp / 'lxc'}\n[lxd]\nsocket = {tmp / 'no-lxd.socket'}\n")
-    return config.load(path)
-
-
 class Pair:
-    """A helper state and session on one end of a socketpair, a trusted client on the other."""
+    """An in-process helper with the fake backend, and one trusted client."""
 
     def __init__(self, tmp: Path, extra: str = "") -> None:
-        self.state = HelperState(_config(tmp, extra), Notifier({}))
         self.backend = FakeBackend(tmp / "lxc")
-        self.state.backend = self.backend  # type: ignore[assignment]
         client_id = tls.ensure_identity(tmp / "client" / "c.crt", tmp / "client" / "c.key", "host-a")
-        self.state.trust.add("a", client_id.cert.read_bytes())
-        self.state.reload()
-        server_end, client_end = socket.socketpair()
-        server_tls = self.state.context().wrap_socket(server_end, server_side=True, do_handshake_on_connect=False)
-        cert = self.state.config.cert.read_bytes()
-        client_tls = tls.client_context(client_id, cert).wrap_socket(client_end, server_hostname=None,
-                                                                      do_handshake_on_connect=False)
-        self.session = Session(self.state, server_tls, "test-peer", on_trusted=lambda: None)
-
-        def serve() -> None:
-            server_tls.do_handshake()
-            self.session.run()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        client_tls.do_handshake()
-        channel = Channel(client_tls, timeout=5)
-        peer = _handshake(channel, HostCapabilities.withheld())
-        assert peer.trusted
-        self.client = HelperClient(channel, Remote("b", "127.0.0.1", 8445, cert), peer)
+        self.helper = InProcessHelper(tmp, self.backend, client_id, extra)
+        self.state = self.helper.state
+        self.client = self.helper.connect()
 
     def close(self) -> None:
-        self.client.close()
-        self.thread.join(timeout=5)
+        self.helper.close()
 
 
 @pytest.fixture
