@@ -1,5 +1,5 @@
 """lxdmig's mover, in process: the real Mover (the source's side of a move) against a real helper Session
-over a socketpair with real TLS (inprocess_helper.py), both hosts' container managers faked. What is not
+over a socketpair with real TLS (inprocess.py), both hosts' container managers faked. What is not
 ours is replaced through the mover's seams (move.Seams): the freeze guard's process, and rsync by a
 script that prints rsync's statistics; the destination's CRIU page server by a stand-in that records
 what it was asked. Seconds, no test bed, no root. The real thing is tests/integration/test_move.py.
@@ -9,120 +9,27 @@ from __future__ import annotations
 
 import argparse
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from lxdmig import __version__, capabilities, config, criu, proc, tls
-from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
+from lxdmig import __version__, capabilities, config, criu, tls
+from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.dispatch import dispatch
-from lxdmig.errors import BackendError, CriuError, ExitCode
+from lxdmig.errors import ExitCode
 from lxdmig.helper import session
 from lxdmig.migrate import policy
 from lxdmig.migrate.engine import EngineOptions, make_engine
 from lxdmig.migrate.guard import Guard
 from lxdmig.migrate.move import Mover, Seams
 from lxdmig.migrate.report import MoveReport, MoveRequest
-from tests.unit.inprocess_helper import InProcessHelper
+from tests.unit.inprocess import FakeBackend, InProcessHelper
 
 HOST = HostCapabilities(__version__, "host", "6.1.0-test", "a cpu", ".".join(map(str, criu.MIN_VERSION)), {},
                         False, 1 << 20, True, ("lxc",))
-# CRIU's stats-dump image: 20 pages written (field 7), frozen for 1000 us (field 2).
-STATS = b"\0" * 8 + (7).to_bytes(4, "little") + bytes([0x0A, 5, 0x10, 0xE8, 0x07, 0x38, 20])
 SYNC_BYTES = 4096  # what the stand-in for rsync says it sent, each time
-
-
-class FakeBackend(Backend):
-    """A container manager in memory: its containers' states, and every migration step asked of it."""
-
-    name = "lxc"
-
-    def __init__(self, root: Path, containers: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.states = dict(containers or {})  # name -> running, frozen, stopped
-        self.calls: list[str] = []
-        self.problems: list[Problem] = []
-        self.restore_fails = False
-        self.restored: dict[str, Any] = {}  # what the restore got: the images (name: size), the processes expected
-
-    def _step(self, what: str, container: str, state: str | None = None) -> None:
-        self.calls.append(f"{what} {container}")
-        if state is not None:
-            self.states[container] = state
-
-    def exists(self, container: str) -> bool:
-        return container in self.states
-
-    def facts(self, container: str) -> ContainerFacts:
-        if container not in self.states:
-            raise BackendError(f"no container {container}")
-        return ContainerFacts(container, self.states[container] in ("running", "frozen"), ("lo",), 8 << 20, 1 << 20)
-
-    def dump_problems(self, container: str) -> list[Problem]:
-        return list(self.problems)
-
-    def task_count(self, container: str) -> int:
-        return 3
-
-    def trial_dump(self, container: str, directory: str) -> None:
-        raise NotImplementedError
-
-    def freeze(self, container: str) -> None:
-        self._step("freeze", container, "frozen")
-
-    def unfreeze(self, container: str) -> None:
-        self._step("unfreeze", container, "running")
-
-    def isolate(self, container: str) -> dict[str, str]:
-        self._step("isolate", container)
-        return {"veth-c1": "lxcbr0"}
-
-    def reconnect(self, container: str, detached: dict[str, str]) -> None:
-        self._step("reconnect", container)
-
-    def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
-                 config_file: Path, timeout: float, pass_fds: Sequence[int] = ()) -> None:
-        raise NotImplementedError
-
-    def dump(self, container: str, directory: Path, *, config_file: Path, timeout: float,
-             pass_fds: Sequence[int] = ()) -> None:
-        self._step("dump", container)
-        (directory / "inventory.img").write_bytes(b"the images CRIU writes besides the pages")
-        (directory / "stats-dump").write_bytes(STATS)
-
-    def dump_lazy(self, container: str, directory: Path, *, config_file: Path, ready_timeout: float,
-                  pass_fds: Sequence[int] = ()) -> proc.Child:
-        raise NotImplementedError
-
-    def stop(self, container: str) -> None:
-        self._step("stop", container, "stopped")
-
-    def delete(self, container: str) -> None:
-        self._step("delete", container)
-        self.states.pop(container, None)
-
-    def prepare(self, container: str, definition: dict[str, Any]) -> None:
-        self._step("prepare", container)
-
-    def container_dir(self, container: str) -> Path:
-        return self.root / container
-
-    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
-        self._step("adopt_config", container)
-
-    def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
-                expect_tasks: int = 0) -> None:
-        self._step("restore", container)
-        self.restored = {"images": {p.name: p.stat().st_size for p in directory.iterdir()}, "tasks": expect_tasks}
-        if self.restore_fails:
-            raise CriuError("criu restore failed: the fake's")
-        self.states[container] = "running"
-
-    def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:
-        return [], ["192.0.2.10"]
 
 
 def fake_guard(told: list[str]) -> type[Guard]:

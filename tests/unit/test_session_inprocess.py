@@ -1,5 +1,5 @@
 """The helper's request dispatch, in process: a real Session and a real HelperClient over a socketpair
-with real TLS (inprocess_helper.py), a fake backend in place of LXC. Seconds, no test bed, no root: what
+with real TLS (inprocess.py), a fake backend in place of LXC. Seconds, no test bed, no root: what
 the RPM's %check can run. The real daemon over TCP is tests/integration/test_helper_daemon.py.
 """
 
@@ -11,39 +11,13 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lxdmig import capabilities, page_channel, tls
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.protocol import messages
-from tests.unit.inprocess_helper import InProcessHelper
-
-
-class FakeBackend:
-    """The few backend calls the dispatch makes before a restore, recorded."""
-
-    name = "lxc"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.calls: list[tuple[str, str]] = []
-
-    def exists(self, container: str) -> bool:
-        return (self.root / container / "config").exists()
-
-    def container_dir(self, container: str) -> Path:
-        return self.root / container
-
-    def prepare(self, container: str, definition: dict[str, Any]) -> None:
-        self.calls.append(("prepare", container))
-
-    def discard(self, container: str) -> None:
-        self.calls.append(("discard", container))
-
-    def delete(self, container: str) -> None:
-        self.calls.append(("delete", container))
+from tests.unit.inprocess import FakeBackend, InProcessHelper
 
 
 class Pair:
@@ -74,7 +48,7 @@ def test_ping_probe_and_a_migration_that_is_aborted(pair: Pair, tmp_path: Path) 
     assert probe.networks == {"lo": True, "no-such-bridge": False} and not probe.container_exists
     assert probe.hardened and not probe.plain_pages  # lxdmig's defaults
     mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
-    assert ("prepare", "c1") in pair.backend.calls
+    assert "prepare c1" in pair.backend.calls
     images = tmp_path / "migrations" / mid / "images"
     assert images.is_dir()
     pair.client.abort_migration(mid)
