@@ -193,7 +193,7 @@ class Mover:
         # If this process is killed (SIGKILL) from here on, the guard rolls back (or finishes a post-copy).
         self.guard = self.seams.guard(conf_path=self.conf.path, backend=self.backend.name, container=name,
                                       remote=self.request.remote, migration=self.mid, work_dir=self.work,
-                                      log_file=self.conf.outgoing_dir / f"{self.work.name}.guard.log")
+                                      log_file=self._guard_log)
         try:
             with self._peer_watch(None):
                 filesystem.initial()
@@ -218,10 +218,9 @@ class Mover:
             failures = self.undo.run(self.say)
             if failures:
                 # The guard stays: once this process ends, it tries the rollback once more.
-                guard_log = self.conf.outgoing_dir / f"{self.work.name}.guard.log"
                 raise RollbackIncomplete(f"{e}; the rollback did not finish ({'; '.join(failures)}): {name} may "
                                          f"be frozen or offline on this host; its guard tries once more (log: "
-                                         f"{guard_log})") from e
+                                         f"{self._guard_log})") from e
             self._guard_done()
             if isinstance(e, LxdmigError) and not isinstance(e, MoveFailed):
                 if not self._still_running(name):
@@ -244,7 +243,11 @@ class Mover:
         if self.guard is not None:
             self.guard.close()
             self.guard = None
-            (self.conf.outgoing_dir / f"{self.work.name}.guard.log").unlink(missing_ok=True)
+            self._guard_log.unlink(missing_ok=True)
+
+    @property
+    def _guard_log(self) -> Path:
+        return self.conf.outgoing_dir / f"{self.work.name}.guard.log"
 
     def _client(self) -> HelperClient:
         assert self.client is not None
