@@ -21,6 +21,11 @@ The order, and why:
 
 The tasks stay frozen (not killed) on the source until the commit, so a
 rollback is a thaw: no restore from images, no second copy of memory.
+
+Mover keeps that order and the rollback; the pieces it uses have modules
+of their own: page_transport (how pages reach the destination),
+filesystem_sync (rsync), peer_watch (the destination watched meanwhile),
+post_copy (serving pages after the commit), guard (the freeze guard).
 """
 
 from __future__ import annotations
