@@ -3,10 +3,11 @@
 An LXD container is an LXC container that LXD's daemon runs through
 liblxc: its liblxc name is the instance name, its LXC path is
 LXD_DIR/containers and its config is what LXD generated at start
-(LXD_DIR/logs/NAME/lxc.conf). So lxdmig checkpoints it with liblxc and
-CRIU like any LXC container, loading that config, while everything LXD
-owns (the instance record, freezing, stopping, deleting) goes through
-LXD's API. On the destination the instance is created empty through the
+(LOGS/NAME/lxc.conf: LOGS is LXD_DIR/logs when the daemon has LXD_DIR set,
+as the snap does, else /var/log/lxd, as with Debian's lxd.service). So
+lxdmig checkpoints it with liblxc and CRIU like any LXC container,
+loading that config, while everything LXD owns (the instance record,
+freezing, stopping, deleting) goes through LXD's API. On the destination the instance is created empty through the
 API, its files synced, and it is restored under the destination LXD's LXC
 path with the config rewritten for that LXD (see lxd_rules): LXD then
 sees it running as its own, and can exec into, stop and start it.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lxdmig import cgroups, hardened, lxd_api
+from lxdmig.backends import lxd_rules
 from lxdmig.backends.base import ContainerFacts, Problem
 from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
 from lxdmig.backends.lxc_rules import config_lines
@@ -43,6 +45,7 @@ class LxdBackend(LxcBackend):
         self.lxd_dir = socket.parent
         super().__init__(self.lxd_dir / "containers")
         self._client: Any = None
+        self._log_dir: Path | None = None
 
     @property
     def client(self) -> Any:
@@ -53,8 +56,21 @@ class LxdBackend(LxcBackend):
     def _instance(self, container: str) -> Any:
         return lxd_api.instance(self.client, check_name(container))
 
+    @property
+    def log_dir(self) -> Path:
+        """LXD's log directory, where it writes each instance's lxc.conf (lxd_rules.log_dir): asked of the
+        running daemon's environment, since Debian's LXD and the snap differ."""
+        if self._log_dir is None:
+            try:
+                raw = Path(f"/proc/{self._server_pid()}/environ").read_bytes()
+            except OSError as e:
+                raise BackendError(f"cannot read LXD's environment: {e.strerror}") from None
+            environ = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+            self._log_dir = Path(lxd_rules.log_dir(environ))
+        return self._log_dir
+
     def _config_path(self, container: str) -> Path:
-        return self.lxd_dir / "logs" / check_name(container) / "lxc.conf"
+        return self.log_dir / check_name(container) / "lxc.conf"
 
     def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
         return [*super()._liblxc_argv(action, container, directory), "--config", str(self._config_path(container))]
@@ -191,6 +207,7 @@ class LxdBackend(LxcBackend):
         return {
             **super().describe(container),
             "lxd_dir": str(self.lxd_dir),
+            "log_dir": str(self.log_dir),
             "architecture": inst.architecture,
             # volatile keys are the source LXD's bookkeeping, except the MAC addresses.
             "config": {k: v for k, v in inst.config.items()
@@ -233,8 +250,7 @@ class LxdBackend(LxcBackend):
         if received is None:  # the source: what it would send, as the destination will have it
             definition = self.describe(container)
             try:
-                text = rewrite_lxc_conf(str(definition["lxc_conf"]), source_lxd_dir=str(self.lxd_dir),
-                                        lxd_dir=str(self.lxd_dir), server_pid=pid, rootfs=rootfs,
+                text = rewrite_lxc_conf(str(definition["lxc_conf"]), moves=(), server_pid=pid, rootfs=rootfs,
                                         nic_list=[Nic(**n) for n in definition["nics"]])
             except BackendError as e:
                 return [str(e)]
@@ -242,7 +258,8 @@ class LxdBackend(LxcBackend):
             definition, text = received, self._config_path(container).read_text()
         config, devices, _ = definition_fields(definition)
         own = [str(self.container_dir(container)), str(self.lxd_dir / "devlxd"),
-               *(str(self.lxd_dir / d / container) for d in ("shmounts", "logs", "security/seccomp"))]
+               str(self.log_dir / container),
+               *(str(self.lxd_dir / d / container) for d in ("shmounts", "security/seccomp"))]
         def lxc_rules(items: list[tuple[str, str]], hooks: tuple[str, ...]) -> list[str]:
             return hardened.lxc_config_refusals(items, rootfs=rootfs, own_dirs=own, hook_prefixes=hooks,
                                                 resolve=os.path.realpath)
@@ -260,13 +277,13 @@ class LxdBackend(LxcBackend):
         try:
             nic_list = [Nic(**n) for n in definition.get("nics", [])]
             conf_text, seccomp = str(definition["lxc_conf"]), str(definition.get("seccomp", ""))
-            source_lxd_dir = str(definition["lxd_dir"])
+            moves = [(str(definition["lxd_dir"]), str(self.lxd_dir)),
+                     (str(definition.get("log_dir", f"{definition['lxd_dir']}/logs")), str(self.log_dir))]
         except (KeyError, TypeError) as e:
             raise BackendError(f"the instance definition from the source is incomplete: {e}") from None
         pid = self._server_pid()
-        text = rewrite_lxc_conf(conf_text, source_lxd_dir=source_lxd_dir, lxd_dir=str(self.lxd_dir),
-                                server_pid=pid, rootfs=str(self.container_dir(container) / "rootfs"),
-                                nic_list=nic_list)
+        text = rewrite_lxc_conf(conf_text, moves=moves, server_pid=pid,
+                                rootfs=str(self.container_dir(container) / "rootfs"), nic_list=nic_list)
         logs = self._config_path(container).parent
         logs.mkdir(parents=True, exist_ok=True)
         self._config_path(container).write_text(text)

@@ -12,7 +12,7 @@ CRIU must make the pair itself).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,10 +65,22 @@ def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config:
     return out
 
 
-def rewrite_lxc_conf(text: str, *, source_lxd_dir: str, lxd_dir: str, server_pid: int, rootfs: str,
+def log_dir(environ: Mapping[str, str]) -> str:
+    """Where an LXD daemon with this environment keeps each instance's generated lxc.conf and lxc.log
+    (LXD's LogPath): $LXD_DIR/logs when LXD_DIR is set (the snap, the test bed), else /var/log/lxd
+    (Debian's lxd.service sets none)."""
+    lxd_dir = environ.get("LXD_DIR", "")
+    return f"{lxd_dir.rstrip('/')}/logs" if lxd_dir else "/var/log/lxd"
+
+
+def rewrite_lxc_conf(text: str, *, moves: Sequence[tuple[str, str]], server_pid: int, rootfs: str,
                      nic_list: list[Nic]) -> str:
-    """The source's generated lxc.conf, for restoring on the destination LXD."""
+    """The source's generated lxc.conf, for restoring on the destination LXD. ``moves``: (source
+    directory, destination directory) pairs (LXD_DIR, the log directory)."""
     by_interface = {n.interface: n for n in nic_list}
+    to = {source.rstrip("/"): destination.rstrip("/") for source, destination in moves if source != destination}
+    # One pass, whole path components only, the longest source first: a path is moved once.
+    moved = re.compile("(?:" + "|".join(re.escape(s) for s in sorted(to, key=len, reverse=True)) + r')(?=[/\s"]|$)')
     lines = text.splitlines()
     names: dict[str, str] = {}
     for line in lines:
@@ -93,7 +105,8 @@ def rewrite_lxc_conf(text: str, *, source_lxd_dir: str, lxd_dir: str, server_pid
         if m and m.group(2) == "type" and value.strip() == "phys":
             raise BackendError(f"NIC {names.get(m.group(1), m.group(1))} of the container is not one of its "
                                "bridged LXD NICs: cannot restore it")
-        line = re.sub(re.escape(source_lxd_dir.rstrip("/")) + r'(?=[/\s"]|$)', lxd_dir.rstrip("/"), line)
+        if to:
+            line = moved.sub(lambda m: to[m.group(0)], line)
         out.append(_EXE.sub(f"/proc/{server_pid}/exe", line) if sep else line)
     return "\n".join(out) + "\n"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lxdmig.backends.base import Severity
-from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
+from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, log_dir, nics, rewrite_lxc_conf
 from lxdmig.errors import BackendError
 
 SRC = "/var/lib/lxd-a"
@@ -30,7 +30,7 @@ DEVICES = {"eth0": {"type": "nic", "nictype": "bridged", "parent": "lxdbr0", "na
 
 
 def rewrite(text: str = CONF, nic_list: list[Nic] | None = None) -> str:
-    return rewrite_lxc_conf(text, source_lxd_dir=SRC, lxd_dir=DST, server_pid=777,
+    return rewrite_lxc_conf(text, moves=[(SRC, DST), (f"{SRC}/logs", f"{DST}/logs")], server_pid=777,
                             rootfs=f"{DST}/storage-pools/default/containers/c1/rootfs",
                             nic_list=nic_list if nic_list is not None else [Nic("eth0", "eth0", "lxdbr0", "vethhost0")])
 
@@ -60,6 +60,32 @@ def test_a_nic_it_does_not_know_is_refused() -> None:
 def test_a_path_that_only_starts_like_lxd_dir_is_left_alone() -> None:
     out = rewrite(CONF + f"lxc.mount.entry = {SRC}-other/x mnt none bind 0 0\n")
     assert f"{SRC}-other/x" in out
+
+
+@pytest.mark.parametrize(("environ", "logs"), [
+    ({"LXD_DIR": "/var/snap/lxd/common/lxd"}, "/var/snap/lxd/common/lxd/logs"),
+    ({"LXD_DIR": "/var/lib/lxdmig-testbed/a/lxd/"}, "/var/lib/lxdmig-testbed/a/lxd/logs"),
+    ({"PATH": "/usr/bin"}, "/var/log/lxd"),  # Debian's lxd.service
+    ({"LXD_DIR": ""}, "/var/log/lxd"),
+])
+def test_where_lxd_writes_an_instances_config(environ: dict[str, str], logs: str) -> None:
+    assert log_dir(environ) == logs
+
+
+def test_a_stock_debian_lxd_and_one_with_lxd_dir_trade_configs_both_ways() -> None:
+    stock = CONF.replace(f"{SRC}/logs", "/var/log/lxd")
+    out = rewrite_lxc_conf(stock, moves=[(SRC, DST), ("/var/log/lxd", f"{DST}/logs")], server_pid=1, rootfs="/r",
+                           nic_list=[Nic("eth0", "eth0", "lxdbr0", "v0")])
+    assert f"lxc.log.file = {DST}/logs/c1/lxc.log" in out and SRC not in out and "/var/log/lxd" not in out
+    back = rewrite_lxc_conf(out, moves=[(DST, SRC), (f"{DST}/logs", "/var/log/lxd")], server_pid=1, rootfs="/r",
+                            nic_list=[Nic("eth0", "eth0", "lxdbr0", "v0")])
+    assert "lxc.log.file = /var/log/lxd/c1/lxc.log" in back and DST not in back
+
+
+def test_nothing_to_move_leaves_paths_alone() -> None:
+    out = rewrite_lxc_conf(CONF, moves=[(SRC, SRC)], server_pid=1, rootfs="/r",
+                           nic_list=[Nic("eth0", "eth0", "b", "v")])
+    assert f"lxc.log.file = {SRC}/logs/c1/lxc.log" in out
 
 
 def test_nics_from_expanded_devices() -> None:
