@@ -28,8 +28,8 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.backends import liblxc_migrate
-from lxdmig.testbed import containers, images
-from lxdmig.testbed.layout import testbed_root, workload_binary
+from testbed import containers, images
+from testbed.layout import testbed_root, workload_binary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
