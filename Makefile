@@ -16,7 +16,7 @@ typecheck: install
 
 # ruff: pyflakes, pycodestyle (120 columns), isort, bugbear, pyupgrade (pyproject.toml).
 lint: install
-	$(VENV)/bin/ruff check lxdmig tests
+	$(VENV)/bin/ruff check lxdmig testbed tests
 
 unit: install
 	$(PY) -m pytest tests/unit
@@ -27,14 +27,14 @@ integration: install
 # The fast tier, after every change (about 15 s here; no test bed): lint, the type check and the
 # unit tests.
 check: install
-	$(VENV)/bin/ruff check lxdmig tests
+	$(VENV)/bin/ruff check lxdmig testbed tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests/unit
 
 # The whole suite: type check, unit tests, the real test bed, then the slow
 # VM tests (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm).
 test: install
-	$(VENV)/bin/ruff check lxdmig tests
+	$(VENV)/bin/ruff check lxdmig testbed tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -m "not vm" --durations=30 tests
 	$(PY) -m pytest -m vm tests/vm

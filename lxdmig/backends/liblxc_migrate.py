@@ -2,8 +2,8 @@
 
 python3-lxc has no checkpoint binding, and ``lxc-checkpoint`` cannot
 pre-dump, which pre-copy needs (``MIGRATE_PRE_DUMP`` with ``predump_dir``
-chaining). The binding is compiled against lxc-dev on first use into a
-cache directory (rebuilt when this file changes). It runs in a child
+chaining). The binding, ``lxdmig.backends._liblxc``, is compiled against
+lxc-dev when lxdmig is built (``_liblxc_build.py``, setup.py). It runs in a child
 process (``python -m lxdmig.backends.liblxc_migrate ...``) so that liblxc's
 forks, and the CRIU it starts, inherit nothing of the caller but what
 ``proc`` passes, and so that CRIU_CONFIG_FILE can be set for it alone.
@@ -12,67 +12,24 @@ forks, and the CRIU it starts, inherit nothing of the caller but what
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
-import os
+import importlib
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-CDEF = """
-struct migrate_opts {
-    char *directory;
-    bool verbose;
-    bool stop;
-    char *predump_dir;
-    char *pageserver_address;
-    char *pageserver_port;
-    bool preserves_inodes;
-    char *action_script;
-    bool disable_skip_in_flight;
-    uint64_t ghost_limit;
-    uint64_t features_to_check;
-};
-struct lxc_container {
-    bool (*load_config)(struct lxc_container *c, const char *alt_file);
-    int (*migrate)(struct lxc_container *c, unsigned int cmd, struct migrate_opts *opts, unsigned int size);
-    ...;
-};
-struct lxc_container *lxc_container_new(const char *name, const char *configpath);
-int lxc_container_put(struct lxc_container *c);
-enum { MIGRATE_PRE_DUMP, MIGRATE_DUMP, MIGRATE_RESTORE, MIGRATE_FEATURE_CHECK };
-#define FEATURE_MEM_TRACK ...
-#define FEATURE_LAZY_PAGES ...
-"""
-MODULE = "_lxdmig_liblxc"
 ACTIONS = ("pre-dump", "dump", "restore", "feature-check")
 
 
-def cache_dir() -> Path:
-    base = Path(os.environ.get("LXDMIG_CACHE_DIR", "/var/cache/lxdmig"))
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return base / f"liblxc-{digest}"
-
-
 def load() -> ModuleType:
-    """The compiled binding, built first if needed (needs gcc and lxc-dev)."""
-    directory = cache_dir()
-    built = sorted(directory.glob(f"{MODULE}*.so"))
-    if not built:
-        import cffi  # only needed to build
-
-        ffi = cffi.FFI()
-        ffi.cdef(CDEF)
-        ffi.set_source(MODULE, "#include <lxc/lxccontainer.h>", libraries=["lxc"])
-        directory.mkdir(parents=True, exist_ok=True)
-        ffi.compile(tmpdir=str(directory), verbose=False)
-        built = sorted(directory.glob(f"{MODULE}*.so"))
-    spec = importlib.util.spec_from_file_location(MODULE, built[0])
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The compiled binding (lxdmig.backends._liblxc), built with lxdmig (setup.py, cffi_modules)."""
+    try:
+        return importlib.import_module("lxdmig.backends._liblxc")
+    except ImportError as e:
+        raise SystemExit(
+            f"liblxc_migrate: the compiled liblxc binding is missing ({e}); it is built when lxdmig is installed:"
+            " `pip install -e .` in a checkout (scripts/install-deps does it; needs gcc, lxc-dev and cffi),"
+            " or install the lxdmig package built for this architecture"
+        ) from e
 
 
 def migrate(action: str, lxcpath: str, name: str, directory: str, *, predump_dir: str | None = None,

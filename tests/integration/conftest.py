@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lxdmig.testbed import bed, containers, hosts
-from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import Host
+from testbed import bed, containers, hosts
+from testbed.containers import host_command
+from testbed.layout import Host
 
 HOST_A = Host("a")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lxdmig.testbed import bench
-from lxdmig.testbed.containers import WorkloadSpec
+from testbed import bench
+from testbed.containers import WorkloadSpec
 
 SPEC = WorkloadSpec(memory_mib=16, dirty_rate_mib_s=1.0)
 

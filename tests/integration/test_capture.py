@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from lxdmig import proc
-from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import UPLINK, Host
+from testbed.containers import host_command
+from testbed.layout import UPLINK, Host
 
 from .conftest import MakeContainer
 
@@ -31,7 +31,7 @@ _MASK = (1 << 64) - 1
 
 
 def _mix(x: int) -> int:
-    # The workload's mixer (lxdmig/testbed/workload.c), in Python.
+    # The workload's mixer (testbed/workload.c), in Python.
     x ^= x >> 33
     x = (x * 0xFF51AFD7ED558CCD) & _MASK
     x ^= x >> 33

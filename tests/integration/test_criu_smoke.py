@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lxdmig import criu, kernel, proc
-from lxdmig.testbed import containers
-from lxdmig.testbed.layout import Host
+from testbed import containers
+from testbed.layout import Host
 from tests.integration.conftest import MakeContainer
 
 

@@ -27,9 +27,9 @@ import pytest
 
 from lxdmig import proc
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.layout import BRIDGE, UPLINK, Host
+from testbed import containers, helpers
+from testbed.containers import host_argv, host_command
+from testbed.layout import BRIDGE, UPLINK, Host
 from tests.integration.conftest import echo_answers, wait_until
 
 A, B = Host("a"), Host("b")

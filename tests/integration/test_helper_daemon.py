@@ -28,8 +28,8 @@ from lxdmig.protocol import framing, messages
 from lxdmig.protocol.channel import Channel
 from lxdmig.protocol.messages import Hello
 from lxdmig.remotes import Remote
-from lxdmig.testbed.helpers import wait_ready
 from lxdmig.tokens import Token
+from testbed.helpers import wait_ready
 
 pytestmark = pytest.mark.integration
 

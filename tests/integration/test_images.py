@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lxdmig import proc
-from lxdmig.testbed import images
+from testbed import images
 
 # The first build of an image takes a few minutes (debootstrap); later ones find the cache.
 pytestmark = pytest.mark.timeout(1200)
@@ -90,7 +90,7 @@ def test_build_is_cached(rootfs: Path) -> None:
 
 def test_command_line_prints_the_path(rootfs: Path) -> None:
     image = rootfs.parent.name.rsplit("-", 1)[0]
-    out = proc.run([sys.executable, "-m", "lxdmig.testbed.images", "build", image], timeout=60).stdout
+    out = proc.run([sys.executable, "-m", "testbed.images", "build", image], timeout=60).stdout
     assert out.strip() == str(rootfs)
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.helpers import run_lxdmig as lxdmig
-from lxdmig.testbed.layout import Host
+from testbed import containers
+from testbed.containers import host_argv, host_command
+from testbed.helpers import run_lxdmig as lxdmig
+from testbed.layout import Host
 
 from .conftest import MakeContainer
 

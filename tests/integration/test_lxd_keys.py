@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import helpers, lxd
-from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import Host
+from testbed import helpers, lxd
+from testbed.containers import host_command
+from testbed.layout import Host
 
 A = Host("a")
 

@@ -23,9 +23,9 @@ import pytest
 
 from lxdmig import kernel, prepare
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers, lxd
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.layout import Host
+from testbed import containers, helpers, lxd
+from testbed.containers import host_argv, host_command
+from testbed.layout import Host
 
 A, B = Host("a"), Host("b")
 # Fails on host b only: liblxc runs pre-start hooks on start and on restore.
@@ -218,7 +218,7 @@ def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pa
         assert rc == ExitCode.PREFLIGHT and "redis-server.service) runs in a user namespace" in out_check, out_check
         rc, said, err = lxdmig(A, "prepare", name)
         assert rc == 0 and "write /etc/systemd/system/service.d/" in said, said + err
-        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis",
+        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "testbed.clients", "redis",
                                             SYSTEM_ADDRESS, "--until", str(stop), "--out", str(out)))
         time.sleep(1)
         for source, dest, mode in ((A, B, "post-copy"), (B, A, "stop-copy")):

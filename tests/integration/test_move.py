@@ -22,9 +22,9 @@ import pytest
 
 from lxdmig import capabilities, proc
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers, hosts
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.layout import Host
+from testbed import containers, helpers, hosts
+from testbed.containers import host_argv, host_command
+from testbed.layout import Host
 
 from .conftest import MakeContainer
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from lxdmig import proc
-from lxdmig.testbed import containers
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.layout import Host
+from testbed import containers
+from testbed.containers import host_argv, host_command
+from testbed.layout import Host
 from tests.integration.conftest import MakeContainer, echo_answers, wait_until
 
 A = Host("a")

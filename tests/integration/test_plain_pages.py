@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers
+from testbed import containers, helpers
 
 from .conftest import MakeContainer
 from .test_move import A, B, check_moved, fresh_gap, move

@@ -17,9 +17,9 @@ import pytest
 
 from lxdmig import kernel, prepare
 from lxdmig.backends.lxc_rules import read_config
-from lxdmig.testbed import containers
-from lxdmig.testbed.helpers import run_lxdmig as lxdmig
-from lxdmig.testbed.layout import Host
+from testbed import containers
+from testbed.helpers import run_lxdmig as lxdmig
+from testbed.layout import Host
 
 A, B = Host("a"), Host("b")
 

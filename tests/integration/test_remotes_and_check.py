@@ -15,9 +15,9 @@ import pytest
 
 from lxdmig import proc, tls
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import helpers
-from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import Host
+from testbed import helpers
+from testbed.containers import host_command
+from testbed.layout import Host
 
 from .conftest import MakeContainer
 

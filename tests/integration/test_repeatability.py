@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
-from lxdmig.testbed import containers, helpers
-from lxdmig.testbed.layout import Host
+from testbed import containers, helpers
+from testbed.layout import Host
 
 from .conftest import MakeContainer
 from .test_faults import _leftovers

@@ -27,9 +27,9 @@ import pytest
 
 from lxdmig import prepare, proc
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers, helpers
-from lxdmig.testbed.containers import host_argv, host_command
-from lxdmig.testbed.layout import Host
+from testbed import containers, helpers
+from testbed.containers import host_argv, host_command
+from testbed.layout import Host
 
 A, B = Host("a"), Host("b")
 POSTGRESQL = {"debian-12": 15, "debian-13": 17}  # the release's PostgreSQL major version
@@ -195,7 +195,7 @@ class Clients:
         self.cred_options = cred_options
         pg = ["-h", self.address, "-U", "postgres"]
         host_command(B, ["pgbench", "-i", "-s", "1", "-q", *pg, "postgres"], timeout=120)
-        self.redis = self._start(sys.executable, "-m", "lxdmig.testbed.clients", "redis", self.address,
+        self.redis = self._start(sys.executable, "-m", "testbed.clients", "redis", self.address,
                                  "--until", str(self.tmp / "stop"), "--out", str(self.tmp / "redis.json"),
                                  out="redis.out")
         self.psql = self._start("psql", *pg, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "postgres", stdin=True,

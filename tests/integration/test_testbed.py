@@ -6,15 +6,15 @@ import json
 import subprocess
 import sys
 
-from lxdmig.testbed import containers, hosts, layout
-from lxdmig.testbed.layout import Host
+from testbed import containers, hosts, layout
+from testbed.layout import Host
 from tests.integration.conftest import MakeContainer
 
 A, B = Host("a"), Host("b")
 
 
 def as_host(host: Host, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv],
+    return subprocess.run([sys.executable, "-m", "testbed", "exec", host.name, "--", *argv],
                           capture_output=True, text=True, timeout=60, check=check)
 
 
@@ -67,7 +67,7 @@ def test_container_runs_workload_and_is_reachable_from_both_hosts(testbed: None,
                 if line.startswith("lxc.net.0.ipv4.address"))
     for h in (A, B):
         assert as_host(h, "ping", "-c1", "-W2", addr).returncode == 0, f"host {h.name} cannot reach {addr}"
-    ps = subprocess.run([sys.executable, "-m", "lxdmig.testbed", "attach", "a", name, "--", "ps"],
+    ps = subprocess.run([sys.executable, "-m", "testbed", "attach", "a", name, "--", "ps"],
                         capture_output=True, text=True, timeout=60, check=True).stdout
     assert "lxdmig-workload" in ps
 
@@ -82,7 +82,7 @@ def test_same_container_name_on_both_hosts(testbed: None, make_container: MakeCo
 
 def test_workload_command_prints_one_json_line(testbed: None, make_container: MakeContainer) -> None:
     name = make_container("b")
-    out = subprocess.run([sys.executable, "-m", "lxdmig.testbed", "workload", "b", name],
+    out = subprocess.run([sys.executable, "-m", "testbed", "workload", "b", name],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert len(out.splitlines()) == 1
     data = json.loads(out)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lxdmig.testbed import containers, hosts, layout
-from lxdmig.testbed.layout import Host, all_hosts
+from testbed import containers, hosts, layout
+from testbed.layout import Host, all_hosts
 
 
 def leftovers() -> list[str]:

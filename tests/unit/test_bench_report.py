@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lxdmig.testbed.bench_report import (
+from testbed.bench_report import (
     CRIU_POST_COPY,
     HAND_STOP_COPY,
     LXD_MOVE,

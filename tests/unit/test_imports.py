@@ -73,3 +73,11 @@ def test_the_helper_does_not_import_the_move_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.split()
     assert out == []
+
+
+def test_the_package_does_not_import_the_test_bed() -> None:
+    """The test bed is not installed (F12): a host's lxdmig must run without it."""
+    testbed = {_module_name(p) for p in (PACKAGE.parent / "testbed").rglob("*.py")}
+    assert "testbed.containers" in testbed
+    for path in PACKAGE.rglob("*.py"):
+        assert not _imports(path, testbed), path

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from lxdmig.testbed import containers
-from lxdmig.testbed.layout import CONTAINER_NET, HOST_NET, Host, all_hosts
+from testbed import containers
+from testbed.layout import CONTAINER_NET, HOST_NET, Host, all_hosts
 
 
 def test_hosts_use_documentation_ranges_only() -> None:

@@ -23,7 +23,7 @@ MIB = 8
 def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("workload")
     src = d / "workload.c"
-    src.write_bytes(resources.files("lxdmig.testbed").joinpath("workload.c").read_bytes())
+    src.write_bytes(resources.files("testbed").joinpath("workload.c").read_bytes())
     out = d / "lxdmig-workload"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-o", str(out), str(src)], check=True, timeout=120)
     return out

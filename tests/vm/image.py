@@ -28,8 +28,8 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.backends import liblxc_migrate
-from lxdmig.testbed import containers, images
-from lxdmig.testbed.layout import testbed_root, workload_binary
+from testbed import containers, images
+from testbed.layout import testbed_root, workload_binary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -144,7 +144,7 @@ def overlay(out: Path, pytest_args: list[str], mounts: list[tuple[str, Path, str
     root = out.parent / "overlay"
     shutil.rmtree(root, ignore_errors=True)
     dest = root / "lxdmig"
-    for part in ("lxdmig", "tests", "setup.cfg"):
+    for part in ("lxdmig", "testbed", "tests", "setup.cfg"):
         src = REPO / part
         if src.is_dir():
             shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -157,9 +157,10 @@ def overlay(out: Path, pytest_args: list[str], mounts: list[tuple[str, Path, str
     bin_dir.mkdir(parents=True)
     shutil.copy2(binary, bin_dir / binary.name)
     shutil.copy2(binary.with_suffix(".sha256"), bin_dir / binary.with_suffix(".sha256").name)
-    liblxc_migrate.load()  # build it here (gcc, lxc-dev), so the VM needs neither
-    binding = liblxc_migrate.cache_dir()
-    shutil.copytree(binding, root / binding.relative_to("/"), ignore=shutil.ignore_patterns("*.c", "*.o"))
+    # The binding built with the venv's install (the guest runs the same Debian python), beside the
+    # package copied above, which already holds it when the install built it in place.
+    binding = Path(str(liblxc_migrate.load().__file__))
+    shutil.copy2(binding, dest / "lxdmig" / "backends" / binding.name)
     _cpio(root, out)
     shutil.rmtree(root)
 

@@ -13,9 +13,9 @@ import json
 
 import pytest
 
-from lxdmig.testbed import bench
-from lxdmig.testbed.bench_report import Sample
-from lxdmig.testbed.containers import WorkloadSpec
+from testbed import bench
+from testbed.bench_report import Sample
+from testbed.containers import WorkloadSpec
 
 SIZES = (16, 48)  # MiB: small enough for software emulation
 RATES = (0.25, 24.0)  # MiB/s: converges / more than the rounds copy under emulation

@@ -15,7 +15,7 @@ import pytest
 from lxdmig import capabilities
 from lxdmig.criu_stats import read_dump_stats
 from lxdmig.errors import CriuError
-from lxdmig.testbed.containers import host_command
+from testbed.containers import host_command
 from tests.integration.conftest import MakeContainer
 from tests.integration.test_move import A, B, check_moved, fresh_gap, move
 

@@ -22,10 +22,10 @@ import pytest
 
 from lxdmig import kernel
 from lxdmig.errors import ExitCode
-from lxdmig.testbed import containers
-from lxdmig.testbed.containers import host_argv
-from lxdmig.testbed.helpers import run_lxdmig as lxdmig
-from lxdmig.testbed.layout import Host
+from testbed import containers
+from testbed.containers import host_argv
+from testbed.helpers import run_lxdmig as lxdmig
+from testbed.layout import Host
 from tests.vm.image import SYSTEM_IMAGE
 
 pytestmark = pytest.mark.vm
@@ -70,7 +70,7 @@ def test_privileged_system_container_with_non_root_services_moves(system: str, t
 
     address = str(containers.container_address(A, system))
     # Under emulation the container is frozen for a minute or more (a host: seconds): the client waits.
-    client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis", address,
+    client = subprocess.Popen(host_argv(B, sys.executable, "-m", "testbed.clients", "redis", address,
                                         "--until", str(tmp_path / "stop"), "--out", str(tmp_path / "redis.json"),
                                         "--reply-timeout", "900"))
     try:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lxdmig import cgroups, proc
-from lxdmig.testbed.layout import (
+from testbed.layout import (
     BRIDGE,
     CONTAINER_NET,
     HOST_NET,

@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lxdmig import capabilities
-from lxdmig.testbed import bed, containers, helpers, lxd
-from lxdmig.testbed.bench_report import (
+from testbed import REPO, bed, containers, helpers, lxd
+from testbed.bench_report import (
     CRIU_POST_COPY,
     HAND_STOP_COPY,
     LXD_MOVE,
@@ -45,15 +45,15 @@ from lxdmig.testbed.bench_report import (
     targets,
     write_json,
 )
-from lxdmig.testbed.containers import WorkloadSpec, host_argv, host_command
-from lxdmig.testbed.layout import Host
+from testbed.containers import WorkloadSpec, host_argv, host_command
+from testbed.layout import Host
 
 A, B = Host("a"), Host("b")
 MOVE_TIMEOUT = 1800.0
 VERIFY_TIMEOUT = 180.0
 HAND_PORT = 27400
 LAZY_PORT = 27410
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS = REPO / "benchmarks" / "results"
 _names = iter(range(10**6))
 _RUN = os.getpid() % 100000  # names unique to this run, whatever an interrupted run left
 
@@ -79,12 +79,12 @@ def _same_process(before: dict[str, object], after: dict[str, object]) -> bool:
 
 
 def _hand(host: Host, *args: str, timeout: float = MOVE_TIMEOUT) -> str:
-    return host_command(host, [sys.executable, "-m", "lxdmig.testbed.handmove", *args], timeout=timeout).stdout
+    return host_command(host, [sys.executable, "-m", "testbed.handmove", *args], timeout=timeout).stdout
 
 
 def _copy(src: Path, dst_host: Host, dst: Path, port: int = HAND_PORT) -> int:
     """Stream a directory from host a to ``dst`` on ``dst_host`` (tar over one TCP connection)."""
-    receiver = subprocess.Popen(host_argv(dst_host, sys.executable, "-m", "lxdmig.testbed.handmove", "receive",
+    receiver = subprocess.Popen(host_argv(dst_host, sys.executable, "-m", "testbed.handmove", "receive",
                                           str(dst), str(dst_host.address), str(port)),
                                 stdout=subprocess.PIPE, text=True)
     try:
@@ -176,7 +176,7 @@ def run_criu_post_copy(spec: WorkloadSpec) -> Sample:
         _remove_images(images_a, images_b)
         start = time.monotonic()
         sent = _copy(A.lxcpath / name, B, B.lxcpath / name)
-        dump = subprocess.Popen(host_argv(A, sys.executable, "-m", "lxdmig.testbed.handmove", "lazy-dump",
+        dump = subprocess.Popen(host_argv(A, sys.executable, "-m", "testbed.handmove", "lazy-dump",
                                           str(A.lxcpath), name, str(images_a), str(A.address), str(LAZY_PORT)),
                                 stdout=subprocess.PIPE, text=True)
         try:
@@ -263,7 +263,7 @@ def run_lxdmig_on_lxd(spec: WorkloadSpec, mode: str) -> Sample:
 
 def tcp_mb_s(mib: int = 1024) -> float:
     """A plain TCP stream a -> b, the reference for lxdmig's bulk transfer rate."""
-    sink = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.handmove", "sink", str(B.address),
+    sink = subprocess.Popen(host_argv(B, sys.executable, "-m", "testbed.handmove", "sink", str(B.address),
                                       str(HAND_PORT)), stdout=subprocess.PIPE, text=True)
     try:
         assert sink.stdout is not None
@@ -314,7 +314,7 @@ def run_real(mode: str, image: str = "debian-12") -> Sample:
     reply is the downtime; ok means every reply was the previous plus one, on the same connection."""
     with _system_container(image) as name, tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         stop, out = Path(tmp) / "stop", Path(tmp) / "redis.json"
-        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "lxdmig.testbed.clients", "redis",
+        client = subprocess.Popen(host_argv(B, sys.executable, "-m", "testbed.clients", "redis",
                                             str(containers.container_address(A, name)), "--until", str(stop),
                                             "--out", str(out)))
         try:

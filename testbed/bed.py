@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 from lxdmig.capabilities import LAZY_PIPE_BYTES
-from lxdmig.testbed import containers, helpers, hosts, lxd
-from lxdmig.testbed.layout import all_hosts
+from testbed import containers, helpers, hosts, lxd
+from testbed.layout import all_hosts
 
 log = logging.getLogger(__name__)
 

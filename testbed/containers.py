@@ -17,9 +17,9 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
-from lxdmig.testbed import images
-from lxdmig.testbed.hosts import TestbedError
-from lxdmig.testbed.layout import (
+from testbed import images
+from testbed.hosts import TestbedError
+from testbed.layout import (
     BRIDGE,
     CONTAINER_NET,
     FIRST_CONTAINER_HOST,
@@ -60,7 +60,7 @@ def check_name(name: str) -> str:
 def host_argv(host: Host, *argv: str) -> list[str]:
     """The command line that runs ``argv`` as ``host`` (``testbed exec`` execs it in place, so a signal
     sent to that process reaches ``argv`` itself)."""
-    return [sys.executable, "-m", "lxdmig.testbed", "exec", host.name, "--", *argv]
+    return [sys.executable, "-m", "testbed", "exec", host.name, "--", *argv]
 
 
 def host_command(host: Host, argv: list[str], *, timeout: float = _T, check: bool = True,
@@ -77,7 +77,7 @@ def host_command(host: Host, argv: list[str], *, timeout: float = _T, check: boo
 
 def build_workload() -> Path:
     """Compile the workload (static) once per source change."""
-    source = resources.files("lxdmig.testbed").joinpath("workload.c").read_bytes()
+    source = resources.files("testbed").joinpath("workload.c").read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     binary = workload_binary()
     stamp = binary.with_suffix(".sha256")

@@ -6,8 +6,8 @@ import sys
 
 from lxdmig import capabilities
 from lxdmig.errors import CommandError
-from lxdmig.testbed import bed, containers, helpers, hosts
-from lxdmig.testbed.layout import Host, all_hosts
+from testbed import bed, containers, helpers, hosts
+from testbed.layout import Host, all_hosts
 
 NAME = "demo"
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lxdmig import config, proc
-from lxdmig.testbed import hosts
-from lxdmig.testbed.containers import host_command
-from lxdmig.testbed.layout import Host, all_hosts, run_dir
+from testbed import hosts
+from testbed.containers import host_command
+from testbed.layout import Host, all_hosts, run_dir
 
 READY_TIMEOUT = 60.0
 

@@ -18,7 +18,7 @@ the container, not baked in here.
 container's root filesystem, shifting every owner for an unprivileged
 container (idmap ``u 0 100000 65536`` is ``uid_shift=100000``).
 
-    python -m lxdmig.testbed.images build debian-12     # prints the rootfs path
+    python -m testbed.images build debian-12     # prints the rootfs path
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
-from lxdmig.testbed.hosts import TestbedError
+from testbed.hosts import TestbedError
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,7 @@ def shift_owners(top: Path, shift: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lxdmig.testbed.images",
+    p = argparse.ArgumentParser(prog="python -m testbed.images",
                                 description="Debian root filesystems for test bed containers, cached in "
                                             f"{cache_root()} (LXDMIG_IMAGE_CACHE).")
     sub = p.add_subparsers(dest="command", required=True)

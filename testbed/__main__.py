@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from lxdmig import proc
 from lxdmig.errors import CommandError
-from lxdmig.testbed import bed, containers, hosts, images
-from lxdmig.testbed.layout import HOSTS, Host, all_hosts
+from testbed import bed, containers, hosts, images
+from testbed.layout import HOSTS, Host, all_hosts
 
 USAGE_EXAMPLES = """\
 examples:

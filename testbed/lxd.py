@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from lxdmig import proc
-from lxdmig.testbed import hosts, images
-from lxdmig.testbed.containers import WorkloadSpec, host_command, make_rootfs
-from lxdmig.testbed.hosts import TestbedError
-from lxdmig.testbed.layout import BRIDGE, Host
+from testbed import hosts, images
+from testbed.containers import WorkloadSpec, host_command, make_rootfs
+from testbed.hosts import TestbedError
+from testbed.layout import BRIDGE, Host
 
 IMAGE_ALIAS = "lxdmig-busybox"
 HTTPS_PORT = 8443

@@ -1,7 +1,7 @@
 """Migrations done by hand, the baselines lxdmig is benchmarked against.
 
-Each step runs *as a test host* (``python -m lxdmig.testbed exec HOST --
-python -m lxdmig.testbed.handmove STEP ...``), with the plain tools and
+Each step runs *as a test host* (``python -m testbed exec HOST --
+python -m testbed.handmove STEP ...``), with the plain tools and
 nothing of lxdmig's protocol: a directory streamed as tar over one TCP
 connection, ``lxc-checkpoint`` for dump and restore, ``criu lazy-pages``
 for post-copy. No TLS, no helper, no rollback: the floor lxdmig's own
@@ -110,7 +110,7 @@ def lazy_restore(lxcpath: Path, name: str, directory: Path, address: str, port: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lxdmig.testbed.handmove")
+    p = argparse.ArgumentParser(prog="python -m testbed.handmove")
     sub = p.add_subparsers(dest="step", required=True)
     s = sub.add_parser("send")
     s.add_argument("directory", type=Path)

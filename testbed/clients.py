@@ -1,6 +1,6 @@
 """Real clients of a system container's services, run from a test host across a move.
 
-``python -m lxdmig.testbed.clients redis ADDRESS --until FILE --out FILE``
+``python -m testbed.clients redis ADDRESS --until FILE --out FILE``
 holds one TCP connection to Redis and sends ``INCR`` every 10 ms until
 FILE exists, then writes one JSON summary: how many replies, whether each
 was the previous plus one on the same connection (no reconnect, no lost
@@ -72,7 +72,7 @@ def redis_incr(address: str, port: int, key: str, until: str, interval: float, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lxdmig.testbed.clients")
+    p = argparse.ArgumentParser(prog="python -m testbed.clients")
     sub = p.add_subparsers(dest="client", required=True)
     r = sub.add_parser("redis", help="INCR a key every 10 ms over one connection")
     r.add_argument("address")
