@@ -44,10 +44,29 @@ def _fds(host: Host) -> dict[str, str]:
     return fds
 
 
-def _settled_fds(host: Host) -> dict[str, str]:
-    """The helper's fds once the last move's programs (lazy-pages, announcers) have finished."""
-    time.sleep(5)
-    return _fds(host)
+def _children(pid: int) -> list[str]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            found += Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+    return found
+
+
+def _settled_fds(host: Host, wait: float = 60.0) -> dict[str, str]:
+    """The helper's fds once the last move's programs (lazy-pages, announcers) have exited and its
+    fds have stayed the same for 2 s (or after ``wait`` s: then the assertion shows what is open)."""
+    pid = helpers.running_pid(host)
+    assert pid is not None
+    deadline = time.monotonic() + wait
+    previous: dict[str, str] = {}
+    while True:
+        time.sleep(2)
+        now = _fds(host)
+        if (now == previous and not _children(pid)) or time.monotonic() > deadline:
+            return now
+        previous = now
 
 
 def _used(path: Path) -> int:
