@@ -200,6 +200,7 @@ def test_lxd_remote_needs_the_pinned_certificate_and_trust(lxd_pair: None) -> No
 SYSTEM_ADDRESS = "198.51.100.251"  # outside the test bed's allocations (10-250): LXD has no DHCP here
 
 
+@pytest.mark.slow
 def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pair: None, tmp_path: Path) -> None:
     """LXD's default: an unprivileged instance, here of the stock Debian 12 image with systemd and its
     services. lxdmig check names what stops CRIU, lxdmig prepare changes it through LXD's API, and the

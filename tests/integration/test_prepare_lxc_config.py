@@ -35,6 +35,7 @@ def fails(host: Host, name: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.startswith("fail")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_template_configured_container_is_prepared_restarted_moved_and_undone(name: str) -> None:
     containers.create_system(A, name, "debian-12", stock=True)

@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from testbed import containers, helpers
 from testbed.layout import Host
 
@@ -73,6 +75,7 @@ def _used(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+@pytest.mark.slow
 def test_twenty_round_trips_under_load_leak_nothing(make_container: MakeContainer) -> None:
     # Fresh helpers: what earlier tests left in them (connections still timing out, LXD clients) is not
     # this test's to count.

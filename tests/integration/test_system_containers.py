@@ -272,6 +272,7 @@ class Clients:
                 child.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_services_keep_their_clients_through_post_copy_and_stop_copy_moves(system: str, tmp_path: Path) -> None:
     clients = Clients(A.lxcpath / system / "rootfs", str(containers.container_address(A, system)), tmp_path)
