@@ -7,10 +7,11 @@ LXD_DIR/containers and its config is what LXD generated at start
 as the snap does, else /var/log/lxd, as with Debian's lxd.service). So
 lxdmig checkpoints it with liblxc and CRIU like any LXC container,
 loading that config, while everything LXD owns (the instance record,
-freezing, stopping, deleting) goes through LXD's API. On the destination the instance is created empty through the
-API, its files synced, and it is restored under the destination LXD's LXC
-path with the config rewritten for that LXD (see lxd_rules): LXD then
-sees it running as its own, and can exec into, stop and start it.
+freezing, stopping, deleting) goes through LXD's API. On the destination
+the instance is created empty through the API, its files synced, and it
+is restored under the destination LXD's LXC path with the config
+rewritten for that LXD (see lxd_rules): LXD then sees it running as its
+own, and can exec into, stop and start it.
 """
 
 from __future__ import annotations
