@@ -31,13 +31,13 @@ check: install
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests/unit
 
-# The whole suite: type check, unit tests, the real test bed, then the slow
-# VM tests (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm).
+# The whole suite: lint, type check, then at once the host suite (unit tests, the real test bed)
+# and the slow VM suite (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm; its
+# output is shown at the end). LXDMIG_SERIAL=1 runs the two one after the other.
 test: install
 	$(VENV)/bin/ruff check lxdmig testbed tests
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -m "not vm" --durations=30 tests
-	$(PY) -m pytest -m vm tests/vm
+	scripts/run-suites
 
 # Only the VM suite (builds its cached image on first use).
 test-vm: install

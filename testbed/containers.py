@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,9 +86,12 @@ def build_workload() -> Path:
     if binary.exists() and stamp.exists() and stamp.read_text() == digest:
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
-    src = binary.parent / "workload.c"
-    src.write_bytes(source)
-    proc.run(["gcc", "-O2", "-Wall", "-static", "-o", str(binary), str(src)], timeout=120)
+    with tempfile.TemporaryDirectory(dir=binary.parent) as tmp:
+        # Compiled aside and renamed into place: a reader never copies a half-written binary.
+        src = Path(tmp) / "workload.c"
+        src.write_bytes(source)
+        proc.run(["gcc", "-O2", "-Wall", "-static", "-o", str(src.with_suffix("")), str(src)], timeout=120)
+        os.replace(src.with_suffix(""), binary)
     stamp.write_text(digest)
     return binary
 
