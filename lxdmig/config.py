@@ -71,6 +71,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("client", "connect_timeout", "10", "seconds to wait for a helper to accept a connection"),
     Option("lxc", "lxcpath", "/var/lib/lxc", "LXC's container directory on this host"),
     Option("lxd", "socket", "/var/lib/lxd/unix.socket", "LXD's unix socket on this host (for LXD instances)"),
+    Option("incus", "socket", "/var/lib/incus/unix.socket", "Incus's unix socket on this host (for Incus instances)"),
 )
 
 
@@ -110,6 +111,7 @@ class Config:
     connect_timeout: float
     lxcpath: Path
     lxd_socket: Path
+    incus_socket: Path
     # Per-container LXD migration keys from [container NAME] sections.
     containers: dict[str, dict[str, object]] = field(default_factory=dict)
 
@@ -274,6 +276,7 @@ def load(path: Path | None = None) -> Config:
         connect_timeout=number("client", "connect_timeout", 0.1),
         lxcpath=a_path("lxc", "lxcpath"),
         lxd_socket=a_path("lxd", "socket"),
+        incus_socket=a_path("incus", "socket"),
         containers=containers,
     )
 

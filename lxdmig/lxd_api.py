@@ -1,6 +1,7 @@
-"""Talking to LXD servers through pylxd: the local one over its unix socket,
-remote ones over HTTPS with lxdmig's client certificate and the server's
-pinned certificate.
+"""Talking to LXD and Incus servers through pylxd: the local one over its
+unix socket, remote ones over HTTPS with lxdmig's client certificate and the
+server's pinned certificate. (pylxd drives Incus unchanged, except to ask a
+server for trust: see ``trust``.)
 
 pylxd (and requests under it) is imported only here, and only when an LXD
 server is used, so LXC-only hosts do not need it.
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lxdmig.backends.lxd_rules import DAEMONS
 from lxdmig.errors import BackendError, ConfigError
 from lxdmig.remotes import LxdRemote
 
@@ -23,7 +25,7 @@ _CA_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 class LxdUntrusted(BackendError):
-    """The LXD server does not trust lxdmig's certificate."""
+    """The LXD or Incus server does not trust lxdmig's certificate."""
 
 
 @contextlib.contextmanager
@@ -35,22 +37,22 @@ def _no_ca_bundle_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def connect_local(socket: Path) -> Any:
-    """The LXD on this host, over its unix socket (as root)."""
+def connect_local(socket: Path, label: str = "LXD") -> Any:
+    """The LXD (or, ``label`` Incus, the Incus) on this host, over its unix socket (as root)."""
     import pylxd
     from pylxd.exceptions import ClientConnectionFailed
 
     if not socket.exists():
-        raise BackendError(f"no LXD at {socket} (is lxd running? set [lxd] socket in lxdmig.conf)")
+        raise BackendError(f"no {label} at {socket} (is it running? set [{label.lower()}] socket in lxdmig.conf)")
     try:
         return pylxd.Client(endpoint=str(socket))
     except ClientConnectionFailed as e:
-        raise BackendError(f"cannot talk to LXD at {socket}: {e}") from None
+        raise BackendError(f"cannot talk to {label} at {socket}: {e}") from None
 
 
 def connect_remote(remote: LxdRemote, cert: Path, key: Path, *, timeout: float = 30.0,
                    require_trust: bool = True) -> Any:
-    """A remote LXD over HTTPS: its certificate must be the pinned one; it must trust ours."""
+    """A remote LXD or Incus over HTTPS: its certificate must be the pinned one; it must trust ours."""
     import pylxd
     from pylxd.exceptions import ClientConnectionFailed
 
@@ -60,14 +62,30 @@ def connect_remote(remote: LxdRemote, cert: Path, key: Path, *, timeout: float =
             client = pylxd.Client(endpoint=remote.url, cert=(str(cert), str(key)), verify=str(pinned),
                                   timeout=timeout)
     except ClientConnectionFailed as e:
-        raise BackendError(f"cannot reach LXD of remote {remote.name} at {remote.url} with its pinned certificate "
-                           f"{remote.fingerprint}: {e}") from None
+        raise BackendError(f"cannot reach {remote.label} of remote {remote.name} at {remote.url} with its pinned "
+                           f"certificate {remote.fingerprint}: {e}") from None
     client.api.session.trust_env = False
     if require_trust and not client.trusted:
-        raise LxdUntrusted(f"LXD of remote {remote.name} ({remote.url}) does not trust this host's certificate; "
-                           f"add it again with a trust token: lxdmig remote add {remote.name} {remote.url} --lxd "
-                           "--replace --token TOKEN (from 'lxc config trust add' there)")
+        raise LxdUntrusted(f"{remote.label} of remote {remote.name} ({remote.url}) does not trust this host's "
+                           f"certificate; add it again with a trust token: lxdmig remote add {remote.name} "
+                           f"{remote.url} --{remote.kind} --replace --token TOKEN (from "
+                           f"'{DAEMONS[remote.kind].cli} config trust add' there)")
+    if client.trusted:
+        check_kind(client, remote)
     return client
+
+
+def server_kind(client: Any) -> str:
+    """lxd or incus, as a server that trusts us says (its environment.server)."""
+    return str(client.host_info.get("environment", {}).get("server", "lxd"))
+
+
+def check_kind(client: Any, remote: LxdRemote) -> None:
+    """Refuse a server of another kind than the remote was added as (an Incus server added with --lxd)."""
+    kind = server_kind(client)
+    if kind != remote.kind:
+        label = DAEMONS[kind].label if kind in DAEMONS else kind
+        raise ConfigError(f"the server at {remote.url} is {label}, not {remote.label}: add it with --{kind}")
 
 
 def _pinned_file(remote: LxdRemote, directory: Path) -> Path:
@@ -92,15 +110,33 @@ def _pinned_file(remote: LxdRemote, directory: Path) -> Path:
 
 
 def trust(client: Any, remote: LxdRemote, secret: str) -> None:
-    """Have the remote LXD trust our certificate, with a trust token or its trust password."""
+    """Have the remote server trust our certificate (the client's), with a trust token or (LXD) its trust
+    password.
+
+    pylxd 2.4's authenticate() sends a token as a password to a server without the
+    ``explicit_trust_token`` API extension, as LXD 5.0 takes it; Incus has neither that extension nor
+    trust passwords, and wants the token as ``trust_token``: sent here as such."""
     from pylxd.exceptions import LXDAPIException
 
     try:
-        client.authenticate(secret)
+        if remote.kind == "incus":
+            pem = Path(client.api.session.cert[0]).read_text()
+            body = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+            response = client.api.certificates.post(json={"type": "client", "certificate": body,
+                                                          "trust_token": secret})
+            if response.status_code not in (200, 201):
+                raise LxdUntrusted(f"Incus of remote {remote.name} refused the trust token: "
+                                   f"{response.json().get('error') or response.status_code}")
+            client.host_info = client.api.get().json()["metadata"]
+        else:
+            client.authenticate(secret)
     except LXDAPIException as e:
-        raise LxdUntrusted(f"LXD of remote {remote.name} refused the trust token or password: {e}") from None
+        raise LxdUntrusted(f"{remote.label} of remote {remote.name} refused the trust token or password: "
+                           f"{e}") from None
     if not client.trusted:
-        raise LxdUntrusted(f"LXD of remote {remote.name} still does not trust this host after the token")
+        raise LxdUntrusted(f"{remote.label} of remote {remote.name} still does not trust this host after the "
+                           "token")
+    check_kind(client, remote)
 
 
 def server_certificate(client: Any) -> bytes:
@@ -124,13 +160,13 @@ def https_address(client: Any) -> str:
     return address
 
 
-def instance(client: Any, name: str) -> Any:
+def instance(client: Any, name: str, label: str = "LXD") -> Any:
     from pylxd.exceptions import NotFound
 
     try:
         return client.instances.get(name)
     except NotFound:
-        raise BackendError(f"no LXD instance named {name!r}") from None
+        raise BackendError(f"no {label} instance named {name!r}") from None
 
 
 def exists(client: Any, name: str) -> bool:

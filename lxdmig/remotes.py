@@ -2,7 +2,8 @@
 
 A remote has an lxdmig-helper (address and pinned certificate), an LXD
 server (HTTPS URL and pinned certificate, for ``--engine lxd`` and LXD
-instances), or both, under one name.
+instances), an Incus server (the same, for Incus), or several of them,
+under one name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from lxdmig.backends.lxd_rules import DAEMONS
 from lxdmig.config import DEFAULT_PORT
 from lxdmig.errors import ConfigError
 from lxdmig.tls import fingerprint
@@ -80,7 +82,12 @@ class Remote:
 class LxdRemote:
     name: str
     url: str  # https://HOST:PORT
-    certificate: bytes  # the LXD server's pinned certificate (PEM)
+    certificate: bytes  # the server's pinned certificate (PEM)
+    kind: str = "lxd"  # or "incus" (lxd_rules.DAEMONS)
+
+    @property
+    def label(self) -> str:
+        return DAEMONS[self.kind].label
 
     @property
     def fingerprint(self) -> str:
@@ -137,16 +144,16 @@ class RemoteStore:
                 raise ConfigError(f"{self.path}: remote {name!r} is damaged ({e}); remove and add it again") from None
         return out
 
-    def all_lxd(self) -> list[LxdRemote]:
-        """The remotes that have an LXD server."""
+    def all_lxd(self, kind: str = "lxd") -> list[LxdRemote]:
+        """The remotes that have an LXD server (or, ``kind`` incus, an Incus server)."""
         out = []
         for name, entry in sorted(self._read().items()):
-            if "lxd" not in entry:
+            if kind not in entry:
                 continue
             try:
-                lxd = entry["lxd"]
+                lxd = entry[kind]
                 parse_lxd_url(lxd["url"])
-                out.append(LxdRemote(name, lxd["url"], lxd["certificate"].encode()))
+                out.append(LxdRemote(name, lxd["url"], lxd["certificate"].encode(), kind))
             except (KeyError, AttributeError, TypeError, ConfigError) as e:
                 raise ConfigError(f"{self.path}: remote {name!r} is damaged ({e}); remove and add it again") from None
         return out
@@ -164,15 +171,15 @@ class RemoteStore:
         raise ConfigError(f"no remote named {name!r} (known: {', '.join(self.names()) or 'none'}); add it with: "
                           f"lxdmig remote add {name} ADDRESS")
 
-    def get_lxd(self, name: str) -> LxdRemote:
-        for remote in self.all_lxd():
+    def get_lxd(self, name: str, kind: str = "lxd") -> LxdRemote:
+        for remote in self.all_lxd(kind):
             if remote.name == name:
                 return remote
+        add = f"lxdmig remote add {name} https://HOST:8443 --{kind}"
         if name in self.names():
-            raise ConfigError(f"remote {name!r} has no LXD server; add it with: lxdmig remote add {name} "
-                              "https://HOST:8443 --lxd")
+            raise ConfigError(f"remote {name!r} has no {DAEMONS[kind].label} server; add it with: {add}")
         raise ConfigError(f"no remote named {name!r} (known: {', '.join(self.names()) or 'none'}); add it with: "
-                          f"lxdmig remote add {name} https://HOST:8443 --lxd")
+                          f"{add}")
 
     def add(self, remote: Remote, *, replace: bool = False) -> None:
         check_name(remote.name)
@@ -185,15 +192,16 @@ class RemoteStore:
         self._write(data)
 
     def add_lxd(self, remote: LxdRemote, *, replace: bool = False) -> None:
-        """Add (or, with ``replace``, change) the LXD server of a remote, keeping its helper."""
+        """Add (or, with ``replace``, change) the LXD or Incus server of a remote, keeping the rest."""
         check_name(remote.name)
         parse_lxd_url(remote.url)
         x509.load_pem_x509_certificate(remote.certificate)
         data = self._read()
         entry = data.setdefault(remote.name, {})
-        if "lxd" in entry and not replace:
-            raise ConfigError(f"remote {remote.name!r} has an LXD server already; pass --replace to change it")
-        entry["lxd"] = {"url": remote.url, "certificate": remote.certificate.decode()}
+        if remote.kind in entry and not replace:
+            raise ConfigError(f"remote {remote.name!r} has an {remote.label} server already; pass --replace to "
+                              "change it")
+        entry[remote.kind] = {"url": remote.url, "certificate": remote.certificate.decode()}
         self._write(data)
 
     def remove(self, name: str) -> None:

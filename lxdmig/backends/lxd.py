@@ -1,4 +1,4 @@
-"""LXD containers, moved by lxdmig's own engine (``--engine lxdmig``).
+"""LXD and Incus containers, moved by lxdmig's own engine (``--engine lxdmig``).
 
 An LXD container is an LXC container that LXD's daemon runs through
 liblxc: its liblxc name is the instance name, its LXC path is
@@ -12,10 +12,15 @@ the instance is created empty through the API, its files synced, and it
 is restored under the destination LXD's LXC path with the config
 rewritten for that LXD (see lxd_rules): LXD then sees it running as its
 own, and can exec into, stop and start it.
+
+Incus, LXD's fork, runs containers the same way through the same API;
+``IncusBackend`` is this backend with Incus's names and directories
+(``lxd_rules.INCUS``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,11 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from lxdmig import cgroups, hardened, lxd_api
-from lxdmig.backends import lxd_rules
 from lxdmig.backends.base import ContainerFacts, Problem
+from lxdmig.backends.idmapped_root import id_maps, idmapped
 from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
 from lxdmig.backends.lxc_rules import config_lines
-from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, nics, rewrite_lxc_conf
+from lxdmig.backends.lxd_rules import (
+    INCUS,
+    LXD,
+    Daemon,
+    Nic,
+    definition_fields,
+    instance_problems,
+    nics,
+    rewrite_lxc_conf,
+)
 from lxdmig.errors import BackendError, CriuError
 
 log = logging.getLogger(__name__)
@@ -38,6 +52,7 @@ _WAIT = 120
 
 class LxdBackend(LxcBackend):
     name = "lxd"
+    daemon: Daemon = LXD
     # LXD's own record of the instance, and its stateful-stop images: not ours to copy.
     sync_excludes = ("/backup.yaml", "/state")
 
@@ -46,32 +61,41 @@ class LxdBackend(LxcBackend):
         self.lxd_dir = socket.parent
         super().__init__(self.lxd_dir / "containers")
         self._client: Any = None
-        self._log_dir: Path | None = None
+        self._environ: dict[str, str] | None = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = lxd_api.connect_local(self.socket)
+            self._client = lxd_api.connect_local(self.socket, self.daemon.label)
         return self._client
 
     def _instance(self, container: str) -> Any:
-        return lxd_api.instance(self.client, check_name(container))
+        return lxd_api.instance(self.client, check_name(container), self.daemon.label)
 
-    @property
-    def log_dir(self) -> Path:
-        """LXD's log directory, where it writes each instance's lxc.conf (lxd_rules.log_dir): asked of the
-        running daemon's environment, since Debian's LXD and the snap differ."""
-        if self._log_dir is None:
+    def _daemon_environ(self) -> dict[str, str]:
+        """The running daemon's environment, which says where it keeps its files (lxd_rules.Daemon): Debian's
+        packages and the snap differ."""
+        if self._environ is None:
             try:
                 raw = Path(f"/proc/{self._server_pid()}/environ").read_bytes()
             except OSError as e:
-                raise BackendError(f"cannot read LXD's environment: {e.strerror}") from None
-            environ = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-            self._log_dir = Path(lxd_rules.log_dir(environ))
-        return self._log_dir
+                raise BackendError(f"cannot read {self.daemon.label}'s environment: {e.strerror}") from None
+            self._environ = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                                 if "=" in item)
+        return self._environ
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the daemon writes each instance's generated lxc.conf."""
+        return Path(self.daemon.run_dir(self._daemon_environ()))
+
+    @property
+    def log_dir(self) -> Path:
+        """Where liblxc writes each instance's lxc.log for the daemon."""
+        return Path(self.daemon.log_dir(self._daemon_environ()))
 
     def _config_path(self, container: str) -> Path:
-        return self.log_dir / check_name(container) / "lxc.conf"
+        return self.run_dir / check_name(container) / "lxc.conf"
 
     def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
         return [*super()._liblxc_argv(action, container, directory), "--config", str(self._config_path(container))]
@@ -80,7 +104,7 @@ class LxdBackend(LxcBackend):
         return self._liblxc_argv("restore" if restore else "dump", container, directory)
 
     def reachable(self) -> bool:
-        """Whether LXD answers on its socket (it may be configured but stopped)."""
+        """Whether the daemon answers on its socket (it may be configured but stopped)."""
         if not self.socket.exists():
             return False
         import requests
@@ -98,7 +122,8 @@ class LxdBackend(LxcBackend):
     def _require(self, container: str) -> list[tuple[str, str]]:
         self._instance(container)
         if not self._config_path(container).is_file():
-            raise BackendError(f"LXD instance {container!r} has no generated LXC config (was it ever started?)")
+            raise BackendError(f"{self.daemon.label} instance {container!r} has no generated LXC config at "
+                               f"{self._config_path(container)} (was it ever started?)")
         return super()._require(container)
 
     def _pool_driver(self, devices: dict[str, dict[str, str]]) -> str:
@@ -119,7 +144,7 @@ class LxdBackend(LxcBackend):
         )
 
     def dump_problems(self, container: str, engine: str = "lxdmig") -> list[Problem]:
-        """As Backend.dump_problems, for lxdmig's engine or (``engine="lxd"``) LXD's own."""
+        """As Backend.dump_problems, for lxdmig's engine or (``engine="lxd"``) the daemon's own."""
         inst = self._instance(container)
         # LXD gives every container ptys (lxc.pty.max = 1024); CRIU only
         # minds ptys that are open, which device_problems reports.
@@ -135,7 +160,7 @@ class LxdBackend(LxcBackend):
         try:
             self._instance(container).freeze(wait=True, timeout=_WAIT)
         except LXDAPIException as e:
-            raise BackendError(f"LXD could not freeze {container!r}: {e}") from None
+            raise BackendError(f"{self.daemon.label} could not freeze {container!r}: {e}") from None
 
     def unfreeze(self, container: str) -> None:
         from pylxd.exceptions import LXDAPIException
@@ -148,16 +173,19 @@ class LxdBackend(LxcBackend):
             try:
                 inst.unfreeze(wait=True, timeout=_WAIT)
             except LXDAPIException as e:
-                raise BackendError(f"LXD could not unfreeze {container!r}: {e}") from None
+                raise BackendError(f"{self.daemon.label} could not unfreeze {container!r}: {e}") from None
 
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
                 expect_tasks: int = 0) -> None:
+        maps = id_maps(config_lines(self._config_path(container).read_text()))
         try:
-            super().restore(container, directory, config_file=config_file, timeout=timeout,
-                            expect_tasks=expect_tasks)
+            with idmapped(self.container_dir(container) / "rootfs", maps, directory) if maps else \
+                    contextlib.nullcontext():
+                super().restore(container, directory, config_file=config_file, timeout=timeout,
+                                expect_tasks=expect_tasks)
         except CriuError as e:
-            # liblxc logs why (a hook, a mount, CRIU's exit) to LXD's log for the instance.
-            log_file = self._config_path(container).parent / "lxc.log"
+            # liblxc logs why (a hook, a mount, CRIU's exit) to the daemon's log for the instance.
+            log_file = self.log_dir / container / "lxc.log"
             try:
                 lines = log_file.read_text(errors="replace").splitlines()
             except OSError:
@@ -179,10 +207,10 @@ class LxdBackend(LxcBackend):
             try:
                 inst.stop(force=True, wait=True, timeout=_WAIT)
             except LXDAPIException as e:
-                raise BackendError(f"LXD could not stop {container!r}: {e}") from None
+                raise BackendError(f"{self.daemon.label} could not stop {container!r}: {e}") from None
 
     def discard(self, container: str) -> None:
-        self.delete(container)  # (through LXD, which runs its own hooks only)
+        self.delete(container)  # (through the daemon, which runs its own hooks only)
 
     def delete(self, container: str) -> None:
         from pylxd.exceptions import LXDAPIException, NotFound
@@ -192,7 +220,7 @@ class LxdBackend(LxcBackend):
         except NotFound:
             pass
         except LXDAPIException as e:
-            raise BackendError(f"LXD could not delete {container!r}: {e}") from None
+            raise BackendError(f"{self.daemon.label} could not delete {container!r}: {e}") from None
         for removed in cgroups.remove_leftovers(f"lxc.payload.{container}"):
             log.info("removed leftover cgroup %s", removed)
 
@@ -207,8 +235,10 @@ class LxdBackend(LxcBackend):
         seccomp = self.lxd_dir / "security" / "seccomp" / container
         return {
             **super().describe(container),
+            "server": self.daemon.name,
             "lxd_dir": str(self.lxd_dir),
             "log_dir": str(self.log_dir),
+            "run_dir": str(self.run_dir),
             "architecture": inst.architecture,
             # volatile keys are the source LXD's bookkeeping, except the MAC addresses.
             "config": {k: v for k, v in inst.config.items()
@@ -231,7 +261,7 @@ class LxdBackend(LxcBackend):
         try:
             self.client.instances.create(body, wait=True)
         except LXDAPIException as e:
-            raise BackendError(f"LXD here could not create {container!r}: {e}") from None
+            raise BackendError(f"{self.daemon.label} here could not create {container!r}: {e}") from None
         driver = self._pool_driver(self._instance(container).expanded_devices)
         if driver != "dir":
             raise BackendError(f"{container!r} would live on a {driver!r} storage pool here: lxdmig's engine "
@@ -241,7 +271,7 @@ class LxdBackend(LxcBackend):
         # Asked afresh: pylxd's host_info is from when it connected, and LXD may have restarted since.
         pid = int(self.client.api.get().json()["metadata"]["environment"].get("server_pid", 0))
         if pid <= 0:
-            raise BackendError("LXD here does not say its process id (server_pid)")
+            raise BackendError(f"{self.daemon.label} here does not say its process id (server_pid)")
         return pid
 
     def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
@@ -258,8 +288,8 @@ class LxdBackend(LxcBackend):
         else:
             definition, text = received, self._config_path(container).read_text()
         config, devices, _ = definition_fields(definition)
-        own = [str(self.container_dir(container)), str(self.lxd_dir / "devlxd"),
-               str(self.log_dir / container),
+        own = [str(self.container_dir(container)), str(self.lxd_dir / self.daemon.guest_api),
+               str(self.log_dir / container), str(self.run_dir / container),
                *(str(self.lxd_dir / d / container) for d in ("shmounts", "security/seccomp"))]
         def lxc_rules(items: list[tuple[str, str]], hooks: tuple[str, ...]) -> list[str]:
             return hardened.lxc_config_refusals(items, rootfs=rootfs, own_dirs=own, hook_prefixes=hooks,
@@ -278,15 +308,19 @@ class LxdBackend(LxcBackend):
         try:
             nic_list = [Nic(**n) for n in definition.get("nics", [])]
             conf_text, seccomp = str(definition["lxc_conf"]), str(definition.get("seccomp", ""))
-            moves = [(str(definition["lxd_dir"]), str(self.lxd_dir)),
-                     (str(definition.get("log_dir", f"{definition['lxd_dir']}/logs")), str(self.log_dir))]
+            if definition.get("server", LXD.name) != self.daemon.name:
+                raise BackendError(f"the instance comes from {definition['server']}, not {self.daemon.label}")
+            logs = str(definition.get("log_dir", f"{definition['lxd_dir']}/logs"))
+            # (Older LXD peers send no run_dir: LXD writes lxc.conf beside lxc.log.)
+            moves = [(str(definition["lxd_dir"]), str(self.lxd_dir)), (logs, str(self.log_dir)),
+                     (str(definition.get("run_dir", logs)), str(self.run_dir))]
         except (KeyError, TypeError) as e:
             raise BackendError(f"the instance definition from the source is incomplete: {e}") from None
         pid = self._server_pid()
         text = rewrite_lxc_conf(conf_text, moves=moves, server_pid=pid,
                                 rootfs=str(self.container_dir(container) / "rootfs"), nic_list=nic_list)
-        logs = self._config_path(container).parent
-        logs.mkdir(parents=True, exist_ok=True)
+        for directory in (self.run_dir / container, self.log_dir / container):  # (one for LXD, two for Incus)
+            directory.mkdir(parents=True, exist_ok=True)
         self._config_path(container).write_text(text)
         if seccomp:
             profile = self.lxd_dir / "security" / "seccomp" / container
@@ -299,6 +333,13 @@ class LxdBackend(LxcBackend):
         try:
             inst.save(wait=True)
         except LXDAPIException as e:
-            raise BackendError(f"LXD here could not record the NICs of {container!r}: {e}") from None
+            raise BackendError(f"{self.daemon.label} here could not record the NICs of {container!r}: {e}") from None
         log.info("wrote %s for %s; NICs %s", self._config_path(container), container,
                  json.dumps([n.__dict__ for n in nic_list]))
+
+
+class IncusBackend(LxdBackend):
+    """Incus instances (lxd_rules.INCUS): LxdBackend with Incus's names and directories."""
+
+    name = "incus"
+    daemon = INCUS

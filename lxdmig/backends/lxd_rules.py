@@ -1,12 +1,12 @@
-"""Pure rules for moving LXD containers with lxdmig's own engine.
+"""Pure rules for moving LXD and Incus containers with lxdmig's own engine.
 
-LXD runs each container through liblxc with a config it generates at start
-(LXD_DIR/logs/NAME/lxc.conf). lxdmig dumps with that config, and restores
-on the destination with the same config rewritten for the destination
-LXD: its LXD_DIR, its daemon (the start hook runs ``/proc/PID/exe``), the
-instance's root filesystem there, and its NICs as veth pairs on their
-bridges (LXD hands a container a ready-made veth as ``phys``; on restore
-CRIU must make the pair itself).
+LXD and Incus (LXD's fork) run each container through liblxc with a config
+they generate at start (lxc.conf: see ``Daemon``). lxdmig dumps with that
+config, and restores on the destination with the same config rewritten for
+the destination daemon: its directories, its process (the start hook runs
+``/proc/PID/exe``), the instance's root filesystem there, and its NICs as
+veth pairs on their bridges (the daemon hands a container a ready-made veth
+as ``phys``; on restore CRIU must make the pair itself).
 """
 
 from __future__ import annotations
@@ -44,13 +44,18 @@ def nics(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str,
 
 def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config: Mapping[str, str],
                       pool_driver: str, *, engine: str = "lxdmig") -> list[Problem]:
-    """What about an LXD instance the engine (lxdmig or lxd) cannot move (a pure function)."""
+    """What about an LXD or Incus instance the engine (lxdmig, or the daemon's own: lxd, incus) cannot move
+    (a pure function)."""
     out = []
-    if engine == "lxd":
+    if engine in DAEMONS:
+        # Measured here: LXD 5.0.2's restore cannot open timens-0.img; Incus 6.0.4's restores the tasks on
+        # the unshifted files of an idmapped root without the id map (CRIU: "Permission denied").
+        why = "timens-0.img: permission denied" if engine == "lxd" else "its restore mounts the root without " \
+            "the container's id map: Permission denied"
         if config.get("security.privileged", "false").lower() != "true":
-            out.append(Problem(Severity.FAIL, "it is unprivileged (security.privileged is not true): LXD's own "
-                                              "live move of an id-mapped container fails (timens-0.img: permission "
-                                              "denied); use lxdmig's engine (--engine lxdmig)"))
+            out.append(Problem(Severity.FAIL, f"it is unprivileged (security.privileged is not true): "
+                                              f"{DAEMONS[engine].label}'s own live move of an id-mapped container "
+                                              f"fails ({why}); use lxdmig's engine (--engine lxdmig)"))
         return out
     for device, d in sorted(expanded_devices.items()):
         if d.get("type") != "nic":
@@ -65,12 +70,44 @@ def instance_problems(expanded_devices: Mapping[str, Mapping[str, str]], config:
     return out
 
 
-def log_dir(environ: Mapping[str, str]) -> str:
-    """Where an LXD daemon with this environment keeps each instance's generated lxc.conf and lxc.log
-    (LXD's LogPath): $LXD_DIR/logs when LXD_DIR is set (the snap, the test bed), else /var/log/lxd
-    (Debian's lxd.service sets none)."""
-    lxd_dir = environ.get("LXD_DIR", "")
-    return f"{lxd_dir.rstrip('/')}/logs" if lxd_dir else "/var/log/lxd"
+@dataclass(frozen=True)
+class Daemon:
+    """What lxdmig needs to know of a liblxc-running daemon, LXD or Incus: the rest is alike (the same
+    REST API through pylxd, the same hooks, LXC path, shmounts and migration protocol)."""
+
+    name: str  # the backend's name, and the kind of a remote's server
+    label: str  # in messages
+    cli: str  # the daemon's command-line client, in hints
+    dir_env: str  # the environment variable that moves the daemon's directories
+    default_dir: str  # its directory (the unix socket's) without that variable
+    guest_api: str  # the directory under it bound into each container as /dev/lxd or /dev/incus
+    default_run: str  # where it writes each instance's lxc.conf without dir_env ...
+    default_log: str  # ... and lxc.log
+    run_subdir: str  # the same, under dir_env when set
+    log_subdir: str
+
+    def run_dir(self, environ: Mapping[str, str]) -> str:
+        """Where a daemon with this environment writes each instance's generated lxc.conf."""
+        return self._under(environ, self.run_subdir) or self.default_run
+
+    def log_dir(self, environ: Mapping[str, str]) -> str:
+        """Where a daemon with this environment has liblxc write each instance's lxc.log."""
+        return self._under(environ, self.log_subdir) or self.default_log
+
+    def _under(self, environ: Mapping[str, str], sub: str) -> str:
+        top = environ.get(self.dir_env, "").rstrip("/")
+        return f"{top}/{sub}" if top else ""
+
+
+# LXD writes lxc.conf and lxc.log to its LogPath: $LXD_DIR/logs when LXD_DIR is set (the snap, the test
+# bed), else /var/log/lxd (Debian's lxd.service sets none). Incus writes lxc.conf to its RunPath
+# ($INCUS_DIR/run or /run/incus) and lxc.log to its LogPath ($INCUS_DIR/logs or /var/log/incus).
+LXD = Daemon(name="lxd", label="LXD", cli="lxc", dir_env="LXD_DIR", default_dir="/var/lib/lxd", guest_api="devlxd",
+             default_run="/var/log/lxd", default_log="/var/log/lxd", run_subdir="logs", log_subdir="logs")
+INCUS = Daemon(name="incus", label="Incus", cli="incus", dir_env="INCUS_DIR", default_dir="/var/lib/incus",
+               guest_api="guestapi", default_run="/run/incus", default_log="/var/log/incus", run_subdir="run",
+               log_subdir="logs")
+DAEMONS = {d.name: d for d in (LXD, INCUS)}
 
 
 def rewrite_lxc_conf(text: str, *, moves: Sequence[tuple[str, str]], server_pid: int, rootfs: str,

@@ -51,10 +51,10 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
         checks += preflight.host_checks(local, peer.peer.host, remote)
         facts, backend = None, None
         if container is not None:
-            backend = backends.find(container, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+            backend = backends.find(container, conf)
             if backend is None:
                 checks.append(Check("container", Status.FAIL, f"no container {container!r} here (not in "
-                                                              f"{conf.lxcpath}, not in LXD)"))
+                                                              f"{conf.lxcpath}, not in LXD or Incus)"))
                 return checks
             facts = backend.facts(container)
             problems = backend.dump_problems(container) if facts.running else []

@@ -41,12 +41,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="pre-copy: stop as soon as the estimated downtime is within MS; with auto/hybrid, "
                         "switch to post-copy when rounds stop converging")
     p.add_argument("--engine", choices=policy.ENGINES, default="auto",
-                   help="LXD instances: lxdmig (lxdmig's own engine, every mode; needs lxdmig-helper on the "
-                        "destination), lxd (LXD's own live migration, wrapped with lxdmig's preflight, timeout "
-                        "and rollback; needs the remote's LXD server: 'lxdmig remote add NAME https://HOST:8443 "
-                        "--lxd'), or auto (default: lxdmig where the remote has a helper, else lxd)")
+                   help="LXD and Incus instances: lxdmig (lxdmig's own engine, every mode; needs lxdmig-helper "
+                        "on the destination), lxd (LXD's own live migration, wrapped with lxdmig's preflight, "
+                        "timeout and rollback; needs the remote's LXD server: 'lxdmig remote add NAME "
+                        "https://HOST:8443 --lxd'), incus (the same for Incus instances, with --incus), or auto "
+                        "(default: lxdmig where the remote has a helper, else the daemon's own)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
-                   help="--engine lxd: roll back if LXD has not finished within this (default 600)")
+                   help="--engine lxd or incus: roll back if the daemon has not finished within this (default "
+                        "600)")
     p.add_argument("--allow-drop", action="store_true",
                    help="move even if processes run in the container outside its init's tree (started with "
                         "lxc-attach or lxc exec): CRIU cannot move them, so they are left behind and end with the "
@@ -111,22 +113,24 @@ def run(args: argparse.Namespace) -> ExitCode:
     store = RemoteStore(conf.remotes)
     if remote not in store.names():
         store.get(remote)  # raises, naming the remotes there are
-    backend = backends.find(name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+    backend = backends.find(name, conf)
     if backend is None:
         raise MoveFailed(f"no container {name!r} on this host (not in {conf.lxcpath}, not in LXD at "
-                         f"{conf.lxd_socket})")
+                         f"{conf.lxd_socket}, not in Incus at {conf.incus_socket})")
     keys = _keys(conf, name, backend)
     request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0],
                           allow_drop=args.allow_drop, page_transport=args.page_transport or conf.page_transport)
-    engine, why = policy.choose_engine(args.engine, lxd_instance=isinstance(backend, LxdBackend),
-                                       remote_helper=remote in [r.name for r in store.all()],
-                                       remote_lxd=remote in [r.name for r in store.all_lxd()], mode=args.mode)
-    if engine == "lxd" and args.allow_drop:
-        raise ConfigError("--allow-drop works with lxdmig's engine only (--engine lxdmig): LXD's own move "
+    engine, why = policy.choose_engine(
+        args.engine, manager=backend.name, remote_helper=remote in [r.name for r in store.all()],
+        remote_daemon=backend.name in backends.DAEMONS and remote in [r.name for r in store.all_lxd(backend.name)],
+        mode=args.mode)
+    own = policy.DAEMON_LABELS.get(engine)
+    if own and args.allow_drop:
+        raise ConfigError(f"--allow-drop works with lxdmig's engine only (--engine lxdmig): {own}'s own move "
                           "cannot leave processes behind")
-    if engine == "lxd" and args.page_transport == "plain":
-        raise ConfigError("--page-transport plain works with lxdmig's engine only (--engine lxdmig): LXD's own "
-                          "move uses its own transport")
+    if own and args.page_transport == "plain":
+        raise ConfigError(f"--page-transport plain works with lxdmig's engine only (--engine lxdmig): {own}'s "
+                          "own move uses its own transport")
     progress = (lambda line: None) if args.quiet or args.json else (lambda line: print(line, file=sys.stderr))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -147,7 +151,7 @@ def format_report(r: MoveReport) -> str:
     lines = [f"moved {r.container} to {r.remote}",
              f"  engine:       {r.engine} ({r.engine_reason})",
              f"  mode:         {r.mode} ({r.mode_reason})"]
-    if r.engine == "lxd":
+    if r.engine != "lxdmig":
         lines += [f"  downtime:     {r.downtime_ms:.0f} ms (from freezing here to running on {r.remote}, "
                   "observed by lxdmig)",
                   f"  total:        {r.total_ms / 1000:.2f} s"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lxdmig import backends, config, lxd_api, prepare
+from lxdmig import backends, config, prepare
+from lxdmig.backends.lxd import LxdBackend
 from lxdmig.errors import BackendError, ExitCode
 
 HELP = "make a running container movable: say what would stop CRIU and change it, one line per change"
@@ -28,12 +29,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
-    backend = backends.find(args.name, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+    backend = backends.find(args.name, conf)
     if backend is None:
-        raise BackendError(f"no container {args.name!r} here (not in {conf.lxcpath}, not in LXD)")
+        raise BackendError(f"no container {args.name!r} here (not in {conf.lxcpath}, not in LXD or Incus)")
     preparer: prepare.Preparer
-    if backend.name == "lxd":
-        preparer = prepare.LxdPreparer(lxd_api.connect_local(conf.lxd_socket), args.name)
+    if isinstance(backend, LxdBackend):  # (or Incus)
+        preparer = prepare.LxdPreparer(backend.client, args.name)
     else:
         preparer = prepare.LxcPreparer(conf.lxcpath, args.name)
     present = preparer.dropin_present()

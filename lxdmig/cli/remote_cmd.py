@@ -7,12 +7,13 @@ import json
 import sys
 
 from lxdmig import client, config, lxd_api, tls
+from lxdmig.backends.lxd_rules import DAEMONS
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.protocol.messages import RemoteUntrusted
 from lxdmig.remotes import LxdRemote, Remote, RemoteStore, check_name, parse_address, parse_lxd_url
 from lxdmig.tokens import Token
 
-HELP = "manage remotes: the hosts (lxdmig-helper daemons, LXD servers) this host can migrate containers to"
+HELP = "manage remotes: the hosts (lxdmig-helper daemons, LXD and Incus servers) this host can migrate containers to"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="ADDRESS is the remote's LXD server (https://HOST[:PORT], default port 8443), for "
                           "LXD instances; --token is then a token from 'lxc config trust add' there. A remote "
                           "may have both a helper and an LXD server: add each under the same NAME")
+    add.add_argument("--incus", action="store_true",
+                     help="ADDRESS is the remote's Incus server (https://HOST[:PORT]), for Incus instances; "
+                          "--token is then a token from 'incus config trust add NAME' there")
     add.add_argument("--password", help="with --lxd: the LXD server's core.trust_password instead of a token; "
                                         "'-' reads it from stdin")
     add.set_defaults(run=_add)
@@ -67,26 +71,34 @@ def _pin(args: argparse.Namespace, cert: bytes, address: str) -> bool:
     return bool(args.accept_certificate) or _confirm(fp, address)
 
 
-def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str) -> ExitCode:
+def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str, kind: str) -> ExitCode:
+    """Add an LXD or (``kind`` incus) Incus server: it can make lxdmig-helper's host act as root there
+    no more than its own trust allows; trusting it is the server's decision (its token)."""
+    if kind == "incus" and args.password:
+        raise ConfigError("--password: Incus has no trust password; use --token with a token from "
+                          "'incus config trust add NAME' on the remote")
     host, port = parse_lxd_url(args.target)
     identity = tls.ensure_identity(conf.cert, conf.key)
-    cert = client.fetch_certificate(host, port, conf.connect_timeout, "LXD")
+    cert = client.fetch_certificate(host, port, conf.connect_timeout, DAEMONS[kind].label)
     if not _pin(args, cert, args.target):
         print("not added")
         return ExitCode.FAILURE
-    remote = LxdRemote(name, args.target.rstrip("/"), cert)
-    lxd = lxd_api.connect_remote(remote, conf.cert, conf.key, timeout=conf.connect_timeout, require_trust=False)
+    remote = LxdRemote(name, args.target.rstrip("/"), cert, kind)
+    server = lxd_api.connect_remote(remote, conf.cert, conf.key, timeout=conf.connect_timeout,
+                                    require_trust=False)
     secret = args.token or args.password
-    if not lxd.trusted and secret:
-        lxd_api.trust(lxd, remote, secret)
+    if not server.trusted and secret:
+        lxd_api.trust(server, remote, secret)
     RemoteStore(conf.remotes).add_lxd(remote, replace=args.replace)
-    print(f"remote {name} LXD server added: {remote.url}, certificate {remote.fingerprint} (pinned)")
-    if lxd.trusted:
-        print(f"{name}'s LXD {lxd.host_info['environment'].get('server_version', '?')} trusts this host")
+    print(f"remote {name} {remote.label} server added: {remote.url}, certificate {remote.fingerprint} (pinned)")
+    if server.trusted:
+        print(f"{name}'s {remote.label} {server.host_info['environment'].get('server_version', '?')} trusts "
+              "this host")
     else:
-        print(f"note: {name}'s LXD does not trust this host yet. There run 'lxc config trust add' and here "
-              f"'lxdmig remote add {name} {remote.url} --lxd --replace --token TOKEN' (this host's certificate "
-              f"fingerprint is {identity.fingerprint}).")
+        trust_add = "lxc config trust add" if kind == "lxd" else "incus config trust add NAME"
+        print(f"note: {name}'s {remote.label} does not trust this host yet. There run '{trust_add}' and here "
+              f"'lxdmig remote add {name} {remote.url} --{kind} --replace --token TOKEN' (this host's "
+              f"certificate fingerprint is {identity.fingerprint}).")
     return ExitCode.OK
 
 
@@ -108,8 +120,10 @@ def _add(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
     name = check_name(args.name)
     _secrets_from_stdin(args)
-    if args.lxd:
-        return _add_lxd(args, conf, name)
+    if args.lxd and args.incus:
+        raise ConfigError("--lxd and --incus: a remote server is one or the other (add each under the same NAME)")
+    if args.lxd or args.incus:
+        return _add_lxd(args, conf, name, "incus" if args.incus else "lxd")
     if args.password:
         raise ConfigError("--password is for LXD servers (with --lxd)")
     store = RemoteStore(conf.remotes)
@@ -152,7 +166,8 @@ def _list(args: argparse.Namespace) -> ExitCode:
     store = RemoteStore(config.load(args.config).remotes)
     rows = [{"name": r.name, "kind": "helper", "address": r.address, "fingerprint": r.fingerprint}
             for r in store.all()]
-    rows += [{"name": r.name, "kind": "lxd", "address": r.url, "fingerprint": r.fingerprint} for r in store.all_lxd()]
+    rows += [{"name": r.name, "kind": r.kind, "address": r.url, "fingerprint": r.fingerprint}
+             for kind in ("lxd", "incus") for r in store.all_lxd(kind)]
     rows.sort(key=lambda row: (row["name"], row["kind"]))
     if args.json:
         print(json.dumps(rows))

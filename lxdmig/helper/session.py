@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from lxdmig import hardened, page_channel, proc, tls
-from lxdmig.backends import Backend
+from lxdmig.backends import DAEMONS, Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import BackendError, CommandError, ConfigError, CriuError
@@ -261,7 +261,7 @@ class Session:
     def _migration_begin(self, request: messages.MigrationBegin) -> messages.MigrationBegun:
         container, definition = request.container, request.definition
         backend = self.state.backend_named(request.backend)
-        if request.backend == "lxd" and self.state.config.hardened:  # (before LXD makes the instance)
+        if request.backend in DAEMONS and self.state.config.hardened:  # (before the daemon makes it)
             try:
                 config, devices, _ = definition_fields(definition)
             except BackendError as e:

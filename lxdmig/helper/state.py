@@ -32,30 +32,32 @@ class HelperState:
         self.trust = tls.TrustStore(config.trust_dir)
         self.tokens = TokenStore(config.tokens)
         self.registry = Registry(config.work_dir, config.keep_failed)
-        self.backend = backends.get("lxc", lxcpath=config.lxcpath, lxd_socket=config.lxd_socket)
-        self._lxd: Backend | None = None
+        self.backend = backends.get("lxc", config)
+        self._daemons: dict[str, Backend] = {}
         self._lock = threading.Lock()
         self._context: ssl.SSLContext = tls.server_context(self.identity, self.trust)
         self._fingerprints = set(self.trust.fingerprints())
         self._host = capabilities.probe()
 
     def backend_named(self, name: str) -> Backend:
-        """The helper's backend ``name`` (lxc, or lxd when LXD runs on this host)."""
+        """The helper's backend ``name`` (lxc, or lxd or incus when that daemon runs on this host)."""
         if name == "lxc":
             return self.backend
-        if name == "lxd":
-            if not self.config.lxd_socket.exists():
-                raise RemoteUnsupported(f"no LXD on this host (no socket at {self.config.lxd_socket}; see [lxd] "
+        if name in backends.DAEMONS:
+            socket = backends.socket_of(name, self.config)
+            if not socket.exists():
+                raise RemoteUnsupported(f"no {name} daemon on this host (no socket at {socket}; see [{name}] "
                                         "socket in lxdmig.conf)")
-            if self._lxd is None:
-                self._lxd = backends.get("lxd", lxcpath=self.config.lxcpath, lxd_socket=self.config.lxd_socket)
-            return self._lxd
+            if name not in self._daemons:
+                self._daemons[name] = backends.get(name, self.config)
+            return self._daemons[name]
         raise RemoteBadRequest(f"unknown backend {name!r}")
 
     def container_exists(self, container: str) -> bool:
         """Whether any of this host's container managers has ``container``."""
-        return self.backend.exists(container) or (
-            self.config.lxd_socket.exists() and self.backend_named("lxd").exists(container))
+        return self.backend.exists(container) or any(
+            backends.socket_of(name, self.config).exists() and self.backend_named(name).exists(container)
+            for name in backends.DAEMONS)
 
     def path_taken(self, container: str, backend: Backend | None = None) -> Path | None:
         """The directory a received ``container`` would go to, if something (not a container: a rollback

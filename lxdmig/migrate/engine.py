@@ -1,7 +1,7 @@
 """The one interface ``lxdmig move`` runs a move through, and the factory that makes the chosen engine.
 
 Two engines implement it: lxdmig's own (move.Mover, every mode, through the
-destination's lxdmig-helper) and LXD's live migration wrapped
+destination's lxdmig-helper) and LXD's or Incus's live migration wrapped
 (lxd_move.LxdEngineMove). Which one is policy.choose_engine's decision;
 the command only chooses and calls.
 """
@@ -17,6 +17,7 @@ from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
 from lxdmig.migrate.lxd_move import DEFAULT_TIMEOUT, LxdEngineMove
 from lxdmig.migrate.move import Mover
+from lxdmig.migrate.policy import DAEMON_LABELS
 from lxdmig.migrate.report import MoveReport, MoveRequest, Progress
 
 
@@ -45,8 +46,8 @@ class EngineOptions:
 def make_engine(name: str, reason: str, conf: Config, request: MoveRequest, progress: Progress, backend: Backend,
                 options: EngineOptions = EngineOptions()) -> Engine:
     """The engine ``name`` (from policy.choose_engine, which gave ``reason``), ready to run."""
-    if name == "lxd":
-        assert isinstance(backend, LxdBackend)  # (choose_engine picks lxd for LXD instances only)
+    if name in DAEMON_LABELS:
+        assert isinstance(backend, LxdBackend)  # (choose_engine picks lxd or incus for their instances only)
         return LxdEngineMove(conf, request, progress, backend, timeout=options.timeout, engine_reason=reason,
                              keys=options.lxd_keys())
     return Mover(conf, request, progress, backend, engine_reason=reason)

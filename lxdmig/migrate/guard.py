@@ -109,7 +109,7 @@ def _finish_streaming(backend: backends.Backend, name: str, work_dir: Path, wait
 
 def watch(args: argparse.Namespace) -> int:
     conf = config.load(args.config)
-    backend = backends.get(args.backend, lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+    backend = backends.get(args.backend, conf)
     state, links, detail = "running", {}, None
     for line in sys.stdin:
         message = json.loads(line)

@@ -1,8 +1,9 @@
-"""``lxdmig move --engine lxd``: LXD's own live migration, wrapped.
+"""``lxdmig move --engine lxd`` (``--engine incus``): LXD's (Incus's) own live migration, wrapped.
 
 LXD (up to 5.0) live-migrates a container itself: the destination LXD
-pulls it from the source LXD, CRIU inside. lxdmig drives exactly that
-through the API, with what LXD lacks around it:
+pulls it from the source LXD, CRIU inside. Incus kept LXD 5.0's design
+(the same API, the same action script), and so its defects. lxdmig drives
+exactly that through the API, with what they lack around it:
 
 - the preflight, before anything is frozen;
 - a time limit, and a rollback that works: when the destination's restore
@@ -85,13 +86,16 @@ class _DowntimeWatch(threading.Thread):
 
 
 class LxdEngineMove:
+    """The daemon's own live move (LXD's or Incus's, as ``backend`` is)."""
+
     def __init__(self, conf: Config, request: MoveRequest, progress: Progress, backend: LxdBackend, *,
                  timeout: float = DEFAULT_TIMEOUT, engine_reason: str = "",
                  keys: dict[str, str] | None = None) -> None:
         self.conf, self.request, self.progress, self.backend = conf, request, progress, backend
         self.timeout = timeout
         self.keys = keys or {}
-        self.report = MoveReport(request.container, request.remote, engine="lxd", engine_reason=engine_reason)
+        self.label = backend.daemon.label
+        self.report = MoveReport(request.container, request.remote, engine=backend.name, engine_reason=engine_reason)
         self.start = time.monotonic()
         self.source_op = ""
         self.init_pid = 0
@@ -101,7 +105,7 @@ class LxdEngineMove:
 
     def run(self) -> MoveReport:
         name = self.request.container
-        remote = RemoteStore(self.conf.remotes).get_lxd(self.request.remote)
+        remote = RemoteStore(self.conf.remotes).get_lxd(self.request.remote, self.backend.name)
         target = lxd_api.connect_remote(remote, self.conf.cert, self.conf.key, timeout=self.conf.connect_timeout)
         source = self.backend.client
         checks = self._preflight(source, target)
@@ -112,11 +116,11 @@ class LxdEngineMove:
             lxd_keys.set_keys(source, name, self.keys)
             self.say(f"set {', '.join(f'{k}={v}' for k, v in self.keys.items())} on {name}")
         values = ", ".join(f"{k}={v or 'default'}" for k, v in lxd_keys.get_keys(source, name).items())
-        self.report.mode = "lxd-live"
-        self.report.mode_reason = ("LXD's live migration: pre-copy rounds if migration.incremental.memory is "
-                                   f"true and CRIU can track dirty memory, else one dump (keys: {values})")
-        self.say(f"preflight passed; engine lxd: {self.report.engine_reason}")
-        inst = lxd_api.instance(source, name)
+        self.report.mode = f"{self.backend.name}-live"
+        self.report.mode_reason = (f"{self.label}'s live migration: pre-copy rounds if migration.incremental.memory "
+                                   f"is true and CRIU can track dirty memory, else one dump (keys: {values})")
+        self.say(f"preflight passed; engine {self.backend.name}: {self.report.engine_reason}")
+        inst = lxd_api.instance(source, name, self.label)
         self.init_pid = int(inst.state().pid)
         watch = _DowntimeWatch(self.init_pid, target, name)
         watch.start()
@@ -128,8 +132,8 @@ class LxdEngineMove:
             running = self._roll_back(source, target)
             if isinstance(e, LxdmigError):
                 if not running:
-                    raise RollbackIncomplete(f"{e} ({name} could not be brought back here; see 'lxc info {name}')"
-                                             ) from e
+                    raise RollbackIncomplete(f"{e} ({name} could not be brought back here; see "
+                                             f"'{self.backend.daemon.cli} info {name}')") from e
                 raise MoveFailed(f"{e} (rolled back: {name} runs on this host as before)") from e
             raise
         watch.join(timeout=10)
@@ -146,28 +150,34 @@ class LxdEngineMove:
     def _preflight(self, source: Any, target: Any) -> list[Check]:
         name = self.request.container
         facts = self.backend.facts(name)
-        checks = [Check("lxd", Status.OK, f"{self.request.remote}'s LXD "
-                                          f"{target.host_info['environment'].get('server_version', '?')} trusts "
-                                          "this host")]
-        problems = self.backend.dump_problems(name, engine="lxd") if facts.running else []
+        checks = [Check(self.backend.name, Status.OK, f"{self.request.remote}'s {self.label} "
+                                                      f"{target.host_info['environment'].get('server_version', '?')} "
+                                                      "trusts this host")]
+        problems = self.backend.dump_problems(name, engine=self.backend.name) if facts.running else []
         checks += preflight.container_checks(facts, problems)
         if lxd_api.exists(target, name):
             checks.append(Check("name", Status.FAIL, f"{self.request.remote} already has an instance named {name}"))
-        inst = lxd_api.instance(source, name)
+        inst = lxd_api.instance(source, name, self.label)
         for profile in inst.profiles:
             if not target.profiles.exists(profile):
-                checks.append(Check("profiles", Status.FAIL, f"{self.request.remote} has no LXD profile {profile}"))
+                checks.append(Check("profiles", Status.FAIL, f"{self.request.remote} has no {self.label} profile "
+                                                             f"{profile}"))
         for network in facts.networks:
             if not target.networks.exists(network):
                 checks.append(Check("networks", Status.FAIL, f"{self.request.remote} has no network {network}"))
-        if not _console_disabled():
-            checks.append(Check("console", Status.FAIL, "LXD 5.0 dumps with the container's console configured, "
-                                                        "which CRIU cannot dump: add 'lxc.console.path = none' in "
-                                                        "/usr/share/lxc/config/common.conf.d/ (or use --engine "
-                                                        "lxdmig)"))
+        # LXD 5.0 dumps with the generated config only; Incus loads the instance's raw.lxc first.
+        raw = inst.config.get("raw.lxc", "") if self.backend.name == "incus" else ""
+        if not _console_disabled() and not _console_none(raw.splitlines()):
+            where = "its raw.lxc or " if self.backend.name == "incus" else ""
+            checks.append(Check("console", Status.FAIL, f"{self.label} dumps with the container's console "
+                                                        "configured, which CRIU cannot dump: add 'lxc.console.path "
+                                                        f"= none' in {where}/usr/share/lxc/config/common.conf.d/ "
+                                                        "(or use --engine lxdmig)"))
         return checks
 
     def _migrate(self, source: Any, target: Any, inst: Any) -> None:
+        from pylxd.exceptions import LXDAPIException
+
         name = self.request.container
         reply = source.api.instances[name].post(json={"migration": True, "live": True}).json()
         self.source_op = str(reply["metadata"]["id"])
@@ -179,54 +189,60 @@ class LxdEngineMove:
                        "certificate": source.host_info["environment"]["certificate"],
                        "secrets": reply["metadata"]["metadata"]},
         }
-        self.say(f"LXD on {self.request.remote} pulls {name} from this host's LXD")
+        self.say(f"{self.label} on {self.request.remote} pulls {name} from this host's {self.label}")
         op = target.api.instances.post(json=body).json()["metadata"]["id"]
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise MoveFailed(f"LXD's migration did not finish within {self.timeout:.0f} s")
-            state = target.api.operations[op].wait.get(params={"timeout": int(min(5, left)) or 1},
-                                                       timeout=min(5, left) + 30).json()["metadata"]
+                raise MoveFailed(f"{self.label}'s migration did not finish within {self.timeout:.0f} s")
+            try:
+                state = target.api.operations[op].wait.get(params={"timeout": int(min(5, left)) or 1},
+                                                           timeout=min(5, left) + 30).json()["metadata"]
+            except LXDAPIException as e:
+                if "deadline exceeded" in str(e):
+                    continue  # (Incus answers a wait that times out so; LXD with the running operation)
+                raise MoveFailed(f"{self.label}'s migration failed: {e}") from None  # (Incus: a failed one so)
             if state["status"] == "Success":
                 return
             if state["status"] in ("Failure", "Cancelled"):
-                raise MoveFailed(f"LXD's migration failed: {state.get('err') or state['status']}")
+                raise MoveFailed(f"{self.label}'s migration failed: {state.get('err') or state['status']}")
 
     def _roll_back(self, source: Any, target: Any) -> bool:
         """Bring the source back and remove the destination's copy; whether the source runs."""
         name = self.request.container
-        # LXD's source waits for ever in 'lxd migratedumpsuccess' with the container frozen.
+        # The source waits for ever in 'lxd migratedumpsuccess' (incusd's) with the container frozen.
         for pid in _stuck_dump_waiters(self.init_pid):
             try:
                 os.kill(pid, signal.SIGKILL)
-                self.say(f"rollback: ended LXD's stuck 'lxd migratedumpsuccess' (pid {pid})")
+                self.say(f"rollback: ended {self.label}'s stuck 'migratedumpsuccess' (pid {pid})")
             except ProcessLookupError:
                 pass
         try:
-            if lxd_api.exists(source, name) and lxd_api.instance(source, name).status in ("Running", "Frozen"):
+            if lxd_api.exists(source, name) and lxd_api.instance(source, name, self.label).status in ("Running",
+                                                                                                    "Frozen"):
                 self.backend.unfreeze(name)
                 self.say(f"rollback: {name} thawed, running here")
         except (BackendError, LxdmigError) as e:
             self.say(f"rollback: could not thaw {name}: {e}")
         try:
             if lxd_api.exists(target, name) and lxd_api.exists(source, name):
-                copy = lxd_api.instance(target, name)
+                copy = lxd_api.instance(target, name, self.label)
                 if copy.status != "Stopped":
                     copy.stop(force=True, wait=True)
                 copy.delete(wait=True)
-                self.say(f"rollback: removed the copy LXD left on {self.request.remote}")
+                self.say(f"rollback: removed the copy {self.label} left on {self.request.remote}")
         except Exception as e:  # the source runs: a leftover copy is reported, not fatal
             self.say(f"rollback: could not remove the copy on {self.request.remote}: {e}")
-        return lxd_api.exists(source, name) and lxd_api.instance(source, name).status == "Running"
+        return lxd_api.exists(source, name) and lxd_api.instance(source, name, self.label).status == "Running"
 
     def _remove_source(self, source: Any) -> None:
-        """Delete the source copy LXD leaves behind (LXD is busy stopping it for a while)."""
+        """Delete the source copy the daemon leaves behind (it is busy stopping it for a while)."""
         name = self.request.container
         deadline = time.monotonic() + SOURCE_REMOVAL_WAIT
         while lxd_api.exists(source, name):
             try:
-                inst = lxd_api.instance(source, name)
+                inst = lxd_api.instance(source, name, self.label)
                 if inst.status != "Stopped":
                     inst.stop(force=True, wait=True)
                 inst.delete(wait=True)
@@ -235,23 +251,25 @@ class LxdEngineMove:
             except Exception as e:
                 if time.monotonic() > deadline:
                     self.report.warnings.append(f"could not remove the stopped source copy of {name}: {e}; remove "
-                                                f"it with 'lxc delete {name}'")
+                                                f"it with '{self.backend.daemon.cli} delete {name}'")
                     return
                 time.sleep(0.5)
 
 
 def _console_disabled() -> bool:
     directory = Path("/usr/share/lxc/config/common.conf.d")
-    for conf in sorted(directory.glob("*.conf")) if directory.is_dir() else []:
-        for line in conf.read_text(errors="replace").splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "lxc.console.path" and value.strip() == "none":
-                return True
-    return False
+    return any(_console_none(conf.read_text(errors="replace").splitlines())
+               for conf in (sorted(directory.glob("*.conf")) if directory.is_dir() else []))
+
+
+def _console_none(lines: list[str]) -> bool:
+    return any(key.strip() == "lxc.console.path" and value.strip() == "none"
+               for key, _, value in (line.partition("=") for line in lines))
 
 
 def _stuck_dump_waiters(init_pid: int) -> list[int]:
-    """LXD's ``lxd migratedumpsuccess`` processes (CRIU's action script) of the dump of ``init_pid``.
+    """The daemon's ``lxd migratedumpsuccess`` (``incusd migratedumpsuccess``) processes (CRIU's action
+    script) of the dump of ``init_pid``.
 
     They run under the ``criu dump -t INIT_PID`` that dumped the container.
     """

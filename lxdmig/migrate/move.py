@@ -105,7 +105,7 @@ class Mover:
         self.request = request
         self.progress = progress
         self.seams = seams
-        self.backend: Backend = backend or backends.get("lxc", lxcpath=conf.lxcpath, lxd_socket=conf.lxd_socket)
+        self.backend: Backend = backend or backends.get("lxc", conf)
         self.report = MoveReport(request.container, request.remote, engine_reason=engine_reason)
         self.undo = UndoStack()
         self.start = time.monotonic()

@@ -16,6 +16,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lxdmig.backends.lxd_rules import DAEMONS
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.errors import ExitCode, LxdmigError
 
@@ -133,30 +134,37 @@ def choose_mode(requested: str, source: HostCapabilities, destination: HostCapab
     return ModeChoice("stop-copy", f"no pre-copy ({why_not_pre}) and no post-copy ({lazy})")
 
 
-ENGINES = ("auto", "lxdmig", "lxd")
+ENGINES = ("auto", "lxdmig", "lxd", "incus")
+# The daemons whose own live migration an engine of the same name drives, and what they are called.
+DAEMON_LABELS = {name: daemon.label for name, daemon in DAEMONS.items()}
 
 
-def choose_engine(requested: str, *, lxd_instance: bool, remote_helper: bool, remote_lxd: bool,
+def choose_engine(requested: str, *, manager: str, remote_helper: bool, remote_daemon: bool,
                   mode: str) -> tuple[str, str]:
     """Which engine moves the container, and why; ModeUnavailable when none can.
 
+    ``manager`` is what runs the container here: lxc, lxd or incus.
     ``lxdmig`` is lxdmig's own engine (every mode, any container with a
     helper at the destination); ``lxd`` is LXD's own live migration, for
-    LXD instances only, which has no post-copy and no hybrid.
+    LXD instances only, which has no post-copy and no hybrid; ``incus``
+    the same for Incus instances.
+    ``remote_daemon``: the remote has a server of the same kind registered.
     """
     if requested not in ENGINES:
         raise ModeUnavailable(f"unknown engine {requested!r} (engines: {', '.join(ENGINES)})")
-    if not lxd_instance:
-        if requested == "lxd":
-            raise ModeUnavailable("--engine lxd moves LXD instances; this is an LXC container")
+    if requested not in ("auto", "lxdmig") and requested != manager:
+        this = f"an {DAEMON_LABELS[manager]} instance" if manager in DAEMON_LABELS else "an LXC container"
+        raise ModeUnavailable(f"--engine {requested} moves {DAEMON_LABELS[requested]} instances; this is {this}")
+    if manager not in DAEMON_LABELS:
         return "lxdmig", "an LXC container"
-    if requested == "lxd":
+    label = DAEMON_LABELS[manager]
+    if requested == manager:
         if mode in ("post-copy", "hybrid"):
-            raise ModeUnavailable(f"LXD's own live migration has no {mode}: use --engine lxdmig")
-        if not remote_lxd:
-            raise ModeUnavailable("the remote has no LXD server registered: lxdmig remote add NAME "
-                                  "https://HOST:8443 --lxd")
-        return "lxd", "requested"
+            raise ModeUnavailable(f"{label}'s own live migration has no {mode}: use --engine lxdmig")
+        if not remote_daemon:
+            raise ModeUnavailable(f"the remote has no {label} server registered: lxdmig remote add NAME "
+                                  f"https://HOST:8443 --{manager}")
+        return manager, "requested"
     if requested == "lxdmig":
         if not remote_helper:
             raise ModeUnavailable("the remote has no lxdmig-helper registered: lxdmig remote add NAME ADDRESS")
@@ -164,9 +172,10 @@ def choose_engine(requested: str, *, lxd_instance: bool, remote_helper: bool, re
     if remote_helper:
         return "lxdmig", ("the destination runs lxdmig-helper: lxdmig's engine (all modes, downtime measured "
                           "by lxdmig, rollback that never leaves a copy frozen)")
-    if remote_lxd and mode not in ("post-copy", "hybrid"):
-        return "lxd", "the destination has LXD but no lxdmig-helper: LXD's own live migration"
-    raise ModeUnavailable("the remote has neither an lxdmig-helper nor (for this mode) an LXD server registered")
+    if remote_daemon and mode not in ("post-copy", "hybrid"):
+        return manager, f"the destination has {label} but no lxdmig-helper: {label}'s own live migration"
+    raise ModeUnavailable(f"the remote has neither an lxdmig-helper nor (for this mode) an {label} server "
+                          "registered")
 
 
 class Step(enum.Enum):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from lxdmig.backends.base import Severity
-from lxdmig.backends.lxd_rules import Nic, definition_fields, instance_problems, log_dir, nics, rewrite_lxc_conf
+from lxdmig.backends.idmapped_root import id_maps
+from lxdmig.backends.lxd_rules import (
+    INCUS,
+    LXD,
+    Daemon,
+    Nic,
+    definition_fields,
+    instance_problems,
+    nics,
+    rewrite_lxc_conf,
+)
 from lxdmig.errors import BackendError
 
 SRC = "/var/lib/lxd-a"
@@ -62,14 +72,22 @@ def test_a_path_that_only_starts_like_lxd_dir_is_left_alone() -> None:
     assert f"{SRC}-other/x" in out
 
 
-@pytest.mark.parametrize(("environ", "logs"), [
-    ({"LXD_DIR": "/var/snap/lxd/common/lxd"}, "/var/snap/lxd/common/lxd/logs"),
-    ({"LXD_DIR": "/var/lib/lxdmig-testbed/a/lxd/"}, "/var/lib/lxdmig-testbed/a/lxd/logs"),
-    ({"PATH": "/usr/bin"}, "/var/log/lxd"),  # Debian's lxd.service
-    ({"LXD_DIR": ""}, "/var/log/lxd"),
+@pytest.mark.parametrize(("daemon", "environ", "run", "logs"), [
+    (LXD, {"LXD_DIR": "/var/snap/lxd/common/lxd"}, "/var/snap/lxd/common/lxd/logs", "/var/snap/lxd/common/lxd/logs"),
+    (LXD, {"LXD_DIR": "/var/lib/lxdmig-testbed/a/lxd/"}, "/var/lib/lxdmig-testbed/a/lxd/logs",
+     "/var/lib/lxdmig-testbed/a/lxd/logs"),
+    (LXD, {"PATH": "/usr/bin"}, "/var/log/lxd", "/var/log/lxd"),  # Debian's lxd.service
+    (LXD, {"LXD_DIR": ""}, "/var/log/lxd", "/var/log/lxd"),
+    (LXD, {"INCUS_DIR": "/srv/incus"}, "/var/log/lxd", "/var/log/lxd"),  # (another daemon's variable)
+    (INCUS, {"INCUS_DIR": "/var/lib/lxdmig-testbed/a/incus"}, "/var/lib/lxdmig-testbed/a/incus/run",
+     "/var/lib/lxdmig-testbed/a/incus/logs"),
+    (INCUS, {"PATH": "/usr/bin"}, "/run/incus", "/var/log/incus"),  # Debian's incus service
+    (INCUS, {"LXD_DIR": "/var/lib/lxd"}, "/run/incus", "/var/log/incus"),
 ])
-def test_where_lxd_writes_an_instances_config(environ: dict[str, str], logs: str) -> None:
-    assert log_dir(environ) == logs
+def test_where_lxd_and_incus_write_an_instances_config_and_log(daemon: Daemon, environ: dict[str, str], run: str,
+                                                              logs: str) -> None:
+    assert daemon.run_dir(environ) == run
+    assert daemon.log_dir(environ) == logs
 
 
 def test_a_stock_debian_lxd_and_one_with_lxd_dir_trade_configs_both_ways() -> None:
@@ -110,11 +128,22 @@ def test_instance_problems(devices: dict[str, dict[str, str]], config: dict[str,
         assert problems == []
     else:
         assert len(problems) == 1 and problems[0].severity is Severity.FAIL and words in problems[0].message
-    # LXD's own engine minds only the privilege: it cannot move an unprivileged container live.
-    lxd_engine = instance_problems(devices, config, driver, engine="lxd")
+    # LXD's and Incus's own engines mind only the privilege: they cannot move an unprivileged container live.
     privileged = config.get("security.privileged") == "true"
-    assert [p.severity for p in lxd_engine] == ([] if privileged else [Severity.FAIL])
-    assert privileged or "--engine lxdmig" in lxd_engine[0].message
+    for engine, why in (("lxd", "timens-0.img"), ("incus", "without the container's id map")):
+        own = instance_problems(devices, config, driver, engine=engine)
+        assert [p.severity for p in own] == ([] if privileged else [Severity.FAIL])
+        assert privileged or ("--engine lxdmig" in own[0].message and why in own[0].message)
+
+
+def test_an_idmapped_root_gives_the_maps_to_mount_it_with() -> None:
+    items = [("lxc.idmap", "u 0 100000 65536"), ("lxc.idmap", "g 0 100000 65536"), ("lxc.idmap", "b 65536 5 1"),
+             ("lxc.rootfs.options", "idmap=container")]
+    assert id_maps(items) == ("0 100000 65536\n65536 5 1\n", "0 100000 65536\n65536 5 1\n")
+    assert id_maps(items[:3]) is None  # (LXD 5.0 here: files shifted on disk, no idmapped root)
+    assert id_maps([("lxc.rootfs.options", "ro,idmap=container")] + items[:3]) is not None
+    with pytest.raises(BackendError, match="no lxc.idmap"):
+        id_maps([("lxc.rootfs.options", "idmap=container")])
 
 
 @pytest.mark.parametrize("definition", [

@@ -170,34 +170,41 @@ def test_never_more_rounds_than_allowed(rounds: list[Round], iterations: int, go
     assert decision.reason
 
 
-# -- engine choice for LXD instances -------------------------------------------------
+# -- engine choice for LXD and Incus instances ------------------------------------------
 
-@pytest.mark.parametrize("requested, lxd, helper, remote_lxd, mode, engine", [
-    ("auto", False, True, False, "auto", "lxdmig"),
-    ("lxdmig", False, True, True, "auto", "lxdmig"),
-    ("auto", True, True, True, "auto", "lxdmig"),
-    ("auto", True, False, True, "auto", "lxd"),
-    ("auto", True, False, True, "stop-copy", "lxd"),
-    ("lxd", True, True, True, "auto", "lxd"),
-    ("lxdmig", True, True, False, "post-copy", "lxdmig"),
-    ("auto", True, True, False, "hybrid", "lxdmig"),
+@pytest.mark.parametrize("requested, manager, helper, remote_daemon, mode, engine", [
+    ("auto", "lxc", True, False, "auto", "lxdmig"),
+    ("lxdmig", "lxc", True, True, "auto", "lxdmig"),
+    ("auto", "lxd", True, True, "auto", "lxdmig"),
+    ("auto", "lxd", False, True, "auto", "lxd"),
+    ("auto", "lxd", False, True, "stop-copy", "lxd"),
+    ("lxd", "lxd", True, True, "auto", "lxd"),
+    ("lxdmig", "lxd", True, False, "post-copy", "lxdmig"),
+    ("auto", "lxd", True, False, "hybrid", "lxdmig"),
+    ("auto", "incus", True, False, "post-copy", "lxdmig"),
+    ("lxdmig", "incus", True, False, "hybrid", "lxdmig"),
 ])
-def test_choose_engine(requested: str, lxd: bool, helper: bool, remote_lxd: bool, mode: str, engine: str) -> None:
-    chosen, reason = policy.choose_engine(requested, lxd_instance=lxd, remote_helper=helper, remote_lxd=remote_lxd,
-                                          mode=mode)
+def test_choose_engine(requested: str, manager: str, helper: bool, remote_daemon: bool, mode: str,
+                       engine: str) -> None:
+    chosen, reason = policy.choose_engine(requested, manager=manager, remote_helper=helper,
+                                          remote_daemon=remote_daemon, mode=mode)
     assert chosen == engine and reason
 
 
-@pytest.mark.parametrize("requested, lxd, helper, remote_lxd, mode, words", [
-    ("lxd", False, True, True, "auto", "this is an LXC container"),
-    ("lxd", True, True, True, "post-copy", "no post-copy"),
-    ("lxd", True, True, False, "auto", "no LXD server"),
-    ("lxdmig", True, False, True, "auto", "no lxdmig-helper"),
-    ("auto", True, False, True, "hybrid", "neither"),
-    ("auto", True, False, False, "auto", "neither"),
-    ("qemu", True, True, True, "auto", "unknown engine"),
+@pytest.mark.parametrize("requested, manager, helper, remote_daemon, mode, words", [
+    ("lxd", "lxc", True, True, "auto", "moves LXD instances; this is an LXC container"),
+    ("lxd", "incus", True, True, "auto", "moves LXD instances; this is an Incus instance"),
+    ("lxd", "lxd", True, True, "post-copy", "no post-copy"),
+    ("lxd", "lxd", True, False, "auto", "no LXD server"),
+    ("lxdmig", "lxd", False, True, "auto", "no lxdmig-helper"),
+    ("lxdmig", "incus", False, False, "auto", "no lxdmig-helper"),
+    ("auto", "lxd", False, True, "hybrid", "neither"),
+    ("auto", "lxd", False, False, "auto", "neither"),
+    ("auto", "incus", False, False, "auto", "neither an lxdmig-helper nor .* an Incus server"),
+    ("qemu", "lxd", True, True, "auto", "unknown engine"),
 ])
-def test_choose_engine_refuses_with_a_reason(requested: str, lxd: bool, helper: bool, remote_lxd: bool, mode: str,
-                                             words: str) -> None:
+def test_choose_engine_refuses_with_a_reason(requested: str, manager: str, helper: bool, remote_daemon: bool,
+                                             mode: str, words: str) -> None:
     with pytest.raises(policy.ModeUnavailable, match=words):
-        policy.choose_engine(requested, lxd_instance=lxd, remote_helper=helper, remote_lxd=remote_lxd, mode=mode)
+        policy.choose_engine(requested, manager=manager, remote_helper=helper, remote_daemon=remote_daemon,
+                             mode=mode)

@@ -91,3 +91,17 @@ def test_a_remote_can_have_a_helper_an_lxd_server_or_both(tmp_path: Path) -> Non
         store.get_lxd("c")
     with pytest.raises(ConfigError, match="no remote named 'd'"):
         store.get_lxd("d")
+
+
+def test_a_remote_can_have_an_incus_server_beside_its_lxd_server(tmp_path: Path) -> None:
+    cert = tls.ensure_identity(tmp_path / "h.crt", tmp_path / "h.key", "h").cert.read_bytes()
+    store = RemoteStore(tmp_path / "remotes.json")
+    store.add_lxd(LxdRemote("b", "https://192.0.2.2:8443", cert))
+    with pytest.raises(ConfigError, match="has no Incus server; add it with: .* --incus"):
+        store.get_lxd("b", "incus")
+    store.add_lxd(LxdRemote("b", "https://192.0.2.2:8444", cert, "incus"))
+    assert store.get_lxd("b", "incus") == LxdRemote("b", "https://192.0.2.2:8444", cert, "incus")
+    assert store.get_lxd("b").url == "https://192.0.2.2:8443"
+    assert [r.kind for r in store.all_lxd("incus")] == ["incus"]
+    with pytest.raises(ConfigError, match="has an Incus server already"):
+        store.add_lxd(LxdRemote("b", "https://192.0.2.3:8444", cert, "incus"))
