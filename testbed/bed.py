@@ -36,6 +36,7 @@ def up() -> None:
 def down() -> None:
     helpers.down()
     for host in all_hosts():
-        lxd.stop(host)
+        for kind in (lxd.LXD, lxd.INCUS):
+            lxd.stop(host, kind)
     hosts.down()
     lxd.CONSOLE_DROP_IN.unlink(missing_ok=True)

@@ -362,12 +362,13 @@ def list_containers(host: Host) -> list[str]:
 
 
 def _rootfs(host: Host, name: str) -> Path:
-    """The root filesystem of an LXC container, or of an LXD instance (see testbed.lxd), on ``host``."""
+    """The root filesystem of an LXC container, or of an LXD or Incus instance (see testbed.lxd), on ``host``."""
     if (host.lxcpath / name / "config").exists():
         return host.lxcpath / name / "rootfs"
-    lxd = host.root / "lxd" / "containers" / name / "rootfs"
-    if lxd.exists():
-        return lxd
+    for daemon in ("lxd", "incus"):
+        rootfs = host.root / daemon / "containers" / name / "rootfs"
+        if rootfs.exists():
+            return rootfs
     raise TestbedError(f"no container {name} on host {host.name}")
 
 

@@ -37,7 +37,8 @@ def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True) 
             f"work_dir = {host.storage / 'migrations'}\n"
             f"[client]\nwork_dir = {host.storage / 'outgoing'}\n"
             f"[lxc]\nlxcpath = {host.lxcpath}\n"
-            f"[lxd]\nsocket = {host.root / 'lxd' / 'unix.socket'}\n")
+            f"[lxd]\nsocket = {host.root / 'lxd' / 'unix.socket'}\n"
+            f"[incus]\nsocket = {host.root / 'incus' / 'unix.socket'}\n")
 
 
 def pid_file(host: Host) -> Path:

@@ -70,4 +70,4 @@ def test_bad_values_are_refused_and_nothing_changes(instance: str, args: list[st
 
 def test_unknown_instance(lxd_a: Host) -> None:
     rc, _, err = lxdmig("no-such-instance")
-    assert rc == ExitCode.BACKEND and "no LXD instance named 'no-such-instance'" in err
+    assert rc == ExitCode.BACKEND and "no LXD or Incus instance named 'no-such-instance'" in err

@@ -76,13 +76,14 @@ def move(source: Host, name: str, dest: Host, *args: str) -> dict[str, object]:
     return report
 
 
-def check_moved(before: dict[str, object], source: Host, dest: Host, name: str, report: dict[str, object]) -> None:
+def check_moved(before: dict[str, object], source: Host, dest: Host, name: str, report: dict[str, object],
+                kind: lxd.Kind = lxd.LXD) -> None:
     after = containers.wait_for_full_verification(dest, name)
     assert after["incarnation"] == before["incarnation"], "a new process, not the same one"
     assert int(str(after["counter"])) > int(str(before["counter"])), "the counter went back"
     assert after["checksum_ok"] is True and after["bad_pages"] == 0, "memory damaged in the move"
-    assert lxd.state(dest, name) == "RUNNING", "the destination LXD does not list it running"
-    assert lxd.state(source, name) == "ABSENT", "the source copy is still there"
+    assert lxd.state(dest, name, kind) == "RUNNING", f"the destination's {kind.name} does not list it running"
+    assert lxd.state(source, name, kind) == "ABSENT", "the source copy is still there"
     assert float(str(report["downtime_ms"])) > 0
     # The longest pause the workload saw, if the move made it, is within the reported downtime
     # (plus, post-copy, the time until every page arrived) and a margin for the 10 ms tick.
@@ -127,12 +128,12 @@ def test_lxd_engine_there_and_back(instance: str) -> None:
     assert lxc(A, "config", "get", name, "migration.incremental.memory.iterations").strip() == "3"
 
 
-def assert_source_survived(name: str, before: dict[str, object]) -> None:
-    assert lxd.state(A, name) == "RUNNING", "the source is not running (LXD leaves it frozen)"
+def assert_source_survived(name: str, before: dict[str, object], kind: lxd.Kind = lxd.LXD) -> None:
+    assert lxd.state(A, name, kind) == "RUNNING", f"the source is not running ({kind.name} leaves it frozen)"
     after = containers.wait_for_full_verification(A, name)
     assert after["incarnation"] == before["incarnation"] and after["checksum_ok"] is True
     assert int(str(after["counter"])) > int(str(before["counter"]))
-    assert lxd.state(B, name) == "ABSENT", "a copy is left on the destination"
+    assert lxd.state(B, name, kind) == "ABSENT", "a copy is left on the destination"
 
 
 @pytest.mark.parametrize("instance", [FAIL_ON_B], indirect=True)
