@@ -73,6 +73,11 @@ def _lxc(host: Host, *args: str, input_text: str | None = None, check: bool = Tr
                         timeout=timeout)
 
 
+def cli(host: Host, *args: str, kind: Kind = LXD, timeout: float = 120.0) -> str:
+    """What ``lxc ARGS`` (``incus ARGS``) prints on host (it must succeed)."""
+    return _lxc(host, *args, kind=kind, timeout=timeout).stdout
+
+
 def running(host: Host, kind: Kind = LXD) -> bool:
     result = host_command(host, _in_env(host, kind, [kind.daemon, "waitready", "--timeout", "1"]), check=False)
     return result.returncode == 0

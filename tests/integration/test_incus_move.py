@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,14 +23,14 @@ from testbed import containers, helpers, lxd
 from testbed.containers import host_command
 from testbed.layout import Host
 
-from .test_lxd_move import FAIL_ON_B, assert_source_survived, check_moved, lxdmig, move
+from .test_lxd_move import FAIL_ON_B, assert_source_survived, check_moved, lxdmig, move, move_system_instance
 
 A, B = Host("a"), Host("b")
 INCUS = lxd.INCUS
 
 
 def incus(host: Host, *args: str) -> str:
-    return host_command(host, ["env", f"INCUS_DIR={lxd.lxd_dir(host, INCUS)}", "incus", *args], timeout=120).stdout
+    return lxd.cli(host, *args, kind=INCUS)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,11 @@ def test_lxdmig_config_reads_and_sets_an_incus_instances_keys(instance: str) -> 
     assert incus(A, "config", "get", instance, "migration.incremental.memory.goal").strip() == "80"
     rc, _, err = lxdmig(A, "config", instance, "--stateful", "maybe")
     assert rc != 0 and "migration.stateful must be true or false" in err, err
+
+
+@pytest.mark.slow
+def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(incus_pair: None, tmp_path: Path) -> None:
+    """Incus's default: an unprivileged instance (its root an idmapped mount), of the stock Debian 12
+    image with systemd and its services: checked, prepared through Incus's API, moved a -> b
+    (post-copy) -> a (stop-copy) with a Redis client on host b connected throughout."""
+    move_system_instance("icsys", INCUS, tmp_path)

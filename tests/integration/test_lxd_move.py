@@ -38,7 +38,7 @@ def lxdmig(host: Host, *args: str, timeout: float = 600) -> tuple[int, str, str]
 
 
 def lxc(host: Host, *args: str) -> str:
-    return host_command(host, ["env", f"LXD_DIR={lxd.lxd_dir(host)}", "lxc", *args], timeout=120).stdout
+    return lxd.cli(host, *args)
 
 
 @pytest.fixture(scope="module")
@@ -207,15 +207,22 @@ def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pa
     services. lxdmig check names what stops CRIU, lxdmig prepare changes it through LXD's API, and the
     instance moves a -> b (post-copy) -> a (stop-copy) while a Redis client on host b stays connected;
     LXD owns it on each side (exec works, systemd is running)."""
-    name = "lxsys"
+    move_system_instance("lxsys", lxd.LXD, tmp_path)
+
+
+def move_system_instance(name: str, kind: lxd.Kind, tmp_path: Path) -> None:
+    """The test above, for LXD or Incus (test_incus_move.py)."""
+    def cli(host: Host, *args: str) -> str:
+        return lxd.cli(host, *args, kind=kind)
+
     for host in (A, B):
-        lxd.delete(host, name)
-    lxd.create_system(A, name, "debian-12")
+        lxd.delete(host, name, kind)
+    lxd.create_system(A, name, "debian-12", kind=kind)
     stop, out = tmp_path / "stop", tmp_path / "redis.json"
     client = None
     try:
-        assert lxc(A, "config", "get", name, "security.privileged").strip() in ("", "false")
-        lxc(A, "exec", name, "--", "ip", "address", "add", f"{SYSTEM_ADDRESS}/24", "dev", "eth0")
+        assert cli(A, "config", "get", name, "security.privileged").strip() in ("", "false")
+        cli(A, "exec", name, "--", "ip", "address", "add", f"{SYSTEM_ADDRESS}/24", "dev", "eth0")
         rc, out_check, _ = lxdmig(A, "check", "b", name)
         assert rc == ExitCode.PREFLIGHT and "redis-server.service) runs in a user namespace" in out_check, out_check
         rc, said, err = lxdmig(A, "prepare", name)
@@ -226,16 +233,16 @@ def test_an_unprivileged_debian_system_instance_moves_with_lxdmigs_engine(lxd_pa
         for source, dest, mode in ((A, B, "post-copy"), (B, A, "stop-copy")):
             report = move(source, name, dest, "--engine", "lxdmig", "--mode", mode)
             assert report["engine"] == "lxdmig" and report["mode"] == mode
-            assert lxd.state(dest, name) == "RUNNING" and lxd.state(source, name) == "ABSENT"
-            assert lxc(dest, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
-            lxc(dest, "exec", name, "--", "systemctl", "restart", "nginx")  # systemd manages its cgroups
+            assert lxd.state(dest, name, kind) == "RUNNING" and lxd.state(source, name, kind) == "ABSENT"
+            assert cli(dest, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
+            cli(dest, "exec", name, "--", "systemctl", "restart", "nginx")  # systemd manages its cgroups
         time.sleep(1)
     finally:
         stop.touch()
         if client is not None:
             client.wait(timeout=60)
         for host in (A, B):
-            lxd.delete(host, name)
+            lxd.delete(host, name, kind)
     redis = json.loads(out.read_text())
     assert redis["error"] == "" and redis["out_of_step"] == [] and redis["replies"] > 100, redis
 
