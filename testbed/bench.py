@@ -6,7 +6,7 @@ container setup is moved by each baseline in the same run: a hand-made
 stop-and-copy (what LXD used to do: ``lxc-checkpoint -s``, copy, ``-r``),
 raw CRIU post-copy by hand (the floor for post-copy), and, on LXD
 instances, LXD 5.0's own ``lxc move`` beside lxdmig's move of the same
-kind of instance. Downtime is the longest pause the workload itself saw
+kind of instance (on Incus instances, ``incus move``). Downtime is the longest pause the workload itself saw
 (it ticks every 10 ms and records its longest gap), never lxdmig's own
 figure, which is kept beside it. ``--vm`` adds pre-copy and hybrid rows
 from the soft-dirty VM (software emulation: compare ratios within it).
@@ -36,7 +36,9 @@ from testbed import REPO, bed, containers, helpers, lxd
 from testbed.bench_report import (
     CRIU_POST_COPY,
     HAND_STOP_COPY,
+    INCUS_MOVE,
     LXD_MOVE,
+    ON_DAEMON,
     PLAIN,
     Sample,
     markdown,
@@ -203,62 +205,68 @@ def _remove_images(*dirs: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-# --- LXD instances -------------------------------------------------------------
+# --- LXD and Incus instances ------------------------------------------------------
+
+OWN_MOVE = {lxd.LXD.name: LXD_MOVE, lxd.INCUS.name: INCUS_MOVE}
 
 
-def _lxd_client_env(host: Host) -> list[str]:
-    return ["env", f"LXD_DIR={lxd.lxd_dir(host)}", f"LXD_CONF={host.root / 'lxc-client'}"]
+def _client_env(host: Host, kind: lxd.Kind) -> list[str]:
+    """The daemon's command-line client, with a client configuration of the bench's own."""
+    conf = "LXD_CONF" if kind is lxd.LXD else "INCUS_CONF"
+    return ["env", f"{kind.dir_env}={lxd.lxd_dir(host, kind)}", f"{conf}={host.root / f'{kind.cli}-client'}"]
 
 
-def setup_lxd() -> None:
-    """Both LXD daemons, with host a's lxc client and lxdmig trusted by b's LXD."""
+def setup_daemon(kind: lxd.Kind) -> None:
+    """Both daemons of ``kind``, with host a's client (lxc, incus) and lxdmig trusted by b's."""
     for host in (A, B):
-        lxd.start(host)
-    # A fresh client identity each run: LXD refuses a token for a certificate it already trusts.
-    shutil.rmtree(A.root / "lxc-client", ignore_errors=True)
-    token = lxd.trust_token(B, f"bench-lxc-{int(time.time())}")
-    # LXD 5.0's client takes the token in place of the address (it names the address and fingerprint).
-    host_command(A, [*_lxd_client_env(A), "lxc", "remote", "add", "b", token])
-    token = lxd.trust_token(B, f"bench-lxdmig-{int(time.time())}")
-    host_command(A, helpers.lxdmig_argv("remote", "add", "b", lxd.https_url(B), "--lxd", "--replace",
+        lxd.start(host, kind)
+    # A fresh client identity each run: the daemon refuses a token for a certificate it already trusts.
+    shutil.rmtree(A.root / f"{kind.cli}-client", ignore_errors=True)
+    token = lxd.trust_token(B, f"bench-{kind.cli}-{int(time.time())}", kind)
+    # The client takes the token in place of the address (it names the address and fingerprint).
+    host_command(A, [*_client_env(A, kind), kind.cli, "remote", "add", "b", token])
+    token = lxd.trust_token(B, f"bench-lxdmig-{int(time.time())}", kind)
+    host_command(A, helpers.lxdmig_argv("remote", "add", "b", lxd.https_url(B, kind), f"--{kind.name}", "--replace",
                                         "--accept-certificate", "--token", token))
 
 
 @contextmanager
-def _lxd_instance(spec: WorkloadSpec) -> Iterator[str]:
-    name = f"benchlxd{_RUN}-{next(_names)}"
-    lxd.create(A, name)
-    containers.make_rootfs(lxd.rootfs(A, name), name, spec)  # the workload with this size and rate
-    host_command(A, [*_lxd_client_env(A), "lxc", "start", name])
+def _daemon_instance(spec: WorkloadSpec, kind: lxd.Kind) -> Iterator[str]:
+    name = f"bench{kind.name}{_RUN}-{next(_names)}"
+    lxd.create(A, name, kind=kind)
+    containers.make_rootfs(lxd.rootfs(A, name, kind), name, spec)  # the workload with this size and rate
+    host_command(A, [*_client_env(A, kind), kind.cli, "start", name])
     try:
         containers.wait_for_workload(A, name)
         yield name
     finally:
         for host in (A, B):
-            lxd.delete(host, name)
+            lxd.delete(host, name, kind)
 
 
-def run_lxd_move(spec: WorkloadSpec) -> Sample:
-    with _lxd_instance(spec) as name:
+def run_daemon_move(spec: WorkloadSpec, kind: lxd.Kind) -> Sample:
+    """The daemon's own live move (``lxc move``, ``incus move``), timed from outside."""
+    subject, mode = OWN_MOVE[kind.name], f"{kind.name}-live"
+    with _daemon_instance(spec, kind) as name:
         before = _verified(A, name)
         start = time.monotonic()
-        result = host_command(A, [*_lxd_client_env(A), "lxc", "move", name, f"b:{name}"], check=False,
+        result = host_command(A, [*_client_env(A, kind), kind.cli, "move", name, f"b:{name}"], check=False,
                               timeout=MOVE_TIMEOUT)
         total = time.monotonic() - start
         # LXD 5.0 often reports "Failed to delete original instance after copying it: Instance is busy
         # running a stop operation" although the move happened: judge by where the workload runs.
         note = result.stderr.strip().splitlines()[-1][:200] if result.returncode != 0 and result.stderr.strip() else ""
-        if lxd.state(B, name) != "RUNNING":
-            return Sample("host", LXD_MOVE, "lxd-live", spec.memory_mib, spec.dirty_rate_mib_s, False, None, total,
+        if lxd.state(B, name, kind) != "RUNNING":
+            return Sample("host", subject, mode, spec.memory_mib, spec.dirty_rate_mib_s, False, None, total,
                           note=note or "not running on b")
         after = _verified(B, name)
-        return Sample("host", LXD_MOVE, "lxd-live", spec.memory_mib, spec.dirty_rate_mib_s,
+        return Sample("host", subject, mode, spec.memory_mib, spec.dirty_rate_mib_s,
                       _same_process(before, after), _gap(before, after), round(total, 3), note=note)
 
 
-def run_lxdmig_on_lxd(spec: WorkloadSpec, mode: str) -> Sample:
-    with _lxd_instance(spec) as name:
-        return _lxdmig_move(name, spec, mode, "lxdmig (LXD container)", ["--engine", "lxdmig"])
+def run_lxdmig_on_daemon(spec: WorkloadSpec, mode: str, kind: lxd.Kind) -> Sample:
+    with _daemon_instance(spec, kind) as name:
+        return _lxdmig_move(name, spec, mode, ON_DAEMON[OWN_MOVE[kind.name]], ["--engine", "lxdmig"])
 
 
 def tcp_mb_s(mib: int = 1024) -> float:
@@ -341,7 +349,7 @@ def run_real(mode: str, image: str = "debian-12") -> Sample:
 # --- the whole run -----------------------------------------------------------------
 
 
-def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: list[str], with_lxd: bool,
+def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: list[str], daemons: Sequence[lxd.Kind],
            reps: int, plain_modes: Sequence[str] = ()) -> Iterator[tuple[str, Callable[[], Sample]]]:
     for mib in sizes:
         for rate in rates:
@@ -357,11 +365,11 @@ def matrix(sizes: list[int], rates: list[float], modes: list[str], baselines: li
                     yield f"{HAND_STOP_COPY}, {label}", lambda s=spec: run_hand_stop_copy(s)  # type: ignore[misc]
                 if "criu-post-copy" in baselines:
                     yield f"{CRIU_POST_COPY}, {label}", lambda s=spec: run_criu_post_copy(s)  # type: ignore[misc]
-                if with_lxd:
-                    yield f"{LXD_MOVE}, {label}", lambda s=spec: run_lxd_move(s)  # type: ignore[misc]
+                for kind in daemons:
+                    yield f"{OWN_MOVE[kind.name]}, {label}", lambda s=spec, k=kind: run_daemon_move(s, k)  # type: ignore[misc]
                     for mode in ("post-copy", "stop-copy"):
-                        yield (f"lxdmig {mode} of an LXD container, {label}",
-                               lambda s=spec, m=mode: run_lxdmig_on_lxd(s, m))  # type: ignore[misc]
+                        yield (f"lxdmig {mode} of an {kind.name} container, {label}",
+                               lambda s=spec, m=mode, k=kind: run_lxdmig_on_daemon(s, m, k))  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="stop-copy,criu-post-copy",
                    help="hand-made baselines: stop-copy, criu-post-copy (default both)")
     p.add_argument("--lxd", action="store_true", help="add LXD's own lxc move and lxdmig on LXD instances")
-    p.add_argument("--lxd-sizes", default="64", help="memory sizes for the LXD rows (default 64: LXD is slow)")
+    p.add_argument("--incus", action="store_true", help="add Incus's own incus move and lxdmig on Incus instances")
+    p.add_argument("--lxd-sizes", default="64",
+                   help="memory sizes for the LXD and Incus rows (default 64: their own moves are slow)")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each cell (default 3)")
     p.add_argument("--vm", action="store_true", help="add pre-copy and hybrid rows from the soft-dirty VM")
     p.add_argument("--real", action="store_true",
@@ -394,13 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     tcp = tcp_mb_s()
     _say(f"plain TCP a -> b: {tcp:.0f} MB/s; modes here: {', '.join(modes)}")
     plain_modes = [m for m in ("stop-copy", "post-copy") if m in modes] if args.plain else []
-    cells = list(matrix(sizes, rates, modes, baselines, False, args.reps, plain_modes))
-    if args.lxd:
+    cells = list(matrix(sizes, rates, modes, baselines, (), args.reps, plain_modes))
+    for kind in [k for k, wanted in ((lxd.LXD, args.lxd), (lxd.INCUS, args.incus)) if wanted]:
         try:
-            setup_lxd()
-            cells += list(matrix([int(x) for x in args.lxd_sizes.split(",")], rates[:1], [], [], True, args.reps))
+            setup_daemon(kind)
+            cells += list(matrix([int(x) for x in args.lxd_sizes.split(",")], rates[:1], [], [], (kind,), args.reps))
         except Exception as e:
-            _say(f"no LXD rows: setting up LXD failed: {e}")
+            _say(f"no {kind.name} rows: setting it up failed: {e}")
     if args.real:
         cells += [(f"lxdmig {mode}, {title} system container, #{rep + 1}",
                    lambda m=mode, i=image: run_real(m, i))  # type: ignore[misc]

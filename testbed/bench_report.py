@@ -16,8 +16,11 @@ from pathlib import Path
 HAND_STOP_COPY = "hand stop-and-copy"
 CRIU_POST_COPY = "raw CRIU post-copy"
 LXD_MOVE = "LXD lxc move"
+INCUS_MOVE = "Incus incus move"
 PLAIN = "lxdmig, plain pages"  # lxdmig move --page-transport plain
-BASELINES = (HAND_STOP_COPY, CRIU_POST_COPY, LXD_MOVE)
+BASELINES = (HAND_STOP_COPY, CRIU_POST_COPY, LXD_MOVE, INCUS_MOVE)
+# lxdmig's move of a daemon's instance, beside that daemon's own move of the same kind of instance.
+ON_DAEMON = {LXD_MOVE: "lxdmig (LXD container)", INCUS_MOVE: "lxdmig (Incus container)"}
 POST_COPY_DOWNTIME_MS = 500.0  # issue F11: post-copy downtime, each size
 EXCESS_MS = 100.0  # issue F11: how far the workload's pause may exceed the reported downtime
 
@@ -27,7 +30,7 @@ class Sample:
     """One migration, and what it measured."""
 
     where: str  # "host", or "vm" (software emulation: compare ratios within it only)
-    subject: str  # "lxdmig", "lxdmig (LXD container)", or a baseline
+    subject: str  # "lxdmig", "lxdmig (LXD container)", "lxdmig (Incus container)", or a baseline
     mode: str
     memory_mib: int
     dirty_rate: float  # MiB/s the workload rewrites
@@ -96,6 +99,8 @@ def summarise(samples: Iterable[Sample]) -> list[Row]:
                         lazy_mb_s=_median([s.lazy_mb_s for s in good if s.lazy_mb_s is not None])))
     for row in rows:
         for base in BASELINES:
+            if base in ON_DAEMON and row.subject in ON_DAEMON.values() and ON_DAEMON[base] != row.subject:
+                continue  # (lxdmig on an Incus container beside LXD's own move: different daemons)
             ref = next((r for r in rows if r.subject == base and r.key == row.key and r.downtime_ms), None)
             if ref is not None and ref is not row and row.downtime_ms is not None and ref.downtime_ms:
                 row.ratios[base] = row.downtime_ms / ref.downtime_ms
@@ -163,11 +168,12 @@ def targets(rows: Sequence[Row], tcp_mb_s: float | None) -> list[Target]:
             lazy = post.lazy_mb_s if post is not None else None
             out.append(Target(f"post-copy background transfer / plain TCP stream{how}, {sizes[-1]} MiB",
                               lazy / tcp_mb_s if lazy is not None else None, 0.5, below=False))
-    lxd_rows = [r for r in host if r.subject == LXD_MOVE]
-    for r in lxd_rows:
-        ours = min((x for x in host if x.subject == "lxdmig (LXD container)" and x.key == r.key and x.downtime_ms),
+    for r in (r for r in host if r.subject in ON_DAEMON):
+        ours = min((x for x in host if x.subject == ON_DAEMON[r.subject] and x.key == r.key and x.downtime_ms),
                    key=lambda x: x.downtime_ms or 0.0, default=None)
-        out.append(Target(f"lxdmig on the LXD container / LXD's own move, {r.memory_mib} MiB", _ratio(ours, r), 0.05))
+        daemon = r.subject.split()[0]
+        out.append(Target(f"lxdmig on the {daemon} container / {daemon}'s own move, {r.memory_mib} MiB",
+                          _ratio(ours, r), 0.05))
     return out
 
 
@@ -187,8 +193,8 @@ def markdown(rows: Sequence[Row], target_list: Sequence[Target], *, machine: str
         lines += [f"Plain TCP stream between the two test hosts: {tcp_mb_s:.0f} MB/s", ""]
     lines += ["| where | subject | mode | MiB | dirty MiB/s | n | downtime ms (median) | min-max | reported ms "
               "| total s | MB sent | rounds | CPU s | stop-copy MB/s | lazy MB/s | vs hand stop-copy "
-              "| vs raw CRIU post-copy | vs LXD move |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| vs raw CRIU post-copy | vs LXD move | vs Incus move |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spread = f"{_fmt(r.downtime_min)}-{_fmt(r.downtime_max)}" if r.downtime_min is not None else "-"
         failed = f" ({r.failed} failed)" if r.failed else ""

@@ -10,7 +10,9 @@ import pytest
 from testbed.bench_report import (
     CRIU_POST_COPY,
     HAND_STOP_COPY,
+    INCUS_MOVE,
     LXD_MOVE,
+    ON_DAEMON,
     PLAIN,
     Sample,
     markdown,
@@ -42,6 +44,17 @@ def test_ratios_against_each_baseline_of_the_same_cell() -> None:
     assert LXD_MOVE not in ours.ratios
     baseline = next(r for r in rows if r.subject == CRIU_POST_COPY)
     assert CRIU_POST_COPY not in baseline.ratios  # not against itself
+
+
+def test_lxdmig_on_a_daemons_container_is_compared_with_that_daemons_own_move_only() -> None:
+    rows = summarise([s(ON_DAEMON[INCUS_MOVE], "post-copy", 64, 1100), s(INCUS_MOVE, "incus-live", 64, 7700),
+                      s(LXD_MOVE, "lxd-live", 64, 13000), s(ON_DAEMON[LXD_MOVE], "post-copy", 64, 1300)])
+    on_incus = next(r for r in rows if r.subject == ON_DAEMON[INCUS_MOVE])
+    assert on_incus.ratios == {INCUS_MOVE: pytest.approx(1100 / 7700)}
+    assert next(r for r in rows if r.subject == ON_DAEMON[LXD_MOVE]).ratios == {LXD_MOVE: pytest.approx(0.1)}
+    found = {t.name: t.value for t in targets(rows, None)}
+    assert found["lxdmig on the Incus container / Incus's own move, 64 MiB"] == pytest.approx(1100 / 7700)
+    assert "| vs LXD move | vs Incus move |" in markdown(rows, [], machine="m", tcp_mb_s=None)
 
 
 def test_a_downtime_not_longer_than_before_is_not_averaged_as_zero() -> None:
