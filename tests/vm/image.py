@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -40,7 +41,16 @@ PACKAGES = [
     "rsync", "iproute2", "iptables", "nftables", "iputils-arping", "iputils-ping", "util-linux", "kmod", "procps",
     # CRIU's shared libraries (CRIU itself is the host's build, copied in)
     "libprotobuf-c1", "libnl-3-200", "libnet1", "libgnutls30", "libnftables1", "libbsd0", "libuuid1", "libcap2",
+    # what pylxd needs besides itself (copied in per run, see VENDORED)
+    "python3-requests", "python3-dateutil",
 ]
+INCUS = "incus-base"  # tests/vm/guest/test_incus_in_vm.py
+# Where Debian has incus-base outside the release's main suite: installed with apt in the new root
+# (debootstrap's resolver fails to mix suites), its dependencies from the release where it has them.
+EXTRA_SUITES = {"bookworm": "bookworm-backports"}
+# Pure-python modules lxdmig's LXD and Incus backends need that the guest's Debian lacks or has too
+# old (python3-pylxd is 2.2 on Debian 12): copied from the venv into each run's overlay.
+VENDORED = ("pylxd", "requests_toolbelt", "ws4py")
 MEMORY_MIB = 4096
 SYSTEM_IMAGE = "debian-12"  # the system container image the guest moves (test_system_in_vm.py)
 TESTBED_DISK_GIB = 8  # sparse; the guest's test bed root (ext4, like a host's, not the tmpfs root)
@@ -78,7 +88,7 @@ def _criu() -> Path:
 
 def inputs_digest() -> str:
     h = hashlib.sha256()
-    for part in (_codename(), KERNEL_PACKAGE, " ".join(PACKAGES)):
+    for part in (_codename(), KERNEL_PACKAGE, " ".join(PACKAGES), INCUS, EXTRA_SUITES.get(_codename(), "")):
         h.update(part.encode() + b"\0")
     for path in (Path(__file__), HERE / "init.sh", _criu()):
         h.update(path.read_bytes())
@@ -107,8 +117,13 @@ def build(log: Callable[[str], None] = print) -> Image:
         rootfs = work / "rootfs"
         debs = work / "debs"
         debs.mkdir()
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", _codename(), str(rootfs),
+        suite = EXTRA_SUITES.get(_codename())
+        include = PACKAGES if suite else [*PACKAGES, INCUS]
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}", _codename(), str(rootfs),
               _mirror()], log=work / "debootstrap.log")
+        if suite:
+            _apt_install_from(rootfs, suite, INCUS, log=work / "incus.log")
+        _same_liblxc(rootfs)
         # The kernel: the cloud image package, unpacked (vmlinuz + modules).
         depends = proc.run(["apt-cache", "depends", KERNEL_PACKAGE], timeout=60).stdout
         package = re.search(r"Depends: (linux-image-\S+)", depends)
@@ -138,6 +153,47 @@ def build(log: Callable[[str], None] = print) -> Image:
     return image
 
 
+def _apt_install_from(rootfs: Path, suite: str, package: str, *, log: Path) -> None:
+    """``package`` from ``suite`` installed in ``rootfs`` with its apt, no service started."""
+    sources = rootfs / "etc/apt/sources.list.d/lxdmig-extra.list"
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    sources.write_text(f"deb {_mirror()} {suite} main\n")
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    shutil.copy2("/etc/resolv.conf", rootfs / "etc/resolv.conf")
+    proc.run(["mount", "-t", "proc", "proc", str(rootfs / "proc")], timeout=30)
+    try:
+        apt = ["chroot", str(rootfs), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-q", "-y"]
+        _run([*apt, "update"], timeout=600, log=log)
+        _run([*apt, "install", "--no-install-recommends", f"{package}/{suite}"], timeout=1200, log=log)
+    finally:
+        proc.run(["umount", "-l", str(rootfs / "proc")], timeout=30, check=False)
+        sources.unlink()
+        policy.unlink()
+    started = [pid for pid in os.listdir("/proc") if pid.isdigit() and _root_of(pid) == str(rootfs)]
+    if started:
+        raise RuntimeError(f"installing {package} in the VM image left processes running there: {started}")
+
+
+def _root_of(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/root")
+    except OSError:  # gone, or not ours to read
+        return ""
+
+
+def _same_liblxc(rootfs: Path) -> None:
+    """The guest must have the host's liblxc: the binding built here is copied in."""
+    def version(status: str) -> str:
+        match = re.search(r"^Package: liblxc1\n(?:[^\n]+\n)*?Version: (\S+)", status, re.M)
+        return match.group(1) if match else "none"
+
+    host = version(Path("/var/lib/dpkg/status").read_text())
+    guest = version((rootfs / "var/lib/dpkg/status").read_text())
+    if guest != host:
+        raise RuntimeError(f"the VM image got liblxc1 {guest}, the host has {host}: the binding would not match")
+
+
 def overlay(out: Path, pytest_args: list[str], mounts: list[tuple[str, Path, str]]) -> None:
     """The per-run part: this checkout, the workload and the liblxc binding built here, and what
     init.sh mounts (device, directory, options)."""
@@ -161,6 +217,11 @@ def overlay(out: Path, pytest_args: list[str], mounts: list[tuple[str, Path, str
     # package copied above, which already holds it when the install built it in place.
     binding = Path(str(liblxc_migrate.load().__file__))
     shutil.copy2(binding, dest / "lxdmig" / "backends" / binding.name)
+    for name in VENDORED:
+        package = Path(str(importlib.import_module(name).__file__)).parent
+        shutil.copytree(package, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+        for metadata in package.parent.glob(f"{name}-*.*-info"):  # (pylxd asks for its own version)
+            shutil.copytree(metadata, dest / metadata.name)
     _cpio(root, out)
     shutil.rmtree(root)
 

@@ -1,5 +1,6 @@
-"""Pre-copy and hybrid, proven in a VM whose kernel tracks dirty memory (and privileged system
-containers with non-root services, which need a root with CAP_SYS_RESOURCE).
+"""Pre-copy and hybrid, proven in a VM whose kernel tracks dirty memory (of LXC containers and of
+Incus instances; and privileged system containers with non-root services, which need a root with
+CAP_SYS_RESOURCE).
 
 This machine's kernel has no CONFIG_MEM_SOFT_DIRTY, so criu pre-dump cannot
 run on it. This test boots Debian's cloud kernel (6.1, soft-dirty and
@@ -57,6 +58,11 @@ def test_pre_copy_and_hybrid_in_a_soft_dirty_vm(tmp_path: Path) -> None:
     assert found["hybrid-switch"]["switched_to_post_copy"]
     assert found["post-copy"]["final_pages_lazy"] > 0
     assert found["chain-control"]["skipped"]["relative"] > 0 >= found["chain-control"]["skipped"]["wrong"]
+    # Incus instances: an unprivileged one (idmapped root) in pre-copy, rounds chained; a privileged one
+    # in hybrid, switched to post-copy (tests/vm/guest/test_incus_in_vm.py).
+    incus_rounds = found["incus-pre-copy"]["rounds"]
+    assert len(incus_rounds) >= 2 and incus_rounds[-1]["pages_skipped_parent"] > 0
+    assert found["incus-hybrid"]["switched_to_post_copy"] and found["incus-hybrid"]["final_pages_lazy"] > 0
     # A privileged Debian system container with non-root services moved both ways, its Redis client
     # never out of step (tests/vm/guest/test_system_in_vm.py).
     redis = found["system-privileged"]["redis"]
