@@ -23,7 +23,15 @@ from testbed import containers, helpers, lxd
 from testbed.containers import host_command
 from testbed.layout import Host
 
-from .test_lxd_move import FAIL_ON_B, assert_source_survived, check_moved, lxdmig, move, move_system_instance
+from .test_lxd_move import (
+    FAIL_ON_B,
+    assert_source_survived,
+    check_moved,
+    lxdmig,
+    move,
+    move_system_instance,
+    own_engine_there_and_back,
+)
 
 A, B = Host("a"), Host("b")
 INCUS = lxd.INCUS
@@ -111,15 +119,7 @@ def test_post_copy_of_an_unprivileged_incus_instance(instance: str) -> None:
 
 def test_incus_engine_there_and_back(instance: str) -> None:
     name = instance
-    before = containers.wait_for_full_verification(A, name)
-    report = move(A, name, B, "--engine", "incus")
-    assert report["engine"] == "incus" and report["mode"] == "incus-live"
-    check_moved(before, A, B, name, report, INCUS)
-    middle = containers.wait_for_full_verification(B, name)
-    report = move(B, name, A, "--engine", "incus", "--iterations", "3")
-    check_moved(middle, B, A, name, report, INCUS)
-    # The flag was applied to the instance, where Incus reads it.
-    assert incus(A, "config", "get", name, "migration.incremental.memory.iterations").strip() == "3"
+    own_engine_there_and_back(name, INCUS)
     # Post-copy is lxdmig's alone.
     rc, _, err = lxdmig(A, "move", name, f"b:{name}", "--engine", "incus", "--mode", "post-copy")
     assert rc != 0 and "Incus's own live migration has no post-copy" in err, err

@@ -116,16 +116,20 @@ def test_lxdmig_engine_there_and_back_post_copy_then_stop_copy(instance: str) ->
 
 
 def test_lxd_engine_there_and_back(instance: str) -> None:
-    name = instance
+    own_engine_there_and_back(instance, lxd.LXD)
+
+
+def own_engine_there_and_back(name: str, kind: lxd.Kind) -> None:
+    """The daemon's own live move (--engine lxd, --engine incus) a -> b -> a."""
     before = containers.wait_for_full_verification(A, name)
-    report = move(A, name, B, "--engine", "lxd")
-    assert report["engine"] == "lxd" and report["mode"] == "lxd-live"
-    check_moved(before, A, B, name, report)
+    report = move(A, name, B, "--engine", kind.name)
+    assert report["engine"] == kind.name and report["mode"] == f"{kind.name}-live"
+    check_moved(before, A, B, name, report, kind)
     middle = containers.wait_for_full_verification(B, name)
-    report = move(B, name, A, "--engine", "lxd", "--iterations", "3")
-    check_moved(middle, B, A, name, report)
-    # The flag was applied to the instance, where LXD reads it.
-    assert lxc(A, "config", "get", name, "migration.incremental.memory.iterations").strip() == "3"
+    report = move(B, name, A, "--engine", kind.name, "--iterations", "3")
+    check_moved(middle, B, A, name, report, kind)
+    # The flag was applied to the instance, where the daemon reads it.
+    assert lxd.cli(A, "config", "get", name, "migration.incremental.memory.iterations", kind=kind).strip() == "3"
 
 
 def assert_source_survived(name: str, before: dict[str, object], kind: lxd.Kind = lxd.LXD) -> None:
