@@ -72,8 +72,8 @@ def _pin(args: argparse.Namespace, cert: bytes, address: str) -> bool:
 
 
 def _add_lxd(args: argparse.Namespace, conf: config.Config, name: str, kind: str) -> ExitCode:
-    """Add an LXD or (``kind`` incus) Incus server: it can make lxdmig-helper's host act as root there
-    no more than its own trust allows; trusting it is the server's decision (its token)."""
+    """Add the remote's LXD or (``kind`` incus) Incus server: pin its certificate and, given a token (or
+    LXD's trust password), have it trust this host."""
     if kind == "incus" and args.password:
         raise ConfigError("--password: Incus has no trust password; use --token with a token from "
                           "'incus config trust add NAME' on the remote")
