@@ -142,6 +142,13 @@ def strays(init_pid: int, tree: Iterable[int]) -> list[Stray]:
             continue  # gone, or a kernel thread
         out.append(pid)
     parents = {pid: proc.parent(pid) for pid in out}
+    # Forked by init's tree after ``tree`` was listed (a service's shell loop starting its next command):
+    # descendants of init, not strays.
+    while forked := [pid for pid in parents if parents[pid] in known]:
+        known.update(forked)
+        for pid in forked:
+            del parents[pid]
+    out = [pid for pid in out if pid in parents]
     roots = [pid for pid in out if parents[pid] not in parents]  # (the others are their descendants)
 
     def root_of(pid: int) -> int:

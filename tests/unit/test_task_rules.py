@@ -4,6 +4,8 @@ from a real systemd container in tests/integration/test_system_containers.py).""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
 from lxdmig import proc, ramfs
 from lxdmig.backends import task_rules
@@ -17,6 +19,7 @@ from lxdmig.backends.task_rules import (
     ramfs_mounts,
     read_tasks,
     rlimit_problems,
+    strays,
     systemd_problems,
     systemd_version,
     unit_of,
@@ -111,3 +114,19 @@ def test_a_process_left_behind_is_named_with_its_parent_on_the_host() -> None:
     assert "process 4242 ('sh -c work') and 2 process(es) below it" in problem.message
     assert "its parent 1, '/sbin/init', is on the host" in problem.message
     assert task_rules.stray_problems([]) == []
+
+
+def test_a_process_forked_by_the_tree_after_it_was_listed_is_not_a_stray() -> None:
+    """The tree is listed first and /proc read after: a service's shell loop may fork its next command
+    in between. A child (and grandchild) of a process in the tree are the tree's, not strays."""
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (grandchildren := [p for p in proc.descendants(child.pid) if p != child.pid]):
+            assert time.monotonic() < deadline, "sh did not start its sleep"
+            time.sleep(0.01)
+        found = {s.pid for s in strays(os.getpid(), [])}  # (listed before the fork, as in the race)
+        assert child.pid not in found and not found & set(grandchildren)
+    finally:
+        child.kill()
+        child.wait()
