@@ -83,8 +83,11 @@ def inputs_digest(suite: str, package_list: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+DEFAULT_CACHE = Path("/var/cache/lxdmig-images")
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("LXDMIG_IMAGE_CACHE", "/var/cache/lxdmig-images"))
+    return Path(os.environ.get("LXDMIG_IMAGE_CACHE", str(DEFAULT_CACHE)))
 
 
 def suite_of(image: str) -> str:

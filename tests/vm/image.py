@@ -231,7 +231,8 @@ def disks(tmpdir: Path) -> list[tuple[Path, Path, str]]:
     mkfs.ext4 (the guest needs no e2fsprogs). The test bed root gets a file system of its own: on the
     guest's tmpfs root CRIU cannot dump an inotify watch (tmpfs file handles do not reopen, and
     systemd watches files of its root). The system container image (built here if missing: the guest
-    has no Debian mirror) comes read-only at its cache path, where testbed.images finds it."""
+    has no Debian mirror) comes read-only at its path under the default cache, where testbed.images
+    finds it in the guest."""
     testbed = tmpdir / "testbed.ext4"
     proc.run(["mkfs.ext4", "-q", "-F", "-L", "lxdmig-testbed", str(testbed), f"{TESTBED_DISK_GIB}G"], timeout=120)
     entry = images.build(SYSTEM_IMAGE).parent
@@ -239,7 +240,8 @@ def disks(tmpdir: Path) -> list[tuple[Path, Path, str]]:
     system = tmpdir / "system-image.ext4"
     proc.run(["mkfs.ext4", "-q", "-F", "-L", "lxdmig-image", "-d", str(entry), str(system),
               f"{used_mib * 5 // 4 + 128}M"], timeout=600)
-    return [(testbed, testbed_root(), "rw"), (system, entry, "ro")]
+    # (At the default cache path in the guest, which knows nothing of this host's LXDMIG_IMAGE_CACHE.)
+    return [(testbed, testbed_root(), "rw"), (system, images.DEFAULT_CACHE / entry.name, "ro")]
 
 
 @dataclass(frozen=True)
