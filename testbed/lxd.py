@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig import proc
+from lxdmig.backends import lxd_rules
 from testbed import hosts, images
 from testbed.containers import WorkloadSpec, host_command, make_rootfs
 from testbed.hosts import TestbedError
@@ -33,25 +34,35 @@ IMAGE_ALIAS = "lxdmig-busybox"
 
 @dataclass(frozen=True)
 class Kind:
-    """LXD or Incus, as the test bed runs them."""
+    """LXD or Incus, as the test bed runs them; what lxdmig itself knows of them is ``known``."""
 
-    name: str  # the directory under each host's root, and lxdmig's backend name
-    dir_env: str
-    daemon: str  # the daemon's program (incusd is not on PATH)
-    cli: str
+    known: lxd_rules.Daemon  # name (the directory under each host's root), dir_env, cli
+    program: str  # the daemon's program (incusd is not on PATH)
     init: tuple[str, ...]  # reads a preseed on stdin
     port: int
     trust_add: tuple[str, ...]  # + the client's name: prints a trust token on its last line
 
     @property
+    def name(self) -> str:
+        return self.known.name
+
+    @property
+    def dir_env(self) -> str:
+        return self.known.dir_env
+
+    @property
+    def cli(self) -> str:
+        return self.known.cli
+
+    @property
     def log_name(self) -> str:
-        return f"{Path(self.daemon).name}.log"
+        return f"{Path(self.program).name}.log"
 
 
-LXD = Kind("lxd", "LXD_DIR", "lxd", "lxc", ("lxd", "init", "--preseed"), 8443,
-           ("lxc", "config", "trust", "add", "--quiet", "--name"))
-INCUS = Kind("incus", "INCUS_DIR", "/usr/libexec/incus/incusd", "incus", ("incus", "admin", "init", "--preseed"),
-             8444, ("incus", "config", "trust", "add", "--quiet"))
+LXD = Kind(lxd_rules.LXD, "lxd", ("lxd", "init", "--preseed"), 8443, ("lxc", "config", "trust", "add", "--quiet",
+                                                                       "--name"))
+INCUS = Kind(lxd_rules.INCUS, "/usr/libexec/incus/incusd", ("incus", "admin", "init", "--preseed"), 8444,
+             ("incus", "config", "trust", "add", "--quiet"))
 HTTPS_PORT = LXD.port
 
 
@@ -79,7 +90,7 @@ def cli(host: Host, *args: str, kind: Kind = LXD, timeout: float = 120.0) -> str
 
 
 def running(host: Host, kind: Kind = LXD) -> bool:
-    result = host_command(host, _in_env(host, kind, [kind.daemon, "waitready", "--timeout", "1"]), check=False)
+    result = host_command(host, _in_env(host, kind, [kind.program, "waitready", "--timeout", "1"]), check=False)
     return result.returncode == 0
 
 
@@ -89,11 +100,11 @@ def start(host: Host, kind: Kind = LXD) -> None:
     if not running(host, kind):
         d.mkdir(parents=True, exist_ok=True)
         with open(d / f"{kind.name}.out", "ab") as out:
-            argv = _in_env(host, kind, [kind.daemon, "--group", "root", "--logfile", str(d / kind.log_name)])
+            argv = _in_env(host, kind, [kind.program, "--group", "root", "--logfile", str(d / kind.log_name)])
             child = subprocess.Popen(hosts.enter_argv(host, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                      start_new_session=True, env=proc.clean_env(host.env()))
         hosts.join_host_cgroups(host, child.pid)
-        host_command(host, _in_env(host, kind, [kind.daemon, "waitready", "--timeout", "60"]), timeout=90)
+        host_command(host, _in_env(host, kind, [kind.program, "waitready", "--timeout", "60"]), timeout=90)
         _share_shmounts(host, kind)
     if not CONSOLE_DROP_IN.exists():
         CONSOLE_DROP_IN.write_text("# lxdmig test bed: CRIU cannot dump a container's console\n"
@@ -266,7 +277,7 @@ def delete(host: Host, name: str, kind: Kind = LXD) -> None:
 
 def stop(host: Host, kind: Kind = LXD) -> None:
     if running(host, kind):
-        host_command(host, _in_env(host, kind, [kind.daemon, "shutdown", "--timeout", "30"]), check=False,
+        host_command(host, _in_env(host, kind, [kind.program, "shutdown", "--timeout", "30"]), check=False,
                      timeout=60)
     # A daemon stuck behind a failed migration ignores shutdown: kill it.
     mark = f"--logfile {lxd_dir(host, kind) / kind.log_name}".encode()

@@ -24,7 +24,7 @@ def get(name: str, conf: Config) -> Backend:
     if name in DAEMONS:
         from lxdmig.backends.lxd import IncusBackend, LxdBackend  # needs pylxd
 
-        return LxdBackend(conf.lxd_socket) if name == "lxd" else IncusBackend(conf.incus_socket)
+        return (LxdBackend if name == "lxd" else IncusBackend)(socket_of(name, conf))
     raise ConfigError(f"unknown backend {name!r} (known: {', '.join(NAMES)})")
 
 

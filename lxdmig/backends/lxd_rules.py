@@ -79,8 +79,7 @@ class Daemon:
     label: str  # in messages
     cli: str  # the daemon's command-line client, in hints
     dir_env: str  # the environment variable that moves the daemon's directories
-    default_dir: str  # its directory (the unix socket's) without that variable
-    guest_api: str  # the directory under it bound into each container as /dev/lxd or /dev/incus
+    guest_api: str  # the directory under them bound into each container as /dev/lxd or /dev/incus
     default_run: str  # where it writes each instance's lxc.conf without dir_env ...
     default_log: str  # ... and lxc.log
     run_subdir: str  # the same, under dir_env when set
@@ -102,11 +101,10 @@ class Daemon:
 # LXD writes lxc.conf and lxc.log to its LogPath: $LXD_DIR/logs when LXD_DIR is set (the snap, the test
 # bed), else /var/log/lxd (Debian's lxd.service sets none). Incus writes lxc.conf to its RunPath
 # ($INCUS_DIR/run or /run/incus) and lxc.log to its LogPath ($INCUS_DIR/logs or /var/log/incus).
-LXD = Daemon(name="lxd", label="LXD", cli="lxc", dir_env="LXD_DIR", default_dir="/var/lib/lxd", guest_api="devlxd",
+LXD = Daemon(name="lxd", label="LXD", cli="lxc", dir_env="LXD_DIR", guest_api="devlxd",
              default_run="/var/log/lxd", default_log="/var/log/lxd", run_subdir="logs", log_subdir="logs")
-INCUS = Daemon(name="incus", label="Incus", cli="incus", dir_env="INCUS_DIR", default_dir="/var/lib/incus",
-               guest_api="guestapi", default_run="/run/incus", default_log="/var/log/incus", run_subdir="run",
-               log_subdir="logs")
+INCUS = Daemon(name="incus", label="Incus", cli="incus", dir_env="INCUS_DIR", guest_api="guestapi",
+               default_run="/run/incus", default_log="/var/log/incus", run_subdir="run", log_subdir="logs")
 DAEMONS = {d.name: d for d in (LXD, INCUS)}
 
 

@@ -167,7 +167,7 @@ def _list(args: argparse.Namespace) -> ExitCode:
     rows = [{"name": r.name, "kind": "helper", "address": r.address, "fingerprint": r.fingerprint}
             for r in store.all()]
     rows += [{"name": r.name, "kind": r.kind, "address": r.url, "fingerprint": r.fingerprint}
-             for kind in ("lxd", "incus") for r in store.all_lxd(kind)]
+             for kind in DAEMONS for r in store.all_lxd(kind)]
     rows.sort(key=lambda row: (row["name"], row["kind"]))
     if args.json:
         print(json.dumps(rows))
