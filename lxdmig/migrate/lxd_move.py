@@ -10,6 +10,9 @@ exactly that through the API, with what they lack around it:
   fails, LXD leaves the source frozen for ever, waiting in ``lxd
   migratedumpsuccess``; lxdmig ends that process and thaws the container,
   and removes any copy the destination kept;
+- the source's tasks end only once the destination reports the container
+  running: Incus reports some failed restores as successes, and the source
+  would end its tasks with no copy running (``dump_gate``);
 - the source copy is removed only once the destination runs the container
   (LXD sometimes leaves a stopped one behind);
 - the downtime, measured from the container rather than from logs: from the
@@ -20,25 +23,46 @@ exactly that through the API, with what they lack around it:
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from lxdmig import lxd_api, lxd_keys, preflight, proc
+from lxdmig import lxd_api, lxd_keys, preflight
 from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
 from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
+from lxdmig.migrate.dump_gate import DumpGate
 from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed, Progress
 from lxdmig.preflight import Check, Status
 from lxdmig.remotes import RemoteStore
 
 DEFAULT_TIMEOUT = 600.0
 SOURCE_REMOVAL_WAIT = 60.0
+RUNNING_CONFIRM_WAIT = 3.0  # for the destination to report a restored container running (it does at once)
+SETTLE_WAIT = 30.0  # for the destination's operation to end once the source's dump was failed
+OPERATION_POLL = 0.05
 _RUNNING = 103
+
+
+def _runs(client: Any, name: str) -> bool:
+    """Whether the daemon reports the instance running (state code 103)."""
+    try:
+        state = client.api.instances[name].state.get().json()["metadata"]
+    except Exception:
+        return False
+    return int(state.get("status_code", 0)) == _RUNNING
+
+
+def _operation_status(client: Any, operation: str) -> str:
+    """An operation's status ('' once the daemon has forgotten it)."""
+    from pylxd.exceptions import LXDAPIException
+
+    try:
+        return str(client.api.operations[operation.rsplit("/", 1)[-1]].get().json()["metadata"]["status"])
+    except LXDAPIException:
+        return ""
 
 
 class _DowntimeWatch(threading.Thread):
@@ -63,13 +87,6 @@ class _DowntimeWatch(threading.Thread):
                 return True
         return False
 
-    def _target_running(self) -> bool:
-        try:
-            state = self.target.api.instances[self.name].state.get().json()["metadata"]
-        except Exception:
-            return False
-        return int(state.get("status_code", 0)) == _RUNNING
-
     def run(self) -> None:
         next_target_poll = 0.0
         while not self.stop_event.is_set():
@@ -78,7 +95,7 @@ class _DowntimeWatch(threading.Thread):
                 if self._source_stopped():
                     self.frozen_at = now
             elif now >= next_target_poll:
-                if self._target_running():
+                if _runs(self.target, self.name):
                     self.running_at = time.monotonic()
                     return
                 next_target_poll = now + 0.05
@@ -97,7 +114,7 @@ class LxdEngineMove:
         self.label = backend.daemon.label
         self.report = MoveReport(request.container, request.remote, engine=backend.name, engine_reason=engine_reason)
         self.start = time.monotonic()
-        self.source_op = ""
+        self.source_op = self.target_op = ""
         self.init_pid = 0
 
     def say(self, message: str) -> None:
@@ -123,13 +140,15 @@ class LxdEngineMove:
         inst = lxd_api.instance(source, name, self.label)
         self.init_pid = int(inst.state().pid)
         watch = _DowntimeWatch(self.init_pid, target, name)
+        gate = DumpGate(self.init_pid)
         watch.start()
+        gate.start()
         try:
-            self._migrate(source, target, inst)
+            self._migrate(source, target, inst, gate)
         except BaseException as e:
             watch.stop_event.set()
             self.say(f"failed: {e}; rolling back")
-            running = self._roll_back(source, target)
+            running = self._roll_back(source, target, gate)
             if isinstance(e, LxdmigError):
                 if not running:
                     raise RollbackIncomplete(f"{e} ({name} could not be brought back here; see "
@@ -175,7 +194,7 @@ class LxdEngineMove:
                                                         "(or use --engine lxdmig)"))
         return checks
 
-    def _migrate(self, source: Any, target: Any, inst: Any) -> None:
+    def _migrate(self, source: Any, target: Any, inst: Any, gate: DumpGate) -> None:
         from pylxd.exceptions import LXDAPIException
 
         name = self.request.container
@@ -190,34 +209,61 @@ class LxdEngineMove:
                        "secrets": reply["metadata"]["metadata"]},
         }
         self.say(f"{self.label} on {self.request.remote} pulls {name} from this host's {self.label}")
-        op = target.api.instances.post(json=body).json()["metadata"]["id"]
+        self.target_op = op = target.api.instances.post(json=body).json()["metadata"]["id"]
         deadline = time.monotonic() + self.timeout
+        judged = False
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() > deadline:
                 raise MoveFailed(f"{self.label}'s migration did not finish within {self.timeout:.0f} s")
+            if not judged and (operation := gate.operation()):
+                judged = self._judge_restore(source, target, gate, operation)
             try:
-                state = target.api.operations[op].wait.get(params={"timeout": int(min(5, left)) or 1},
-                                                           timeout=min(5, left) + 30).json()["metadata"]
+                state = target.api.operations[op].get().json()["metadata"]
             except LXDAPIException as e:
-                if "deadline exceeded" in str(e):
-                    continue  # (Incus answers a wait that times out so; LXD with the running operation)
-                raise MoveFailed(f"{self.label}'s migration failed: {e}") from None  # (Incus: a failed one so)
+                raise MoveFailed(f"{self.label}'s migration failed: {e}") from None
             if state["status"] == "Success":
-                return
+                break
             if state["status"] in ("Failure", "Cancelled"):
                 raise MoveFailed(f"{self.label}'s migration failed: {state.get('err') or state['status']}")
+            time.sleep(OPERATION_POLL)
+        if not gate.opened:  # (the gate missed the waiter: too late to keep the source's tasks, not to tell)
+            self.report.warnings.append(f"lxdmig did not see {self.label}'s post-dump action: the source's tasks "
+                                        f"ended before lxdmig saw {self.request.remote} run the container")
+            self._confirm_running(target)
+            gate.release()
 
-    def _roll_back(self, source: Any, target: Any) -> bool:
+    def _judge_restore(self, source: Any, target: Any, gate: DumpGate, operation: str) -> bool:
+        """With the source's post-dump waiter held: release it once the destination restored and runs
+        the container; raise if it restored and does not run it. Whether the restore was judged."""
+        status = _operation_status(source, operation)
+        if status == "Running" or (status == "" and not _runs(target, self.request.container)):
+            return False  # (still restoring; or the operation is gone and the copy does not run yet)
+        if status in ("Failure", "Cancelled"):
+            return True  # the destination's operation fails with the reason; the rollback kills the waiter
+        self._confirm_running(target)
+        gate.release()
+        self.say(f"{self.label} on {self.request.remote} runs {self.request.container}; the source's dump may end")
+        return True
+
+    def _confirm_running(self, target: Any) -> None:
+        name = self.request.container
+        deadline = time.monotonic() + RUNNING_CONFIRM_WAIT
+        while not _runs(target, name):
+            if time.monotonic() > deadline:
+                raise MoveFailed(f"{self.label} on {self.request.remote} reported its restore of {name} a success, "
+                                 f"but {name} does not run there (its restore failed: {self.label} reports some "
+                                 f"failed restores so; see '{self.backend.daemon.cli} info {name} --show-log' there)")
+            time.sleep(OPERATION_POLL)
+
+    def _roll_back(self, source: Any, target: Any, gate: DumpGate) -> bool:
         """Bring the source back and remove the destination's copy; whether the source runs."""
         name = self.request.container
-        # The source waits for ever in 'lxd migratedumpsuccess' (incusd's) with the container frozen.
-        for pid in _stuck_dump_waiters(self.init_pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                self.say(f"rollback: ended {self.label}'s stuck 'migratedumpsuccess' (pid {pid})")
-            except ProcessLookupError:
-                pass
+        # Held by the gate, or waiting for ever ('lxd migratedumpsuccess', incusd's) with the container
+        # frozen: killed, CRIU's dump fails and the source's tasks run on.
+        if ended := gate.abort():
+            self.say(f"rollback: ended {self.label}'s post-dump action (migratedumpsuccess and its script, pids "
+                     f"{', '.join(map(str, ended))}): the dump fails, the source's tasks run on")
+        self._settle(target)
         try:
             if lxd_api.exists(source, name) and lxd_api.instance(source, name, self.label).status in ("Running",
                                                                                                     "Frozen"):
@@ -235,6 +281,13 @@ class LxdEngineMove:
         except Exception as e:  # the source runs: a leftover copy is reported, not fatal
             self.say(f"rollback: could not remove the copy on {self.request.remote}: {e}")
         return lxd_api.exists(source, name) and lxd_api.instance(source, name, self.label).status == "Running"
+
+    def _settle(self, target: Any) -> None:
+        """Wait (a while) for the destination's operation to end, so that its copy can be removed."""
+        deadline = time.monotonic() + SETTLE_WAIT
+        while self.target_op and _operation_status(target, self.target_op) == "Running" \
+                and time.monotonic() < deadline:
+            time.sleep(OPERATION_POLL)
 
     def _remove_source(self, source: Any) -> None:
         """Delete the source copy the daemon leaves behind (it is busy stopping it for a while)."""
@@ -266,23 +319,3 @@ def _console_none(lines: list[str]) -> bool:
     return any(key.strip() == "lxc.console.path" and value.strip() == "none"
                for key, _, value in (line.partition("=") for line in lines))
 
-
-def _stuck_dump_waiters(init_pid: int) -> list[int]:
-    """The daemon's ``lxd migratedumpsuccess`` (``incusd migratedumpsuccess``) processes (CRIU's action
-    script) of the dump of ``init_pid``.
-
-    They run under the ``criu dump -t INIT_PID`` that dumped the container.
-    """
-    found = []
-    for waiter in proc.processes_mentioning("migratedumpsuccess"):
-        if "migratedumpsuccess" not in proc.cmdline(waiter)[1:2]:
-            continue
-        ancestor = waiter
-        for _ in range(4):
-            ancestor = proc.parent(ancestor)
-            argv = proc.cmdline(ancestor)
-            if "dump" in argv and "-t" in argv and argv.index("-t") + 1 < len(argv) \
-                    and argv[argv.index("-t") + 1] == str(init_pid):
-                found.append(waiter)
-                break
-    return found

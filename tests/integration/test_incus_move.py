@@ -129,14 +129,18 @@ def test_incus_engine_there_and_back(instance: str) -> None:
 @pytest.mark.parametrize("engine", ["lxdmig", "incus"])
 def test_a_failing_restore_on_the_destination_leaves_the_source_running(instance: str, engine: str) -> None:
     name = instance
-    before = containers.wait_for_full_verification(A, name)
-    with helpers.unhardened(B):  # (the failure is a hook, which hardened mode refuses)
-        rc, _, err = lxdmig(A, "move", name, f"b:{name}", "--engine", engine, "--mode",
-                            "stop-copy" if engine == "lxdmig" else "auto", "--timeout", "120")
-    assert rc != 0 and "rolled back" in err, err
-    assert_source_survived(name, before, INCUS)
-    leftover = host_command(A, ["pgrep", "-f", "incusd migratedumpsuccess"], check=False)
-    assert leftover.stdout.strip() == "", "Incus's migratedumpsuccess is still waiting"
+    # Incus reports about half of its failed restores as successes (docs/incus.md): its engine tries
+    # three times, to meet both answers.
+    for _ in range(1 if engine == "lxdmig" else 3):
+        before = containers.wait_for_full_verification(A, name)
+        with helpers.unhardened(B):  # (the failure is a hook, which hardened mode refuses)
+            rc, _, err = lxdmig(A, "move", name, f"b:{name}", "--engine", engine, "--mode",
+                                "stop-copy" if engine == "lxdmig" else "auto", "--timeout", "120")
+        assert rc != 0 and "rolled back" in err, err
+        assert_source_survived(name, before, INCUS)
+        leftover = host_command(A, ["pgrep", "-f", "incusd migratedumpsuccess"], check=False)
+        assert leftover.stdout.strip() == "", "Incus's migratedumpsuccess is still waiting"
+        print("Incus reported the failed restore as a success" if "a success, but" in err else "Incus failed")
 
 
 def test_engines_of_other_daemons_are_refused_for_an_incus_instance(instance: str) -> None:
