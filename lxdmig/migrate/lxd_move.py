@@ -226,20 +226,20 @@ class LxdEngineMove:
             if state["status"] in ("Failure", "Cancelled"):
                 raise MoveFailed(f"{self.label}'s migration failed: {state.get('err') or state['status']}")
             time.sleep(OPERATION_POLL)
-        if not gate.opened:  # (the gate missed the waiter: too late to keep the source's tasks, not to tell)
+        if not gate.opened:  # (the gate missed the script: too late to keep the source's tasks, not to tell)
             self.report.warnings.append(f"lxdmig did not see {self.label}'s post-dump action: the source's tasks "
                                         f"ended before lxdmig saw {self.request.remote} run the container")
             self._confirm_running(target)
             gate.release()
 
     def _judge_restore(self, source: Any, target: Any, gate: DumpGate, operation: str) -> bool:
-        """With the source's post-dump waiter held: release it once the destination restored and runs
-        the container; raise if it restored and does not run it. Whether the restore was judged."""
+        """With the source's post-dump action script held: release it once the destination restored and
+        runs the container; raise if it restored and does not run it. Whether the restore was judged."""
         status = _operation_status(source, operation)
         if status == "Running" or (status == "" and not _runs(target, self.request.container)):
             return False  # (still restoring; or the operation is gone and the copy does not run yet)
         if status in ("Failure", "Cancelled"):
-            return True  # the destination's operation fails with the reason; the rollback kills the waiter
+            return True  # the destination's operation fails with the reason; the rollback kills the script
         self._confirm_running(target)
         gate.release()
         self.say(f"{self.label} on {self.request.remote} runs {self.request.container}; the source's dump may end")
