@@ -109,9 +109,10 @@ class DumpGate(threading.Thread):
         return [w.script for w in self._end() if _signal(w.script, signal.SIGCONT)]
 
     def abort(self) -> list[int]:
-        """Kill every waiter of this dump and its script, held or not; the pids killed."""
+        """Kill every waiter of this dump and its script (first: its answer must not reach CRIU), held or
+        not; the pids killed."""
         waiters = self._end(aborted=True) + dump_waiters(self.init_pid)
-        return [pid for pid in dict.fromkeys(p for w in waiters for p in (w.pid, w.script))
+        return [pid for pid in dict.fromkeys(p for w in waiters for p in (w.script, w.pid))
                 if _signal(pid, signal.SIGKILL)]
 
     def _end(self, *, aborted: bool = False) -> list[Waiter]:
