@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lxdmig import kernel, proc
+from lxdmig.backends.lxc_rules import id_map_entries
 from lxdmig.errors import BackendError
 
 _USERNS_WAIT = 10.0
@@ -35,12 +36,11 @@ def id_maps(items: list[tuple[str, str]]) -> tuple[str, str] | None:
     if "idmap=container" not in [o.strip() for o in options.split(",")]:
         return None
     maps: dict[str, list[str]] = {"u": [], "g": []}
-    for key, value in items:
-        words = value.split()
-        if key != "lxc.idmap" or len(words) != 4 or words[0] not in ("u", "g", "b"):
-            continue
-        for kind in ("u", "g") if words[0] == "b" else (words[0],):
-            maps[kind].append(" ".join(words[1:]))
+    try:
+        for kind, inside, host, count in id_map_entries(items):
+            maps[kind].append(f"{inside} {host} {count}")
+    except ValueError as e:
+        raise BackendError(f"the container's config: {e}") from None
     if not maps["u"] or not maps["g"]:
         raise BackendError("the container's config mounts its root through its id map but has no lxc.idmap")
     return "\n".join(maps["u"]) + "\n", "\n".join(maps["g"]) + "\n"

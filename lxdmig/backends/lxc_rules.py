@@ -45,13 +45,10 @@ def read_config(path: Path, *, depth: int = 0) -> list[tuple[str, str]]:
     return items
 
 
-def root_id_map(items: list[tuple[str, str]]) -> tuple[int, int] | None:
-    """The host uid and gid that the container's root is mapped to, or None for a privileged container.
-
-    From ``lxc.idmap = u|g CONTAINER_ID HOST_ID COUNT`` lines; raises ValueError
-    for an unprivileged config that maps only one of them, or malformed lines.
-    """
-    found: dict[str, int] = {}
+def id_map_entries(items: list[tuple[str, str]]) -> list[tuple[str, int, int, int]]:
+    """The config's ``lxc.idmap = u|g|b CONTAINER_ID HOST_ID COUNT`` lines as ``(kind, container id, host
+    id, count)``, kind u or g (a b line gives both); raises ValueError for malformed lines."""
+    entries = []
     for key, value in items:
         if key != "lxc.idmap":
             continue
@@ -59,9 +56,20 @@ def root_id_map(items: list[tuple[str, str]]) -> tuple[int, int] | None:
         if len(words) != 4 or words[0] not in ("u", "g", "b") or not all(w.isdigit() for w in words[1:]):
             raise ValueError(f"malformed lxc.idmap = {value!r}")
         inside, host, count = (int(w) for w in words[1:])
+        entries += [(kind, inside, host, count) for kind in (("u", "g") if words[0] == "b" else (words[0],))]
+    return entries
+
+
+def root_id_map(items: list[tuple[str, str]]) -> tuple[int, int] | None:
+    """The host uid and gid that the container's root is mapped to, or None for a privileged container.
+
+    From ``lxc.idmap`` lines; raises ValueError for an unprivileged config that maps only one of them, or
+    malformed lines.
+    """
+    found: dict[str, int] = {}
+    for kind, inside, host, count in id_map_entries(items):
         if inside == 0 and count > 0:
-            for kind in ("u", "g") if words[0] == "b" else (words[0],):
-                found.setdefault(kind, host)
+            found.setdefault(kind, host)
     if not found:
         return None
     if set(found) != {"u", "g"}:

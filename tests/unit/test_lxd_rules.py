@@ -144,6 +144,8 @@ def test_an_idmapped_root_gives_the_maps_to_mount_it_with() -> None:
     assert id_maps([("lxc.rootfs.options", "ro,idmap=container")] + items[:3]) is not None
     with pytest.raises(BackendError, match="no lxc.idmap"):
         id_maps([("lxc.rootfs.options", "idmap=container")])
+    with pytest.raises(BackendError, match="malformed lxc.idmap"):
+        id_maps([("lxc.rootfs.options", "idmap=container"), ("lxc.idmap", "u 0 100000")])
 
 
 @pytest.mark.parametrize("definition", [
