@@ -254,7 +254,7 @@ class Result:
         return BOOT_MARK in self.console
 
 
-def run(pytest_args: list[str], *, timeout: float = 2100.0, console_log: Path | None = None) -> Result:
+def run(pytest_args: list[str], *, timeout: float = 2700.0, console_log: Path | None = None) -> Result:
     """Boot the VM, run the guest tests with ``pytest_args``, return what it printed."""
     image = build()
     with tempfile.TemporaryDirectory(prefix="lxdmig-vm-") as tmp:

@@ -50,7 +50,7 @@ echo "LXDMIG-VM-BOOTED $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 set --  # pytest arguments from the host, one per line
 while IFS= read -r arg; do set -- "$@" "$arg"; done < /lxdmig/vm-args
 cd /lxdmig && LXDMIG_IN_VM=1 PYTHONPATH=/lxdmig python3 -m pytest -p no:cacheprovider \
-    -rA -s --tb=short --color=no "$@" tests/vm/guest
+    -rA -s --tb=short --color=no --durations=15 "$@" tests/vm/guest
 echo "LXDMIG-VM-EXIT $?"
 sync
 echo o > /proc/sysrq-trigger

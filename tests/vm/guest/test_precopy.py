@@ -97,10 +97,13 @@ def test_post_copy_on_this_kernel_too(make_container: MakeContainer) -> None:
 
 def test_downtime_target_ends_pre_copy_early(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=MIB, dirty_rate=0.25)
+    # The goal (100 % unchanged) is never met at this dirty rate; the target ends the rounds. It is set
+    # well above a round's estimate under emulation (~6 s for 1,000 pages with the host suite beside:
+    # a 3 s target was met by a lone VM and missed by a loaded one), since what is tested is the stop.
     report = moved("downtime-target", name, "--mode", "pre-copy", "--goal", "100", "--iterations", "8",
-                   "--downtime-target", "3000")
+                   "--downtime-target", "12000")
     last = rounds(report)[-1]
-    assert last["estimated_downtime_ms"] <= 3000 and len(rounds(report)) < 8
+    assert last["estimated_downtime_ms"] <= 12000 and len(rounds(report)) < 8
 
 
 def test_broken_chain_would_be_caught(make_container: MakeContainer, tmp_path: Path) -> None:
