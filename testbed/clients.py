@@ -42,7 +42,7 @@ def _read_line(sock: socket.socket, buf: bytearray) -> bytes:
 
 
 def redis_incr(address: str, port: int, key: str, until: str, interval: float, timeout: float,
-               reply_timeout: float = 30.0) -> RedisSummary:
+               reply_timeout: float = 30.0, ready: str = "") -> RedisSummary:
     summary = RedisSummary()
     deadline = time.monotonic() + timeout
     try:
@@ -64,6 +64,8 @@ def redis_incr(address: str, port: int, key: str, until: str, interval: float, t
             summary.first = value if summary.first is None else summary.first
             summary.last = value
             summary.replies += 1
+            if ready and summary.replies == 1:
+                open(ready, "w").close()
             time.sleep(interval)
         sock.close()
     except (OSError, ValueError) as e:
@@ -84,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=float, default=900.0, help="stop after this many seconds anyway")
     r.add_argument("--reply-timeout", type=float, default=30.0,
                    help="give up when a reply takes longer (the VM's emulation is many times slower)")
+    r.add_argument("--ready", default="", help="create this file once the first reply came")
     args = p.parse_args(argv)
     summary = redis_incr(args.address, args.port, args.key, args.until, args.interval, args.timeout,
-                         args.reply_timeout)
+                         args.reply_timeout, args.ready)
     with open(args.out, "w") as fh:
         json.dump(asdict(summary), fh)
     return 0 if not summary.error else 1
