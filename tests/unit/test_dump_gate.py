@@ -24,9 +24,10 @@ from lxdmig.migrate.dump_gate import DumpGate, dump_waiters
 
 INIT_PID = 4242424  # (only matched as text against the fake CRIU's -t)
 FAKE_CRIU = """
-import subprocess, sys
+import os, subprocess, sys
 rc = subprocess.run(["/bin/sh", "-e", sys.argv[1] + "/action.sh"], cwd=sys.argv[1]).returncode
-open(sys.argv[1] + "/rc", "w").write(str(rc))
+open(sys.argv[1] + "/rc.new", "w").write(str(rc))
+os.rename(sys.argv[1] + "/rc.new", sys.argv[1] + "/rc")  # (whole, or not there)
 """
 
 
