@@ -60,7 +60,7 @@ def dump_waiters(init_pid: int) -> list[Waiter]:
         if argv[1:2] != [WAITER] or len(argv) < 3:
             continue
         script = proc.parent(waiter)
-        if not proc.cmdline(script)[-1:] or not proc.cmdline(script)[-1].endswith("/action.sh"):
+        if not "".join(proc.cmdline(script)[-1:]).endswith("/action.sh"):
             continue
         ancestor = script
         for _ in range(3):
