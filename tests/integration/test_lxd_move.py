@@ -27,6 +27,8 @@ from testbed import containers, helpers, lxd
 from testbed.containers import host_argv, host_command
 from testbed.layout import Host
 
+from .conftest import wait_until
+
 A, B = Host("a"), Host("b")
 # Fails on host b only: liblxc runs pre-start hooks on start and on restore.
 FAIL_ON_B = "lxc.hook.pre-start = /bin/sh -c 'test \"$(hostname)\" != lxdmig-b'"
@@ -239,9 +241,7 @@ def move_system_instance(name: str, kind: lxd.Kind, tmp_path: Path) -> None:
                                             "--ready", str(ready)))
         # Connected and answered before anything is frozen (a client started 1 s before the move once had
         # no reply at all, TimeoutError, in a clean-clone run; the cause is not found yet).
-        deadline = time.monotonic() + 60
-        while not ready.exists() and client.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: ready.exists() or client.poll() is not None, 60, "the Redis client's first reply")
         assert ready.exists(), "the Redis client had no reply before the move"
         for source, dest, mode in ((A, B, "post-copy"), (B, A, "stop-copy")):
             report = move(source, name, dest, "--engine", "lxdmig", "--mode", mode)
