@@ -27,7 +27,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import hardened, page_channel, proc, tls
+from lxdmig import failpoints, hardened, page_channel, proc, tls
 from lxdmig.backends import DAEMONS, Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
@@ -400,6 +400,7 @@ class Session:
         migration.rsync_servers.append(server)
         self.channel.send(messages.RsyncStarted().header())
         try:
+            failpoints.hit("helper.rsync")
             relay(self.sock, server.stdout.fileno(), server.stdin.fileno(),
                   idle_timeout=self.state.config.io_timeout, end_on_rfd_eof=True)
         except RelayTimeout as e:
@@ -443,6 +444,7 @@ class Session:
             log.warning("migration %s: could not announce the container's addresses: %s", migration.id, e)
             announced = []
         self.state.status(f"{migration.container} restored; waiting for the source to commit")
+        failpoints.hit("helper.restore")
         return messages.Restored(restore_ms=round(restore_ms, 1), announced=tuple(announced))
 
     def _commit(self, request: messages.MigrationCommit) -> messages.Committed:

@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lxdmig import backends, capabilities, criu, preflight, proc
+from lxdmig import backends, capabilities, criu, failpoints, preflight, proc
 from lxdmig.backends import Backend
 from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
@@ -210,8 +210,9 @@ class Mover:
             self._prepare_destination(lazy, parent)
             self._freeze()
             self._lap("freeze")
+            failpoints.hit("move.frozen")
             lazy_child = self._final_dump_and_sync(filesystem, lazy, parent)
-            self._restore(lazy)
+            self._restore(lazy_child)
         except OutcomeUnknown:
             # No rollback: the destination may run it, the source stays frozen and offline. The
             # guard, left behind, keeps asking the destination and thaws only if it rolled back.
@@ -293,6 +294,7 @@ class Mover:
             pages = self._page_target(str(number), parent)
             start = time.monotonic()
             with self._peer_watch(pages.cut), pages:
+                failpoints.hit("move.pre-copy-round")
                 # (liblxc names a TLS page server itself, from address and port)
                 self.backend.pre_dump(self.request.container, directory, parent=parent, address=client.remote.host,
                                       port=pages.port, config_file=self._criu_config(
@@ -422,20 +424,22 @@ class Mover:
                  + f"; {uploaded / 1e3:.0f} kB of other images uploaded")
         return child
 
-    def _restore(self, lazy: bool) -> None:
+    def _restore(self, lazy_child: proc.Child | None) -> None:
         client = self._client()
         address, port = self.lazy_endpoint
         if self.guard is not None:
             self.guard.tell("restoring")
         try:
-            restore_ms, announced = client.restore(self.mid, "dump", lazy=lazy, source_address=address,
-                                                   source_port=port, tasks=self.report.tasks)
+            restore_ms, announced = client.restore(self.mid, "dump", lazy=lazy_child is not None,
+                                                   source_address=address, source_port=port, tasks=self.report.tasks)
         except messages.RemoteError:
             raise  # the helper answered: it did not restore
         except LxdmigError as e:
             # No answer: the destination may have restored. Ask before thawing anything.
             self._resolve_unknown(e)
             return
+        if lazy_child is not None:
+            failpoints.hold("move.memory-streaming", [lazy_child.pid, *proc.descendants(lazy_child.pid)])
         self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
         self.report.restore_ms = restore_ms
         self.report.frozen_steps_ms["restore"] = round(restore_ms, 1)
