@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
 import socket
@@ -44,13 +45,25 @@ class PeerCertificateMismatch(RemoteError):
     code = "certificate-mismatch"
 
 
+# A route that is missing for a moment (a link that lost its carrier takes the host's neighbour entries
+# with it, and ARP gives up after 3 s): tried again until the connect timeout is over.
+TRANSIENT_ERRNOS = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN)
+RETRY_PAUSE_S = 0.5
+
+
 def _tcp_connect(host: str, port: int, timeout: float, server: str = "lxdmig-helper") -> socket.socket:
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise PeerUnreachable(f"cannot reach {server} at {format_address(host, port)}: {reason} "
-                              f"(is {server} running there, and the port open?)") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except OSError as e:
+            if e.errno in TRANSIENT_ERRNOS and time.monotonic() + RETRY_PAUSE_S < deadline:
+                time.sleep(RETRY_PAUSE_S)
+                continue
+            reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+            raise PeerUnreachable(f"cannot reach {server} at {format_address(host, port)}: {reason} "
+                                  f"(is {server} running there, and the port open?)") from None
     # Requests and replies are small and wait on each other: no Nagle delay.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
