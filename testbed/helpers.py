@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lxdmig import config, proc
+from lxdmig import config, failpoints, proc
 from testbed import hosts
 from testbed.containers import host_command
 from testbed.layout import Host, all_hosts, run_dir
@@ -107,9 +107,21 @@ def hardened(host: Host) -> bool:
         return True
 
 
-def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> int:
+def fail_points(host: Host) -> str:
+    """The fail points host's running helper acts at (lxdmig/failpoints.py), from its environment."""
+    pid = running_pid(host)
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if pid else []
+    except OSError:
+        return ""
+    prefix = failpoints.ENV.encode() + b"="
+    return next((item[len(prefix):].decode() for item in environ if item.startswith(prefix)), "")
+
+
+def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True,
+            extra_env: dict[str, str] | None = None) -> int:
     stop(host)
-    return start(host, hardened=hardened, plain_pages=plain_pages)
+    return start(host, extra_env, hardened=hardened, plain_pages=plain_pages)
 
 
 @contextlib.contextmanager

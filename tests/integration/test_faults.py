@@ -1,11 +1,14 @@
 """The fault matrix: things break for real in each phase of a move, and nothing is lost or doubled.
 
-Each cell moves a real container a -> b, breaks something at a phase
-(found by watching the hosts, not by hooks in lxdmig), and checks what the
-user saw (one clear message, the exit status) and the end state: the
-container runs on exactly one host with its workload's counter intact
-(the same process, memory verified), and no migration program, image
-directory, guard, mount or veth of a removed copy is left behind. The
+Each cell moves a real container a -> b and breaks something at a phase.
+The fault lands at a named fail point (lxdmig/failpoints.py): the move, or
+the destination's helper, stops there until the fault is injected, so no
+cell depends on landing inside a window of a second. Each cell checks what
+the user saw (one clear message, the exact exit status; when lxdmig itself
+was killed, what its guard said) and the end state: the container runs on
+exactly one host with its workload's counter intact (the same process,
+memory verified), and no migration program, image directory, guard, mount
+or veth of a removed copy is left behind. The
 pre-copy and hybrid cells (``VM_MATRIX``) run inside the soft-dirty VM
 (tests/vm/guest/test_faults_in_vm.py) with the same code. ``docs/reliability.md`` is this matrix
 (``python -m tests.integration.test_faults`` prints it; a test checks the
@@ -29,18 +32,50 @@ from lxdmig import proc
 from lxdmig.errors import ExitCode
 from testbed import containers, helpers
 from testbed.containers import host_argv, host_command
+from testbed.failpoints import FailPoints
 from testbed.layout import BRIDGE, UPLINK, Host
 from tests.integration.conftest import echo_answers, wait_until
 
 A, B = Host("a"), Host("b")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 SOURCE, DESTINATION, STOPPED = "runs on a as before", "runs on b, gone from a", "stopped (by itself), on neither"
-EITHER = "runs on b (the move waited the cut out) or on a (rolled back), never both"
 WITHOUT_WORKLOAD = "runs on b without the workload (it had exited), gone from a"
 LOST = ("the documented post-copy loss: b stops its copy (memory missing), a keeps it frozen and offline "
         "with its images")
 VM = "VM"  # where a cell runs: pre-copy needs the soft-dirty kernel of tests/vm
 EXTRA_BRIDGE = "lxdmigx0"  # a bridge on a only
+KILLED = -9  # lxdmig killed by the test: no status of its own; ``says`` is what its guard said
+FAILED, INTERRUPTED, PREFLIGHT = ExitCode.FAILURE, ExitCode.INTERRUPTED, ExitCode.PREFLIGHT
+# What lxdmig's guard says when it finished the job of a killed lxdmig (lxdmig/migrate/guard.py).
+GUARD_CHECKED = "checked: it runs here as before"
+GUARD_THAWED = "thawed and reconnected: it runs here as before"
+GUARD_ASKED = "b says the migration rolled-back"
+GUARD_FINISHED = "was sent; removed it here"
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a phase's faults land: the fail point (lxdmig/failpoints.py) at which the move (``move``) or
+    the destination's helper (``helper``) waits until the fault is in."""
+
+    process: str
+    point: str
+    hit: int = 1
+
+    @property
+    def spec(self) -> str:
+        return f"{self.point}=pause" + (f"@{self.hit}" if self.hit > 1 else "")
+
+
+AT = {
+    "initial sync": At("helper", "helper.rsync"),
+    "pre-copy round 1": At("move", "move.pre-copy-round"),
+    "pre-copy round 2": At("move", "move.pre-copy-round", 2),
+    "final dump (frozen)": At("move", "move.frozen"),
+    "final filesystem sync (frozen)": At("helper", "helper.rsync", 2),
+    "restore": At("helper", "helper.restore"),
+    "memory streaming": At("move", "move.memory-streaming"),
+}
 
 
 @dataclass(frozen=True)
@@ -50,7 +85,7 @@ class Cell:
     fault: str
     outcome: str
     says: str  # words in what the user sees
-    exit_code: int | None = None  # None: any failure status
+    exit_code: int  # KILLED: lxdmig was killed, and ``says`` is its guard's
     where: str = "host"
     memory_mib: int = 32
     transport: str = "tls"  # --page-transport
@@ -59,53 +94,55 @@ class Cell:
     def label(self) -> str:
         return self.mode + (" (plain pages)" if self.transport == "plain" else "")
 
+    @property
+    def at(self) -> At | None:
+        """The fail point the fault lands at (none: the fault is in place before the move)."""
+        return None if self.fault == "CRIU restore fails on the destination" else AT.get(self.phase)
+
 
 CELLS = (
-    Cell("stop-copy", "preflight", "destination disk full", SOURCE, "nothing was frozen", ExitCode.PREFLIGHT),
-    Cell("stop-copy", "preflight", "name taken on the destination", SOURCE, "already exists on b",
-         ExitCode.PREFLIGHT),
-    Cell("stop-copy", "preflight", "destination lacks a bridge", SOURCE, f"{EXTRA_BRIDGE} (used by",
-         ExitCode.PREFLIGHT),
-    Cell("stop-copy", "initial sync", "destination helper killed (SIGKILL)", SOURCE, "rolled back"),
-    Cell("stop-copy", "initial sync", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
-    Cell("stop-copy", "initial sync", "container stops (its init killed)", STOPPED, "stopped by itself"),
+    Cell("stop-copy", "preflight", "destination disk full", SOURCE, "nothing was frozen", PREFLIGHT),
+    Cell("stop-copy", "preflight", "name taken on the destination", SOURCE, "already exists on b", PREFLIGHT),
+    Cell("stop-copy", "preflight", "destination lacks a bridge", SOURCE, f"{EXTRA_BRIDGE} (used by", PREFLIGHT),
+    Cell("stop-copy", "initial sync", "destination helper killed (SIGKILL)", SOURCE, "rolled back", FAILED),
+    Cell("stop-copy", "initial sync", "lxdmig killed (SIGKILL)", SOURCE, GUARD_CHECKED, KILLED),
+    Cell("stop-copy", "initial sync", "container stops (its init killed)", STOPPED, "stopped by itself", FAILED),
     Cell("stop-copy", "initial sync", "the workload process exits", WITHOUT_WORKLOAD, "moved", 0),
-    Cell("stop-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back"),
-    Cell("stop-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
-    Cell("stop-copy", "final dump (frozen)", "lxdmig interrupted (SIGTERM)", SOURCE, "interrupted",
-         ExitCode.INTERRUPTED),
-    Cell("stop-copy", "final dump (frozen)", "network cut for 3 s", EITHER, "", -1),
-    Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back"),
+    Cell("stop-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back", FAILED),
+    Cell("stop-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, GUARD_THAWED, KILLED),
+    Cell("stop-copy", "final dump (frozen)", "lxdmig interrupted (SIGTERM)", SOURCE, "interrupted", INTERRUPTED),
+    # Over TLS, CRIU connects to the page server once frozen: a cut then fails its connect (the host's
+    # neighbour entries go with the carrier; ARP gives up after 3 s). The plain page connection is made
+    # before the freeze, and TCP waits the cut out.
+    Cell("stop-copy", "final dump (frozen)", "network cut for 3 s", SOURCE, "rolled back", FAILED),
+    Cell("stop-copy", "final dump (frozen)", "network cut for 3 s", DESTINATION, "moved", 0, transport="plain"),
+    Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back", FAILED),
     Cell("stop-copy", "final dump (frozen)", "network drops 10% of packets", DESTINATION, "moved", 0),
-    Cell("stop-copy", "final dump (frozen)", "destination disk fills up", SOURCE, "rolled back"),
-    Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back", transport="plain"),
-    # 256 MiB: the dump lasts long enough to grow the root filesystem under it, so the final sync has work.
+    Cell("stop-copy", "final dump (frozen)", "destination disk fills up", SOURCE, "rolled back", FAILED),
+    Cell("stop-copy", "final dump (frozen)", "network cut for good", SOURCE, "rolled back", FAILED, transport="plain"),
     Cell("stop-copy", "final filesystem sync (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back",
-         memory_mib=256),
-    Cell("stop-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of"),
-    Cell("stop-copy", "restore", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
-    Cell("stop-copy", "restore", "lxdmig interrupted (SIGINT)", SOURCE, "interrupted", ExitCode.INTERRUPTED),
-    Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back"),
-    Cell("post-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, "", -9),
-    Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back",
+         FAILED),
+    Cell("stop-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of", FAILED),
+    Cell("stop-copy", "restore", "lxdmig killed (SIGKILL)", SOURCE, GUARD_ASKED, KILLED),
+    Cell("stop-copy", "restore", "lxdmig interrupted (SIGINT)", SOURCE, "interrupted", INTERRUPTED),
+    Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back", FAILED),
+    Cell("post-copy", "final dump (frozen)", "lxdmig killed (SIGKILL)", SOURCE, GUARD_THAWED, KILLED),
+    Cell("post-copy", "final dump (frozen)", "destination helper killed (SIGKILL)", SOURCE, "rolled back", FAILED,
          transport="plain"),
-    Cell("post-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of"),
-    # 256 MiB: the pages take long enough to stream for a fault to hit them on the way.
-    Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, "", -9, memory_mib=256),
-    Cell("post-copy", "memory streaming", "destination helper killed (SIGKILL)", DESTINATION, "moved", 0,
-         memory_mib=256),
-    Cell("post-copy", "memory streaming", "the workload process exits", WITHOUT_WORKLOAD, "moved", 0,
-         memory_mib=256),
-    Cell("post-copy", "memory streaming", "network cut for good", LOST, "page transfer failed",
-         ExitCode.INCOMPLETE, memory_mib=256),
-    Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, "", -9, memory_mib=256,
+    Cell("post-copy", "restore", "CRIU restore fails on the destination", SOURCE, "restore of", FAILED),
+    Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, GUARD_FINISHED, KILLED),
+    Cell("post-copy", "memory streaming", "destination helper killed (SIGKILL)", DESTINATION, "moved", 0),
+    Cell("post-copy", "memory streaming", "the workload process exits", WITHOUT_WORKLOAD, "moved", 0),
+    Cell("post-copy", "memory streaming", "network cut for good", LOST, "page transfer failed", ExitCode.INCOMPLETE),
+    Cell("post-copy", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, GUARD_FINISHED, KILLED,
          transport="plain"),
-    Cell("pre-copy", "pre-copy round 2", "destination helper killed (SIGKILL)", SOURCE, "rolled back", where=VM),
-    Cell("pre-copy", "pre-copy round 2", "lxdmig killed (SIGKILL)", SOURCE, "", -9, where=VM),
-    Cell("pre-copy", "pre-copy round 2", "network cut for good", SOURCE, "rolled back", where=VM),
+    Cell("pre-copy", "pre-copy round 2", "destination helper killed (SIGKILL)", SOURCE, "rolled back", FAILED,
+         where=VM),
+    Cell("pre-copy", "pre-copy round 2", "lxdmig killed (SIGKILL)", SOURCE, GUARD_CHECKED, KILLED, where=VM),
+    Cell("pre-copy", "pre-copy round 2", "network cut for good", SOURCE, "rolled back", FAILED, where=VM),
     Cell("pre-copy", "pre-copy round 1", "network delay 25 ms and 1% loss (tc netem)", DESTINATION, "moved", 0,
          where=VM, memory_mib=8),
-    Cell("hybrid", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, "", -9, where=VM),
+    Cell("hybrid", "memory streaming", "lxdmig killed (SIGKILL)", DESTINATION, GUARD_FINISHED, KILLED, where=VM),
 )
 MATRIX = tuple(c for c in CELLS if c.where == "host")
 VM_MATRIX = tuple(c for c in CELLS if c.where == VM)
@@ -115,31 +152,6 @@ FAIL_ON_B = "lxc.hook.pre-start = /bin/sh -c 'test \"$(hostname)\" != lxdmig-b'\
 
 def _pids_matching(words: tuple[str, ...]) -> list[int]:
     return [pid for pid in proc.processes_mentioning(words[0]) if all(w in " ".join(proc.cmdline(pid)) for w in words)]
-
-
-def _dump_started() -> bool:
-    # The source makes its final dump's image directory once the container is frozen (b's page
-    # server, and its image directory there, start before the freeze).
-    return any((A.storage / "outgoing").glob("*/dump"))
-
-
-def _restore_started() -> bool:
-    return bool(_pids_matching(("liblxc_migrate", "restore")) or _pids_matching(("lxc-checkpoint", "-r")))
-
-
-def _round_started(number: int) -> bool:
-    return any((A.storage / "outgoing").glob(f"*/{number}"))
-
-
-TRIGGERS: dict[str, Callable[[str, Path], bool]] = {
-    "initial sync": lambda name, log: (B.lxcpath / name / "rootfs").exists(),
-    "pre-copy round 1": lambda name, log: _round_started(1),
-    "pre-copy round 2": lambda name, log: _round_started(2),
-    "final dump (frozen)": lambda name, log: _dump_started(),
-    "final filesystem sync (frozen)": lambda name, log: any((A.storage / "outgoing").glob("*/rsync-final.log")),
-    "restore": lambda name, log: _restore_started(),
-    "memory streaming": lambda name, log: "its memory streams from here" in log.read_text(errors="replace"),
-}
 
 
 def _uplink(host: Host, state: str) -> None:
@@ -152,12 +164,13 @@ class Run:
     log: Path
 
 
-def _start_move(name: str, mode: str, log: Path, config: Path | None = None, transport: str = "tls") -> Run:
+def _start_move(name: str, mode: str, log: Path, config: Path | None = None, transport: str = "tls",
+                env: dict[str, str] | None = None) -> Run:
     extra = ["--config", str(config)] if config else []
     with open(log, "wb") as out:
         # testbed exec replaces itself with lxdmig (nsenter execs in place): signals reach lxdmig itself.
         argv = helpers.lxdmig_argv(*extra, "move", name, f"b:{name}", "--mode", mode, "--page-transport", transport)
-        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
+        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out, env={**os.environ, **(env or {})})
     return Run(mover, log)
 
 
@@ -181,7 +194,12 @@ def _kill_workload(host: Host, name: str) -> None:
                         "lxdmig-workload"])
 
 
-def _inject(cell: Cell, name: str, run: Run) -> None:
+def _nothing() -> None:
+    pass
+
+
+def _inject(cell: Cell, name: str, run: Run) -> Callable[[], None]:
+    """Inject the cell's fault; returns what ends it once the fail point is released (the end of a cut)."""
     fault = cell.fault
     if fault.startswith("destination helper killed"):
         pid = helpers.running_pid(B)
@@ -199,8 +217,11 @@ def _inject(cell: Cell, name: str, run: Run) -> None:
         _kill_workload(B if cell.phase == "memory streaming" else A, name)
     elif fault == "network cut for 3 s":
         _uplink(B, "down")
-        time.sleep(3)
-        _uplink(B, "up")
+
+        def end_cut() -> None:
+            time.sleep(3)
+            _uplink(B, "up")
+        return end_cut
     elif fault == "network cut for good":
         _uplink(B, "down")
     elif fault == "network drops 10% of packets":
@@ -209,11 +230,36 @@ def _inject(cell: Cell, name: str, run: Run) -> None:
         _netem(A, True)
         _netem(B, True)
     elif fault == "destination disk fills up":
-        # Fill whatever is left (the page server is writing into it too).
+        # Fill whatever is left: the page server has nowhere to write the pages.
         host_command(B, ["sh", "-c", f"dd if=/dev/zero of={B.storage / 'migrations' / 'filler'} bs=1M 2>/dev/null; "
                                      "true"])
     else:
         raise AssertionError(f"no way to inject {fault!r}")
+    return _nothing
+
+
+def _said(run: Run) -> str:
+    return run.log.read_text(errors="replace")
+
+
+def _fault_at(cell: Cell, at: At, points: FailPoints, name: str, run: Run) -> None:
+    """Wait at the cell's fail point, inject the fault, let the move (or the helper) go on."""
+    def ended() -> str | None:
+        code = run.mover.poll()
+        return None if code is None else f"the move ended with status {code}; it said: {_said(run)}"
+
+    points.reached(at.point, 120, ended)
+    if cell.phase == "memory streaming":  # (the pages are held: lxdmig has committed and told its guard)
+        wait_until(lambda: "its memory streams from here" in _said(run) or run.mover.poll() is not None, 60,
+                   "lxdmig serving the pages")
+    end = _inject(cell, name, run)
+    if cell.fault == "lxdmig killed (SIGKILL)":
+        run.mover.wait(30)
+    elif cell.fault.startswith("lxdmig interrupted"):  # (it has taken the signal before anything goes on)
+        wait_until(lambda: "rolling back" in _said(run) or run.mover.poll() is not None, 30,
+                   "lxdmig taking the signal")
+    points.release(at.point)
+    end()
 
 
 def _heal() -> None:
@@ -256,10 +302,12 @@ def _bridge_ports(host: Host) -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
-def _settle() -> None:
-    """Wait until the guard and the helpers have finished rolling back (at most ~90 s)."""
+def _settle(outcome: str) -> None:
+    """Wait until the guard and the helpers have finished rolling back (at most ~90 s); a post-copy loss
+    keeps its images on a."""
     deadline = time.monotonic() + 90
-    while _leftovers() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and [left for left in _leftovers()
+                                           if not (outcome == LOST and left.endswith(" on a"))]:
         time.sleep(0.5)
 
 
@@ -270,7 +318,7 @@ def restore_hosts(testbed: None) -> Iterator[None]:
     host_command(B, ["sh", "-c", f"mountpoint -q {B.storage / 'migrations'} && umount -l {B.storage / 'migrations'} "
                                  "|| true"])
     host_command(A, ["ip", "link", "del", EXTRA_BRIDGE], check=False)
-    if helpers.running_pid(B) is None or not helpers.hardened(B):
+    if helpers.running_pid(B) is None or not helpers.hardened(B) or helpers.fail_points(B):
         helpers.restart(B)
 
 
@@ -279,12 +327,6 @@ def _faults_config() -> Path:
     path = A.config_dir / "faults.conf"
     path.write_text(helpers.config_text(A).replace("[helper]\n", "[helper]\nio_timeout = 8\n", 1))
     return path
-
-
-def _write_ballast(rootfs: Path) -> None:
-    with open(rootfs / "ballast", "wb") as fh:
-        for _ in range(12):
-            fh.write(os.urandom(16 * 2**20))
 
 
 def _prepare(cell: Cell, make_container: Callable[..., str]) -> str:
@@ -300,8 +342,6 @@ def _prepare(cell: Cell, make_container: Callable[..., str]) -> str:
                           extra_config=extra)
     if cell.fault == "name taken on the destination":
         make_container("b", name=name)
-    if cell.phase == "initial sync":  # a bigger root filesystem keeps the sync busy long enough
-        _write_ballast(A.lxcpath / name / "rootfs")
     if cell.fault.startswith("destination disk"):
         size = "4m" if cell.fault == "destination disk full" else "400m"  # enough for the preflight
         host_command(B, ["mkdir", "-p", str(B.storage / "migrations")])
@@ -314,43 +354,34 @@ def run_cell(cell: Cell, make_container: Callable[..., str], tmp_path: Path, req
     name = _prepare(cell, make_container)
     before = containers.wait_for_full_verification(A, name)
     ports = _bridge_ports(B)
+    at = cell.at
+    points = FailPoints(tmp_path / "failpoints", at.spec if at else "")
+    if at is not None and at.process == "helper":
+        helpers.restart(B, hardened=helpers.hardened(B), extra_env=points.env)
     run = _start_move(name, cell.mode, tmp_path / "move.log",
-                      _faults_config() if cell.fault == "network cut for good" else None, cell.transport)
+                      _faults_config() if cell.fault == "network cut for good" else None, cell.transport,
+                      points.env if at is not None and at.process == "move" else None)
     try:
-        if cell.phase == "final filesystem sync (frozen)":
-            wait_until(_dump_started, 120, "the final dump")
-            _write_ballast(A.lxcpath / name / "rootfs")  # a frozen container's files still change: give rsync work
-        if cell.phase != "preflight" and cell.fault != "CRIU restore fails on the destination":
-            try:
-                wait_until(lambda: TRIGGERS[cell.phase](name, run.log), 120, cell.phase)
-            except AssertionError as e:
-                raise AssertionError(f"{e}; the move said: {run.log.read_text(errors='replace')}") from None
-            _inject(cell, name, run)
+        if at is not None:
+            _fault_at(cell, at, points, name, run)
         code = run.mover.wait(400)
     finally:
+        points.release_all()
         if run.mover.poll() is None:
             run.mover.kill()
         request.addfinalizer(lambda: containers.destroy(B, name))  # a completed move leaves it on b
     _heal()
-    said = run.log.read_text(errors="replace")
-    if cell.exit_code is None:
-        assert code not in (0, -9), said
-    else:  # -1: either a completed move (0) or a rollback
-        assert code == cell.exit_code or (cell.exit_code == -1 and code in (0, ExitCode.FAILURE)), said
-    if cell.outcome == EITHER:
-        outcome = DESTINATION if code == 0 else SOURCE
-        assert code == 0 or "rolled back" in said, said
-    else:
-        outcome = cell.outcome
-    error_lines = [line for line in said.splitlines() if line.startswith("lxdmig: ")]
-    assert len(error_lines) <= 1 and cell.says in said, said
     if helpers.running_pid(B) is None:
         helpers.start(B)  # a restarted helper removes what its killed predecessor left
-    _settle()
-    _check_end_state(cell, outcome, name, before)
+    _settle(cell.outcome)  # (a killed lxdmig's guard has finished, and said so)
+    said = _said(run)
+    assert code == cell.exit_code, said
+    error_lines = [line for line in said.splitlines() if line.startswith("lxdmig: ")]
+    assert len(error_lines) <= 1 and cell.says in said, said
+    _check_end_state(cell, cell.outcome, name, before)
     assert _leftovers() == [], _leftovers()
     assert _leftover_mounts(name) == [], _leftover_mounts(name)
-    if outcome not in (DESTINATION, WITHOUT_WORKLOAD):  # no veth of a copy left on b's bridge
+    if cell.outcome not in (DESTINATION, WITHOUT_WORKLOAD):  # no veth of a copy left on b's bridge
         assert _bridge_ports(B) <= ports, _bridge_ports(B) - ports
 
 
@@ -394,14 +425,18 @@ def test_fault(cell: Cell, make_container: Callable[..., str], restore_hosts: No
 
 def render() -> str:
     """The matrix as the table in docs/reliability.md."""
-    lines = ["| mode | phase | fault | the user sees | end state | runs in |", "|---|---|---|---|---|---|"]
+    lines = ["| mode | phase | fault | the user sees | end state | fault lands at | runs in |",
+             "|---|---|---|---|---|---|---|"]
     for c in CELLS:
-        status = {None: "non-zero exit", 0: "exit 0 (the move completed)", -9: "nothing (lxdmig is gone; its "
-                  "guard finishes the job)", -1: "exit 0, or non-zero with \"rolled back\""}.get(c.exit_code,
-                                                                                          f"exit {c.exit_code}")
-        says = f"{status}, message: \"...{c.says}...\"" if c.says else status
+        if c.exit_code == KILLED:
+            says = f"nothing from lxdmig (it is gone); its guard: \"...{c.says}...\""
+        else:
+            status = "exit 0 (the move completed)" if c.exit_code == 0 else f"exit {int(c.exit_code)}"
+            says = f"{status}, message: \"...{c.says}...\""
+        at = c.at
+        lands = "set before the move" if at is None else f"`{at.spec}` ({at.process})"
         where = "the soft-dirty VM (`make test`'s VM stage)" if c.where == VM else "the host test bed"
-        lines.append(f"| {c.label} | {c.phase} | {c.fault} | {says} | {c.outcome} | {where} |")
+        lines.append(f"| {c.label} | {c.phase} | {c.fault} | {says} | {c.outcome} | {lands} | {where} |")
     return "\n".join(lines) + "\n"
 
 
