@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from lxdmig import capabilities, proc
 from lxdmig.errors import ExitCode
 from testbed import containers, helpers, hosts
 from testbed.containers import host_argv, host_command
+from testbed.failpoints import FailPoints
 from testbed.layout import Host
 
 from .conftest import MakeContainer
@@ -135,48 +137,6 @@ def test_restore_failure_on_the_destination_rolls_back(make_container: MakeConta
     assert_rolled_back(name, before)
 
 
-def _wait_for(path_glob: tuple[Path, str], deadline: float) -> bool:
-    root, pattern = path_glob
-    while time.monotonic() < deadline:
-        if root.exists() and any(root.glob(pattern)):
-            return True
-        time.sleep(0.01)
-    return False
-
-
-@pytest.mark.parametrize("when", ["initial-sync", "frozen"])
-def test_destination_helper_killed_mid_move_rolls_back(make_container: MakeContainer, tmp_path: Path,
-                                                       when: str) -> None:
-    name = make_container("a", memory_mib=16, dirty_rate=1.0)
-    # A bigger root filesystem keeps the initial sync busy long enough to kill the helper during it.
-    with open(A.lxcpath / name / "rootfs" / "ballast", "wb") as fh:
-        fh.write(os.urandom(192 * 2**20))
-    before = fresh_gap(A, name)
-    log = tmp_path / "move.log"
-    with open(log, "wb") as out:
-        argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
-        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
-    try:
-        # (The source's final dump directory appears once the container is frozen; b's page server,
-        # with its image directory there, starts before the freeze.)
-        target = (B.lxcpath / name, "rootfs") if when == "initial-sync" else (A.storage / "outgoing", "*/dump")
-        assert _wait_for(target, time.monotonic() + 60), log.read_text()
-        pid = helpers.running_pid(B)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        assert mover.wait(120) != 0
-    finally:
-        if mover.poll() is None:
-            mover.kill()
-        helpers.start(B)  # a restarted helper removes the half-moved copy
-    text = log.read_text()
-    assert "rolling back" in text, text
-    if when == "frozen":
-        assert "rollback: thaw the container" in text, text
-    assert_rolled_back(name, before)
-    assert host_command(A, helpers.lxdmig_argv("check", "b"), check=False).returncode == 0
-
-
 def test_move_refuses_bad_targets(make_container: MakeContainer) -> None:
     for args, words in ((["nope", "b:nope"], "no container 'nope'"), (["x", "b:y"], "renaming"),
                         (["b:x", "a:x"], "must be a container on this host"), (["x", "nowhere:x"], "no remote")):
@@ -184,11 +144,20 @@ def test_move_refuses_bad_targets(make_container: MakeContainer) -> None:
         assert result.returncode != 0 and words in result.stderr, (args, result.stderr)
 
 
-def test_no_migration_programs_left_behind(testbed: None) -> None:
-    # No criu, rsync or lxc-checkpoint left running by the moves above.
-    leftover = proc.run(["pgrep", "-a", "-f", "criu (dump|page-server|lazy-pages)|rsync --server"], timeout=10,
-                        check=False)
-    assert leftover.stdout.strip() == "", leftover.stdout
+@pytest.fixture(autouse=True)
+def no_migration_programs_left_behind(testbed: None) -> Iterator[None]:
+    """After each test here: no criu, rsync or lxc-checkpoint left running by its moves (they may take a
+    moment to exit after a rollback)."""
+    yield
+
+    def leftover() -> str:
+        return proc.run(["pgrep", "-a", "-f", "criu (dump|page-server|lazy-pages)|rsync --server|lxc-checkpoint"],
+                        timeout=10, check=False).stdout.strip()
+
+    deadline = time.monotonic() + 30
+    while leftover() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftover() == "", leftover()
 
 
 def test_established_tcp_connection_survives_the_move(make_container: MakeContainer, tmp_path: Path) -> None:
@@ -221,17 +190,19 @@ def test_interrupting_the_move_while_frozen_rolls_back(make_container: MakeConta
     name = make_container("a", memory_mib=16, dirty_rate=1.0)
     before = fresh_gap(A, name)
     log = tmp_path / "move.log"
+    points = FailPoints(tmp_path / "failpoints", "move.frozen=pause")  # (frozen, the final dump next)
     with open(log, "wb") as out:
         # testbed exec replaces itself with lxdmig (nsenter execs in place): the signal reaches lxdmig
         argv = helpers.lxdmig_argv("move", name, f"b:{name}", "--mode", "stop-copy")
-        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out)
+        mover = subprocess.Popen(host_argv(A, *argv), stdout=out, stderr=out, env={**os.environ, **points.env})
     try:
-        assert _wait_for((A.storage / "outgoing", "*/dump"), time.monotonic() + 60), log.read_text()
+        points.reached("move.frozen", 60, lambda: None if mover.poll() is None else log.read_text())
         mover.send_signal(sig)
         assert mover.wait(120) == ExitCode.INTERRUPTED
     finally:
+        points.release_all()
         if mover.poll() is None:
             mover.kill()
     text = log.read_text()
-    assert "rollback: thaw the container" in text and "interrupted" in text, text
+    assert "rollback: thaw the container" in text and "lxdmig: interrupted" in text, text
     assert_rolled_back(name, before)
