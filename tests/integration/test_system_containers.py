@@ -1,14 +1,15 @@
 """Real system containers: Debian 12 and 13 with systemd as init and services from their packages,
 with their stock units, unprivileged, moved live while a real client of one of them stays connected.
 
-The container is built from the cached debian-12, then the debian-13 image (testbed.images). The
-tests run in order on one container of each: the preflight names each obstacle of the stock
-container before anything is frozen, ``lxdmig prepare --dry-run`` changes nothing, ``lxdmig
-prepare`` makes it movable, then a Redis client in host b's network namespace sends INCR every
-10 ms over one connection while the container moves a -> b -> a (Debian 13's memory over
---page-transport plain); every reply must be the previous plus one (no reconnect, no lost or doubled
-write), and on each destination systemd must be running, journald writing and every service up
-(one with a credential, which lxdmig carries: CRIU does not).
+The container is built from the cached debian-12, then the debian-13 image (testbed.images). One
+test per image tells the whole story on one container, step by step as an operator meets it: the
+preflight names each obstacle of the stock container before anything is frozen, ``lxdmig prepare
+--dry-run`` changes nothing, ``lxdmig prepare`` makes it movable, then a Redis client in host b's
+network namespace sends INCR every 10 ms over one connection while the container moves
+a -> b -> a (Debian 13's memory over --page-transport plain); every reply must be the previous plus
+one (no reconnect, no lost or doubled write), and on each destination systemd must be running,
+journald writing and every service up (one with a credential, which lxdmig carries: CRIU does
+not); last, ``lxdmig prepare --undo`` takes the change back.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def dropin(host: Host) -> Path:
     return host.lxcpath / NAME / "rootfs" / prepare.DROPIN
 
 
-def test_check_names_each_obstacle_of_the_stock_container(system: str) -> None:
+def check_names_each_obstacle_of_the_stock_container(system: str) -> None:
     result = lxdmig(A, "check", "b", system)
     assert result.returncode == ExitCode.PREFLIGHT, result.stdout + result.stderr
     fails = [line for line in result.stdout.splitlines() if line.startswith("fail")]
@@ -82,7 +83,7 @@ def test_check_names_each_obstacle_of_the_stock_container(system: str) -> None:
     assert inside(A, "systemctl", "is-active", "redis-server") == "active"  # nothing was frozen or stopped
 
 
-def test_prepare_dry_run_changes_nothing(system: str) -> None:
+def prepare_dry_run_changes_nothing(system: str) -> None:
     result = lxdmig(A, "prepare", system, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert f"would write /{prepare.DROPIN}" in result.stdout
@@ -90,7 +91,7 @@ def test_prepare_dry_run_changes_nothing(system: str) -> None:
     assert not dropin(A).exists()
 
 
-def test_prepare_makes_it_movable(system: str) -> None:
+def prepare_makes_it_movable(system: str) -> None:
     result = lxdmig(A, "prepare", system)
     assert result.returncode == 0, result.stderr
     assert dropin(A).stat().st_uid == containers.ID_SHIFT  # the container's root owns it
@@ -272,9 +273,7 @@ class Clients:
                 child.wait()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_services_keep_their_clients_through_post_copy_and_stop_copy_moves(system: str, tmp_path: Path) -> None:
+def services_keep_their_clients_through_post_copy_and_stop_copy_moves(system: str, tmp_path: Path) -> None:
     clients = Clients(A.lxcpath / system / "rootfs", str(containers.container_address(A, system)), tmp_path)
     reports = []
     try:
@@ -294,8 +293,18 @@ def test_services_keep_their_clients_through_post_copy_and_stop_copy_moves(syste
     assert wrong == [], "\n".join(wrong)
 
 
-def test_undo_removes_the_dropin(system: str) -> None:
+def undo_removes_the_dropin(system: str) -> None:
     result = lxdmig(A, "prepare", system, "--undo")
     assert result.returncode == 0, result.stderr
     assert f"remove /{prepare.DROPIN}" in result.stdout and not dropin(A).exists()
     assert inside(A, "systemctl", "is-active", "redis-server") == "active"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_stock_system_container_is_checked_prepared_moved_and_restored(system: str, tmp_path: Path) -> None:
+    check_names_each_obstacle_of_the_stock_container(system)
+    prepare_dry_run_changes_nothing(system)
+    prepare_makes_it_movable(system)
+    services_keep_their_clients_through_post_copy_and_stop_copy_moves(system, tmp_path)
+    undo_removes_the_dropin(system)
