@@ -106,8 +106,14 @@ def _handshake(channel: Channel, local: HostCapabilities) -> Hello:
 
 def redeem_token(token: Token, identity: tls.Identity, timeout: float,
                  local: HostCapabilities | None = None) -> tuple[str, int, bytes]:
-    """Have the helper named in ``token`` trust ``identity``; returns its (host, port, certificate)."""
-    errors = []
+    """Have the helper named in ``token`` trust ``identity``; returns its (host, port, certificate).
+
+    The token names every address the helper listens on; another host may answer at some of them (two
+    hosts with the same docker0 address, say). The first address whose certificate is the token's is
+    the one: the secret is sent there and nowhere else. Only when none is does the redeem fail, naming
+    what each address did."""
+    errors: list[str] = []
+    mismatched = False
     for address in token.addresses:
         host, port = parse_address(address)
         try:
@@ -116,14 +122,17 @@ def redeem_token(token: Token, identity: tls.Identity, timeout: float,
             errors.append(str(e))
             continue
         if tls.fingerprint(cert) != token.fingerprint:
-            raise PeerCertificateMismatch(
-                f"the helper at {address} has certificate {tls.fingerprint(cert)}, "
-                f"but the token was issued by {token.fingerprint}: refusing to trust it")
+            mismatched = True
+            errors.append(f"{address} has certificate {tls.fingerprint(cert)}, not the token's")
+            continue
         with _tls_connect(host, port, tls.client_context(None, cert), timeout, "the helper") as sock:
             channel = Channel(sock, timeout=timeout)
             _handshake(channel, local or capabilities.probe())
             channel.ask(messages.TrustRedeem(secret=token.secret, certificate=identity.cert.read_text()))
         return host, port, cert
+    if mismatched:
+        raise PeerCertificateMismatch(f"no address in the token has the certificate it was issued by "
+                                      f"({token.fingerprint}): refusing to trust any: " + "; ".join(errors))
     raise PeerUnreachable("no address in the token answered: " + "; ".join(errors))
 
 

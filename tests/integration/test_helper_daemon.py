@@ -221,8 +221,32 @@ def test_token_is_redeemed_once(daemon: Daemon, local: HostCapabilities, tmp_pat
 
 def test_token_for_another_helper_is_refused(daemon: Daemon, local: HostCapabilities) -> None:
     token = Token("x", "0" * 64, (f"127.0.0.1:{daemon.port}",), "s")
-    with pytest.raises(client.PeerCertificateMismatch, match="but the token was issued by"):
+    with pytest.raises(client.PeerCertificateMismatch, match="no address in the token has the certificate"):
         client.redeem_token(token, daemon.ids["stranger"], 5, local)
+    assert "trust token" not in daemon.log_text()  # (the secret was not sent)
+
+
+def test_a_token_pairs_at_the_address_whose_certificate_it_names(daemon: Daemon, local: HostCapabilities,
+                                                                 tmp_path: Path) -> None:
+    """Two hosts that both have, say, docker0 at 172.17.0.1: the token's first address reaches another
+    helper. The redeem goes on to the next address and sends the secret only where the certificate is the
+    token's."""
+    decoy = Daemon(tmp_path / "decoy")
+    decoy.start()
+    try:
+        out = subprocess.run(daemon.cli("trust", "add", "newhost", "--address", f"127.0.0.1:{daemon.port}"),
+                             capture_output=True, text=True, check=True)
+        issued = Token.decode(out.stdout.strip())
+        token = Token(issued.name, issued.fingerprint, (f"127.0.0.1:{decoy.port}", f"127.0.0.1:{daemon.port}"),
+                      issued.secret)
+        newhost = tls.ensure_identity(tmp_path / "n.crt", tmp_path / "n.key", "newhost")
+        assert client.redeem_token(token, newhost, 5, local) == ("127.0.0.1", daemon.port, daemon.cert.read_bytes())
+        with client.HelperClient.connect(daemon.remote(), newhost, connect_timeout=5, io_timeout=5,
+                                         local=local) as c:
+            assert c.peer.trusted
+        assert "trust token" not in decoy.log_text() and "hello from" not in decoy.log_text()
+    finally:
+        decoy.stop()
 
 
 def test_revoked_certificate_is_refused_after_sighup(daemon: Daemon, local: HostCapabilities) -> None:
