@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import shutil
 import socket
 from dataclasses import dataclass
 
-from lxdmig import __version__, criu, kernel
+from lxdmig import __version__, criu, kernel, proc
 
 # CRIU's lazy page server enlarges its pipes to ~3.2 MiB; without
 # CAP_SYS_RESOURCE that fails above fs.pipe-max-size and lazy transfer
@@ -122,11 +123,15 @@ def cpu_model() -> str:
 
 
 def available_backends() -> tuple[str, ...]:
-    """Container managers usable on this host (their Python bindings import)."""
+    """Container managers lxdmig can drive on this host: LXC through its tools (``lxc-start``,
+    ``lxc-checkpoint``) and lxdmig's own binding of liblxc's migrate() (python3-lxc is not used); LXD
+    and Incus through pylxd."""
     found = []
-    for backend, module in (("lxc", "lxc"), ("lxd", "pylxd")):
-        if importlib.util.find_spec(module) is not None:
-            found.append(backend)
+    if shutil.which("lxc-checkpoint", path=proc.SYSTEM_PATH) and \
+            importlib.util.find_spec("lxdmig.backends._liblxc") is not None:
+        found.append("lxc")
+    if importlib.util.find_spec("pylxd") is not None:
+        found.append("lxd")
     return tuple(found)
 
 

@@ -77,7 +77,8 @@ def host_checks(source: HostCapabilities, destination: HostCapabilities, remote:
                                               "SO_PASSCRED, CRIU 4.2 copes): containers with network sockets "
                                               "will fail to dump; install CRIU >= 4.2"))
     if "lxc" not in destination.backends:
-        out.append(Check("backend", Status.FAIL, f"{remote} cannot drive LXC (python3-lxc missing there)"))
+        out.append(Check("backend", Status.FAIL, f"{remote} cannot drive LXC (its lxc tools, lxc-checkpoint among "
+                                                 "them, or lxdmig's liblxc binding are missing there)"))
     if source.cpu_model == destination.cpu_model:
         out.append(Check("cpu", Status.OK, source.cpu_model))
     else:
