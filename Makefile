@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install lint check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm man bench clean
+.PHONY: all install lint check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm deb man bench clean
 
 all: test
 
@@ -57,6 +57,10 @@ bench: install
 # Source and binary RPMs from contrib/lxdmig.spec, into build/rpm/.
 rpm: install
 	scripts/build-rpm
+
+# The Debian package (debhelper, dh-python) from contrib/debian, into build/deb/.
+deb: install
+	scripts/build-deb
 
 # Regenerate man/ from the argparse definitions and the config schema.
 man: install

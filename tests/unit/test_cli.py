@@ -34,6 +34,7 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.host
 def test_console_scripts_installed() -> None:
     for script in ("lxdmig", "lxdmig-helper"):
         out = subprocess.run([f"{sys.prefix}/bin/{script}", "--version"], capture_output=True, text=True,
@@ -41,6 +42,7 @@ def test_console_scripts_installed() -> None:
         assert out.strip() == f"{script} {__version__}"
 
 
+@pytest.mark.host
 def test_info_json_reports_real_probe(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--json"]) == ExitCode.OK
     data = json.loads(capsys.readouterr().out)

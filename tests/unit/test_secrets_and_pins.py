@@ -82,6 +82,7 @@ class _Client:
         return self.host_info["auth"] == "trusted"
 
 
+@pytest.mark.host  # (pylxd, which lxdmig needs for LXD and Incus instances only)
 def test_incus_gets_the_token_as_trust_token_and_a_wrong_one_is_refused(tmp_path: Path) -> None:
     ident = tls.ensure_identity(tmp_path / "c.crt", tmp_path / "c.key", "a")
     remote = LxdRemote("b", "https://192.0.2.2:8444", ident.cert.read_bytes(), "incus")
