@@ -107,3 +107,31 @@ def test_systemd_verifies_the_unit_as_unpacked(unpacked: Path) -> None:
     result = run("systemd-analyze", f"--root={unpacked}", "verify", "lxdmig-helper.service",
                  env={"MANPATH": str(unpacked / "usr/share/man"), "SYSTEMD_LOG_COLOR": "0", **SYSTEM})
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_criu_lxdmig_can_run_comes_with_it(deb: Path) -> None:
+    """Debian 12's criu (3.17) fails on current kernels: make deb builds a CRIU backport from Debian's newer
+    source, versioned above every older criu and below Debian's own release of that version. Where the
+    release's criu is new enough (Debian 13), that one is the one to install, and nothing is built."""
+    from lxdmig import criu
+
+    candidate = run("apt-cache", "policy", "criu").stdout
+    release = next((line.split(":", 1)[1].strip() for line in candidate.splitlines() if "Candidate:" in line), "")
+    backports = sorted(deb.parent.glob("criu_*.deb"))
+    if release and run("dpkg", "--compare-versions", release, "ge", ".".join(map(str, criu.MIN_VERSION))
+                       ).returncode == 0:
+        assert backports == [], f"this release's criu {release} is new enough; built {backports}"
+        return
+    assert len(backports) == 1, backports
+    version = field(backports[0], "Version")
+    assert run("dpkg", "--compare-versions", version, "gt", release or "0").returncode == 0, (version, release)
+    upstream = version.split("-", 1)[0]
+    assert run("dpkg", "--compare-versions", version, "lt", f"{upstream}-1").returncode == 0, version
+    root = deb.parent / "criu-unpacked"
+    shutil.rmtree(root, ignore_errors=True)
+    assert run("dpkg-deb", "-x", str(backports[0]), str(root)).returncode == 0
+    try:
+        out = run(str(root / "usr/sbin/criu"), "--version").stdout
+        assert f"Version: {upstream}" in out, out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
