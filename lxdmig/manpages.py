@@ -42,6 +42,14 @@ def _option_synopsis(action: argparse.Action) -> str:
     return f"[{flag} {_metavar(action)}]"
 
 
+def _positional_synopsis(action: argparse.Action) -> str:
+    """As argparse's usage line writes it: [X] may be left out, X ... repeats."""
+    name = _metavar(action)
+    forms: dict[object, str] = {"?": f"[{name}]", "*": f"[{name} ...]", "+": f"{name} [{name} ...]",
+                                argparse.REMAINDER: "..."}
+    return forms.get(action.nargs, name)
+
+
 def _metavar(action: argparse.Action) -> str:
     if action.metavar is not None:
         return str(action.metavar)
@@ -67,7 +75,7 @@ def _visible(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
 def synopsis(prog: str, parser: argparse.ArgumentParser) -> str:
     parts = [prog]
     parts += [_option_synopsis(a) for a in _visible(parser) if a.option_strings]
-    parts += [_metavar(a) for a in _visible(parser) if not a.option_strings]
+    parts += [_positional_synopsis(a) for a in _visible(parser) if not a.option_strings]
     if _subparsers(parser) is not None:
         parts.append("ACTION" if prog.count(" ") else "COMMAND")
     return " ".join(parts)
