@@ -79,23 +79,51 @@ class TokenStore:
 
     @contextmanager
     def _locked(self) -> Iterator[list[dict[str, object]]]:
+        """The pending tokens, under a lock shared by the CLI and the daemon; written back only when the
+        block changed them and ends without an error, by replacing the file whole (a reader, or a crash,
+        never sees half of it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "r+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            text = fh.read()
-            try:
-                entries = json.loads(text) if text.strip() else []
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{self.path} is damaged ({e}); delete it to drop all pending tokens") from None
-            if not isinstance(entries, list):
-                raise ConfigError(f"{self.path} is damaged (not a list); delete it to drop all pending tokens")
+        lock = os.open(self.path.with_name(self.path.name + ".lock"),
+                       os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = self._read()
             now = time.time()
             entries = [e for e in entries if isinstance(e, dict) and float(str(e.get("expires", 0))) > now]
+            before = json.dumps(entries)
             yield entries
-            fh.seek(0)
-            fh.truncate()
-            json.dump(entries, fh, indent=1)
+            if json.dumps(entries) != before or not self.path.exists():
+                self._replace(entries)
+        finally:
+            os.close(lock)
+
+    def _read(self) -> list[dict[str, object]]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return []
+        with os.fdopen(fd) as fh:
+            text = fh.read()
+        try:
+            entries = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.path} is damaged ({e}); delete it to drop all pending tokens") from None
+        if not isinstance(entries, list):
+            raise ConfigError(f"{self.path} is damaged (not a list); delete it to drop all pending tokens")
+        return entries
+
+    def _replace(self, entries: list[dict[str, object]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(entries, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def issue(self, name: str, fingerprint: str, addresses: list[str],
               lifetime: float = DEFAULT_LIFETIME) -> Token:
