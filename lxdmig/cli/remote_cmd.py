@@ -132,6 +132,9 @@ def _add(args: argparse.Namespace) -> ExitCode:
     identity = tls.ensure_identity(conf.cert, conf.key)
     if args.target == "-":
         args.target = sys.stdin.readline().strip()
+    elif Token.looks_like_token(args.target):
+        print("note: a token on the command line is visible in the process list while lxdmig runs; "
+              f"'lxdmig remote add {name} -' reads it from stdin", file=sys.stderr)
     token_text = args.token or (args.target if Token.looks_like_token(args.target) else None)
     if token_text is not None:
         token = Token.decode(token_text)

@@ -95,3 +95,20 @@ def test_incus_gets_the_token_as_trust_token_and_a_wrong_one_is_refused(tmp_path
     assert "BEGIN" not in api.posted[-1]["certificate"]  # (the certificate's base64 body, as Incus wants it)
     with pytest.raises(ConfigError, match="is Incus, not LXD: add it with --incus"):
         lxd_api.check_kind(client, LxdRemote("b", remote.url, remote.certificate))
+
+
+def test_a_token_given_as_the_address_is_noted_and_one_from_stdin_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from lxdmig.cli import main
+
+    conf = tmp_path / "lxdmig.conf"
+    conf.write_text(f"[tls]\ncert = {tmp_path / 'c.crt'}\nkey = {tmp_path / 'c.key'}\n"
+                    f"[client]\nremotes = {tmp_path / 'remotes.json'}\n")
+    damaged = "lxdmig1:bm90IGEgdG9rZW4"  # (refused after the note: nothing is contacted)
+    assert main(["--config", str(conf), "remote", "add", "b", damaged]) != 0
+    err = capsys.readouterr().err
+    assert "visible in the process list" in err and "'lxdmig remote add b -'" in err and "damaged" in err, err
+    monkeypatch.setattr("sys.stdin", io.StringIO(damaged + "\n"))
+    assert main(["--config", str(conf), "remote", "add", "b", "-"]) != 0
+    err = capsys.readouterr().err
+    assert "visible in the process list" not in err and "damaged" in err, err
