@@ -15,6 +15,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,12 @@ class Completed:
 
 def format_argv(argv: Sequence[str]) -> str:
     return shlex.join(argv)
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv of this Python running lxdmig's ``module``. With -P: nothing is imported from the working
+    directory (a ``json.py`` another user left in it would run as root)."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -96,7 +96,7 @@ def _run_child(action: str, host_pid: int, request: object) -> str:
     from lxdmig.errors import CommandError
 
     try:
-        return proc.run([sys.executable, "-m", "lxdmig.ramfs", action, str(host_pid)], timeout=_CHILD_TIMEOUT,
+        return proc.run(proc.python_module("lxdmig.ramfs", action, str(host_pid)), timeout=_CHILD_TIMEOUT,
                         input_text=json.dumps(request)).stdout
     except CommandError as e:
         raise RamfsError(str(e)) from None

@@ -59,6 +59,8 @@ def script_text(plan_file: Path) -> str:
     CRIU runs its action script a dozen times per restore, and each Python
     start would add ~40 ms to the frozen window.
     """
+    # CRIU runs it in the images directory, where the peer's files are: from "/", and with -P, so that
+    # Python imports nothing from the directory it runs in (a peer's json.py would run as root).
     code = "import sys; from lxdmig.backends.cgroup_hook import main; sys.exit(main(sys.argv[1]))"
-    return (f"#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = {ACTION} ] || exit 0\n"
-            f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} {shlex.quote(str(plan_file))}\n")
+    return (f"#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = {ACTION} ] || exit 0\ncd / || exit 1\n"
+            f"exec {shlex.quote(sys.executable)} -P -c {shlex.quote(code)} {shlex.quote(str(plan_file))}\n")

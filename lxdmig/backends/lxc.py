@@ -11,7 +11,6 @@ import secrets
 import select
 import shutil
 import stat
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -266,8 +265,8 @@ class LxcBackend(Backend):
 
     def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
         """argv of lxdmig's liblxc migrate() binding for this container."""
-        return [sys.executable, "-m", "lxdmig.backends.liblxc_migrate", action, "--lxcpath", str(self.lxcpath),
-                "--name", check_name(container), "--dir", str(directory)]
+        return proc.python_module("lxdmig.backends.liblxc_migrate", action, "--lxcpath", str(self.lxcpath),
+                                  "--name", check_name(container), "--dir", str(directory))
 
     def _checkpoint_argv(self, container: str, directory: Path, *, restore: bool = False) -> list[str]:
         """argv that dumps (leaving the tasks in place) or restores the container."""

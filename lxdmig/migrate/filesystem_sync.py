@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ def rsync_argv(program: str, *, config: Path, hello: Path, remote: str, migratio
                excludes: Sequence[str]) -> list[str]:
     """rsync (``program``) of the directory ``source`` to the destination (what changed since the last sync),
     without the ``excludes`` patterns."""
-    tunnel = [sys.executable, "-m", "lxdmig.rsync_tunnel", "--config", str(config), "--hello", str(hello), remote,
+    tunnel = [*proc.python_module("lxdmig.rsync_tunnel"), "--config", str(config), "--hello", str(hello), remote,
               migration]
     return [program, *RSYNC_OPTIONS, *(f"--exclude={pattern}" for pattern in excludes), "--stats", "-e",
             " ".join(tunnel), f"{source}/", f"{remote}:container/"]

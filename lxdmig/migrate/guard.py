@@ -53,9 +53,9 @@ class Guard:
 
     def __init__(self, *, conf_path: Path, backend: str, container: str, remote: str, migration: str,
                  log_file: Path, work_dir: Path) -> None:
-        argv = [sys.executable, "-m", "lxdmig.migrate.guard", "--config", str(conf_path), "--backend", backend,
-                "--container", container, "--remote", remote, "--migration", migration, "--log", str(log_file),
-                "--work-dir", str(work_dir)]
+        argv = proc.python_module("lxdmig.migrate.guard", "--config", str(conf_path), "--backend", backend,
+                                  "--container", container, "--remote", remote, "--migration", migration,
+                                  "--log", str(log_file), "--work-dir", str(work_dir))
         # Its own session: a signal to lxdmig's process group does not reach it.
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True, start_new_session=True)
 

@@ -155,3 +155,15 @@ def _reap_if_ours(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def test_lxdmig_children_import_nothing_from_the_working_directory(tmp_path: Path) -> None:
+    """The guard, the rsync tunnel and the others are `python -m` children of commands root runs from
+    wherever the operator stands: a planted argparse.py there must not run."""
+    planted = tmp_path / "planted-ran"
+    for module in ("argparse", "json", "lxdmig"):
+        (tmp_path / f"{module}.py").write_text(f"open({str(planted)!r}, 'a').write({module!r})\n")
+    done = subprocess.run(proc.python_module("lxdmig", "--version"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert not planted.exists(), f"a child imported {planted.read_text()} from its working directory"
+    assert done.returncode == 0 and done.stdout.startswith("lxdmig "), done.stderr
