@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install lint check test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm deb man bench clean
+.PHONY: all install lint check quick test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm deb man bench clean
 
 all: test
 
@@ -30,6 +30,12 @@ check: install
 	$(VENV)/bin/ruff check lxdmig testbed tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q tests/unit
+
+# The quick integration tier (under 5 minutes here, the test bed included): the real test bed's moves,
+# helper, trust, preflight and hostile-input tests, without the tests marked slow (the fault matrix, the
+# LXD and Incus daemons, the system containers, the image builds, the repeatability run).
+quick: install
+	$(PY) -m pytest -m "integration and not slow" tests/integration
 
 # The whole suite: lint, type check, then at once the host suite (unit tests, the real test bed)
 # and the slow VM suite (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm; its

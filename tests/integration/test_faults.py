@@ -417,6 +417,7 @@ def _check_end_state(cell: Cell, outcome: str, name: str, before: dict[str, obje
         assert not (B.lxcpath / name).exists(), "a copy is left on b"
 
 
+@pytest.mark.slow  # (each cell takes 4-25 s; the matrix about 5 minutes)
 @pytest.mark.parametrize("cell", MATRIX, ids=[f"{c.label}/{c.phase}/{c.fault}" for c in MATRIX])
 def test_fault(cell: Cell, make_container: Callable[..., str], restore_hosts: None, tmp_path: Path,
                request: pytest.FixtureRequest) -> None:

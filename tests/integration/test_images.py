@@ -16,7 +16,8 @@ from lxdmig import proc
 from testbed import images
 
 # The first build of an image takes a few minutes (debootstrap); later ones find the cache.
-pytestmark = pytest.mark.timeout(1200)
+# Slow: the first run builds the Debian 12 and 13 system images (debootstrap, a minute or two each).
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
 
 SHIFT = 100000
 

@@ -29,6 +29,9 @@ from testbed.layout import Host
 
 from .conftest import wait_until
 
+# Slow: two daemons per module, and moves through them (3-4 minutes a module).
+pytestmark = pytest.mark.slow
+
 A, B = Host("a"), Host("b")
 # Fails on host b only: liblxc runs pre-start hooks on start and on restore.
 FAIL_ON_B = "lxc.hook.pre-start = /bin/sh -c 'test \"$(hostname)\" != lxdmig-b'"
