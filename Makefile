@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export LXDMIG_VENV := $(abspath $(VENV))
 
-.PHONY: all install lint check quick test unit integration test-vm vm-image typecheck demo testbed-up testbed-down rpm deb man bench clean
+.PHONY: all install lint check quick test unit integration test-vm test-hosts vm-image typecheck demo testbed-up testbed-down rpm deb man bench clean
 
 all: test
 
@@ -48,6 +48,11 @@ test: install
 # Only the VM suite (builds its cached image on first use).
 test-vm: install
 	$(PY) -m pytest -m vm tests/vm
+
+# Two real (virtual) hosts: Debian 12 under systemd and AppArmor, lxdmig installed from make deb's
+# packages with apt (tests/hosts; marked hosts; not yet part of make test).
+test-hosts: install
+	$(PY) -m pytest -m hosts tests/hosts
 
 vm-image: install
 	$(PY) -m tests.vm.image build

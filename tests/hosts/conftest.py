@@ -1,0 +1,1 @@
+"""The two-host suite runs only when asked for (-m hosts, make test-hosts): it boots two VMs."""
