@@ -37,9 +37,10 @@ check: install
 quick: install
 	$(PY) -m pytest -m "integration and not slow" tests/integration
 
-# The whole suite: lint, type check, then at once the host suite (unit tests, the real test bed)
-# and the slow VM suite (pre-copy and hybrid on a soft-dirty kernel under qemu, marked vm; its
-# output is shown at the end). LXDMIG_SERIAL=1 runs the two one after the other.
+# The whole suite: lint, type check, then the host suite (unit tests, the real test bed) followed by
+# the two real hosts (tests/hosts, marked hosts), and beside both the slow VM suite (pre-copy and
+# hybrid on a soft-dirty kernel under qemu, marked vm; its output is shown at the end).
+# LXDMIG_SERIAL=1 runs the three one after the other.
 test: install
 	$(VENV)/bin/ruff check lxdmig testbed tests
 	$(VENV)/bin/mypy
@@ -50,7 +51,7 @@ test-vm: install
 	$(PY) -m pytest -m vm tests/vm
 
 # Two real (virtual) hosts: Debian 12 under systemd and AppArmor, lxdmig installed from make deb's
-# packages with apt (tests/hosts; marked hosts; not yet part of make test).
+# packages with apt (tests/hosts; marked hosts; make test runs it after the host suite).
 test-hosts: install
 	$(PY) -m pytest -m hosts tests/hosts
 
