@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from lxdmig import __version__
+from tests.packaging.checks import SYSTEM, binding_loads_from, unit_verifies_in
 
 ROOT = Path(__file__).resolve().parents[2]
-SYSTEM = {"PATH": "/usr/bin:/bin"}
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,21 +92,11 @@ def test_its_commands_and_binding_run_with_debians_python(unpacked: Path) -> Non
             script.read_text().startswith("#!/usr/bin/python3\n")
         result = run("/usr/bin/python3", str(script), "--version", env={"PYTHONPATH": str(site), **SYSTEM})
         assert result.returncode == 0 and __version__ in result.stdout, result.stderr
-    load = "from lxdmig.backends import liblxc_migrate as m; b = m.load(); print(b.__file__, b.lib.MIGRATE_DUMP)"
-    binding = run("/usr/bin/python3", "-P", "-c", load, env={"PYTHONPATH": str(site), **SYSTEM})
-    assert binding.returncode == 0 and binding.stdout.startswith(str(site)) and binding.stdout.endswith(" 1\n"), \
-        binding.stdout + binding.stderr
+    binding_loads_from(site, "/usr/bin/python3")
 
 
 def test_systemd_verifies_the_unit_as_unpacked(unpacked: Path) -> None:
-    # The scratch root gets the host's own units (targets the unit refers to) and /bin/kill.
-    shutil.copytree("/lib/systemd/system", unpacked / "usr/lib/systemd/system", dirs_exist_ok=True,
-                    symlinks=True, ignore_dangling_symlinks=True)
-    (unpacked / "bin").mkdir(exist_ok=True)
-    shutil.copy2("/bin/kill", unpacked / "bin" / "kill")
-    result = run("systemd-analyze", f"--root={unpacked}", "verify", "lxdmig-helper.service",
-                 env={"MANPATH": str(unpacked / "usr/share/man"), "SYSTEMD_LOG_COLOR": "0", **SYSTEM})
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    unit_verifies_in(unpacked)
 
 
 def test_a_criu_lxdmig_can_run_comes_with_it(deb: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaging.checks import binding_loads_from, unit_verifies_in
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,22 +83,11 @@ def test_it_installs_and_its_commands_run(installed: Path) -> None:
         assert script.read_text().startswith("#!/usr/bin/python3\n")
         result = run("python3", str(script), "--version", env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
         assert result.returncode == 0 and "0.1.0" in result.stdout, result.stderr
-    # -P: the installed binding, not the checkout's (the working directory).
-    load = "from lxdmig.backends import liblxc_migrate as m; b = m.load(); print(b.__file__, b.lib.MIGRATE_DUMP)"
-    binding = run("python3", "-P", "-c", load, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
-    assert binding.returncode == 0 and binding.stdout.startswith(str(site)) and binding.stdout.endswith(" 1\n"), \
-        binding.stdout + binding.stderr
+    binding_loads_from(site, "python3")
 
 
 def test_systemd_verifies_the_unit_as_installed(installed: Path) -> None:
-    # The scratch root gets the host's own units (targets the unit refers to) and /bin/kill.
-    shutil.copytree("/lib/systemd/system", installed / "usr/lib/systemd/system", dirs_exist_ok=True,
-                    symlinks=True, ignore_dangling_symlinks=True)
-    (installed / "bin").mkdir(exist_ok=True)
-    shutil.copy2("/bin/kill", installed / "bin" / "kill")
-    result = run("systemd-analyze", f"--root={installed}", "verify", "lxdmig-helper.service",
-                 env={"MANPATH": str(installed / "usr/share/man"), "PATH": "/usr/bin:/bin", "SYSTEMD_LOG_COLOR": "0"})
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    unit_verifies_in(installed)
 
 
 def test_the_shipped_config_parses_and_sysctl_raises_pipe_size(installed: Path) -> None:
