@@ -136,36 +136,40 @@ def _wait(name: str, release: Path) -> None:
         time.sleep(POLL_S)
 
 
+def _pausing(name: str) -> bool:
+    """Whether a test pauses the point ``name`` at this hit (it fails here if the test says so)."""
+    point = _state.acting(name)
+    if point is not None and point.action == "error":
+        raise FailPointError(f"fail point {name}")
+    return point is not None
+
+
+def _signal(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # (gone meanwhile: nothing to hold)
+
+
 def hit(name: str) -> None:
     """The code reached the point ``name``: pause or fail there if a test asks it to."""
-    point = _state.acting(name)
-    if point is None:
-        return
-    if point.action == "error":
-        raise FailPointError(f"fail point {name}")
-    _wait(name, _announce(name, ()))
+    if _pausing(name):
+        _wait(name, _announce(name, ()))
 
 
 def hold(name: str, pids: Sequence[int]) -> None:
     """The point ``name`` is a moment of other processes: if a test pauses it, stop ``pids`` until it is
     released (by a thread of this process, or by the test). Returns at once."""
-    point = _state.acting(name)
-    if point is None:
+    if not _pausing(name):
         return
-    if point.action == "error":
-        raise FailPointError(f"fail point {name}")
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    _signal(pids, signal.SIGSTOP)
     release = _announce(name, pids)
 
     def resume() -> None:
         try:
             _wait(name, release)
         finally:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+            _signal(pids, signal.SIGCONT)
 
     threading.Thread(target=resume, daemon=True, name=f"failpoint {name}").start()
