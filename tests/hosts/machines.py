@@ -81,6 +81,19 @@ class Machine:
             return "(no console output)"
 
 
+def _wait_listening(port: int, qemu: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until a's qemu listens on its end of the link (a probe connection would be taken for b: look)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if qemu.poll() is not None:
+            raise RuntimeError(f"host a's qemu exited with {qemu.returncode} before listening on its link")
+        listening = proc.run(["ss", "-Hltn", f"sport = :{port}"], timeout=10, check=False).stdout
+        if f"127.0.0.1:{port}" in listening:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"host a's qemu does not listen on 127.0.0.1:{port} after {timeout:g} s")
+
+
 def _data_disk(path: Path, files: dict[str, bytes], extra: Sequence[Path]) -> None:
     root = path.with_suffix(".d")
     shutil.rmtree(root, ignore_errors=True)
@@ -137,7 +150,7 @@ def two_hosts(work: Path, packages: Sequence[Path] = ()) -> Iterator[tuple[Machi
                                     stderr=open(work / f"{name}-qemu.log", "wb"), start_new_session=True)
             machines.append(Machine(name, address, ssh_port, key, console, qemu))
             if name == "a":
-                time.sleep(1)  # (b's qemu connects to a's link at once)
+                _wait_listening(link_port, qemu)  # (b's qemu connects to a's link at once)
         for machine in machines:
             machine.wait_up()
         yield machines[0], machines[1]
