@@ -146,8 +146,9 @@ def two_hosts(work: Path, packages: Sequence[Path] = ()) -> Iterator[tuple[Machi
                     "-device", f"virtio-net-pci,netdev=link,mac=52:54:00:00:01:0{index + 1}",
                     "-netdev", f"user,id=mgmt,restrict=on,net={MANAGEMENT},hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                     "-device", f"virtio-net-pci,netdev=mgmt,mac=52:54:00:00:02:0{index + 1}"]
-            qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=open(work / f"{name}-qemu.log", "wb"), start_new_session=True)
+            with open(work / f"{name}-qemu.log", "wb") as qemu_log:
+                qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=qemu_log,
+                                        start_new_session=True)
             machines.append(Machine(name, address, ssh_port, key, console, qemu))
             if name == "a":
                 _wait_listening(link_port, qemu)  # (b's qemu connects to a's link at once)
