@@ -57,6 +57,15 @@ DROPIN_TEXT = ("# Written by `lxdmig prepare` so that CRIU can move this contain
                "# removes this file. See lxdmig's docs/system-containers.md.\n"
                "[Service]\n" + "".join(f"{s}\n" for s in DROPIN_SETTINGS))
 _T = 120.0
+# The one variable a command lxdmig runs inside a container gets (lxc-attach --clear-env).
+ATTACH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def attach_argv(lxcpath: Path, name: str, argv: list[str]) -> list[str]:
+    """``argv`` run inside LXC container ``name`` with none of root's environment (a proxy URL with its
+    password, cloud credentials): lxc-attach would otherwise pass it all in."""
+    return ["lxc-attach", "-P", str(lxcpath), "-n", name, "--clear-env", "--set-var", f"PATH={ATTACH_PATH}", "--",
+            *argv]
 
 
 @dataclass(frozen=True)
@@ -337,7 +346,7 @@ class LxcPreparer:
             proc.run(["lxc-start", *where], timeout=_T)
         except CommandError as e:
             raise BackendError(f"{self.name}: restart failed: {e}") from None
-        wait_for_systemd(self.name, lambda argv: proc.run(["lxc-attach", *where, "--", *argv], timeout=_T,
+        wait_for_systemd(self.name, lambda argv: proc.run(attach_argv(self.lxcpath, self.name, argv), timeout=_T,
                                                           check=False).stdout)
 
     def _write_dropin(self) -> None:
@@ -359,7 +368,7 @@ class LxcPreparer:
 
     def _attach(self, argv: list[str]) -> None:
         try:
-            proc.run(["lxc-attach", "-P", str(self.lxcpath), "-n", self.name, "--", *argv], timeout=_T)
+            proc.run(attach_argv(self.lxcpath, self.name, argv), timeout=_T)
         except CommandError as e:
             raise BackendError(f"{self.name}: {' '.join(argv)} failed: {e}") from None
 
