@@ -570,7 +570,27 @@ def _criu_reason(directory: Path, what: str = "dump") -> str:
                 errors.append(line.strip())
     except OSError:
         pass
-    return "; ".join(errors[:4])
+    reason = "; ".join(errors[:4])
+    return reason + uninterruptible(reason)
+
+
+_UNSEIZABLE = re.compile(r"Unseizable non-zombie (\d+) found, state D")
+
+
+def uninterruptible(reason: str) -> str:
+    """What a task CRIU could not seize, because it slept uninterruptibly (state D), was doing: its name and
+    the kernel function it waited in, read at once (the container is still frozen: it may still be there)."""
+    match = _UNSEIZABLE.search(reason)
+    if match is None:
+        return ""
+    pid = match.group(1)
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return f" (task {pid} was in uninterruptible sleep, usually a wait on disk or network I/O; it has ended)"
+    return (f" (task {pid}, {comm}, was in uninterruptible sleep in {wchan if wchan not in ('', '0') else 'the kernel'}"
+            ", usually a wait on disk or network I/O: the move may pass once it is not)")
 
 
 def _disk_usage(root: Path) -> int:

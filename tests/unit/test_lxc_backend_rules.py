@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lxdmig.backends.base import Severity
@@ -149,3 +150,18 @@ def test_cgroup_plan_from_a_peer_is_checked() -> None:
                 [["a b", 0, 0]], [["a", 0, 0]] * 5000):
         with pytest.raises(ValueError):
             cgroup_plan(bad)
+
+
+def test_a_task_criu_could_not_seize_is_named_with_what_it_waited_in() -> None:
+    """CRIU says only "Unseizable non-zombie PID found, state D": the message adds the task's name and the
+    kernel function it sleeps in, read while the container is still frozen."""
+    from lxdmig.backends.lxc import uninterruptible
+
+    me = os.getpid()
+    said = uninterruptible(f"Error (compel/src/lib/infect.c:262): Unseizable non-zombie {me} found, state D, "
+                           "err -1/4")
+    assert f"task {me}, " in said and Path(f"/proc/{me}/comm").read_text().strip() in said, said
+    assert "uninterruptible sleep in " in said and "disk or network I/O" in said, said
+    assert uninterruptible("Error (criu/cr-dump.c:1975): Dumping FAILED.") == ""
+    gone = uninterruptible("Unseizable non-zombie 999999999 found, state D")
+    assert "it has ended" in gone, gone
