@@ -51,8 +51,6 @@ POINTS: dict[str, str] = {
     "move.frozen": "source: the container is frozen and cut off the network, its final dump is next",
     "move.memory-streaming": "source, post-copy (a hold): CRIU's page server, held from the destination's "
                              "answer that it restored the container, while lxdmig commits and serves the pages",
-    "daemon-move.restored": "source, LXD's or Incus's own engine: the source daemon says the destination "
-                            "restored; lxdmig has not yet checked that the container runs there",
     "helper.rsync": "destination: an rsync receiver runs for a migration, nothing relayed to it yet "
                     "(the first: the initial sync; @2: the final one)",
     "helper.restore": "destination: the container is restored and runs, its source not yet told",

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lxdmig import failpoints, lxd_api, lxd_keys, preflight
+from lxdmig import lxd_api, lxd_keys, preflight
 from lxdmig.backends.lxc_rules import freezer_files
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.config import Config
@@ -240,7 +240,6 @@ class LxdEngineMove:
             return False  # (still restoring; or the operation is gone and the copy does not run yet)
         if status in ("Failure", "Cancelled"):
             return True  # the destination's operation fails with the reason; the rollback kills the script
-        failpoints.hit("daemon-move.restored")
         self._confirm_running(target)
         gate.release()
         self.say(f"{self.label} on {self.request.remote} runs {self.request.container}; the source's dump may end")

@@ -33,6 +33,8 @@ from .test_lxd_move import (
     own_engine_there_and_back,
 )
 
+# Slow: two daemons per module, and moves through them (3-4 minutes a module).
+pytestmark = pytest.mark.slow
 A, B = Host("a"), Host("b")
 INCUS = lxd.INCUS
 
