@@ -14,8 +14,8 @@ process act there:
 - ``@N`` after the action: act at the Nth time the point is reached in this
   process, not the first (``helper.rsync=pause@2``: the final sync).
 
-``hold(NAME, pids)`` is the pause of a moment that is not this process's
-own: it stops (SIGSTOP) the given processes (a CRIU that streams pages),
+``hold(NAME, pid)`` is the pause of a moment that is not this process's
+own: it stops (SIGSTOP) a process and all below it (a CRIU that streams pages),
 writes ``NAME.reached`` and returns; a thread continues them (SIGCONT) once
 the point is released. A test that kills the holding process continues the
 held pids itself (they are in ``NAME.reached``).
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxdmig import proc
 from lxdmig.errors import LxdmigError
 
 ENV = "LXDMIG_FAILPOINTS"
@@ -156,11 +157,13 @@ def hit(name: str) -> None:
         _wait(name, _announce(name, ()))
 
 
-def hold(name: str, pids: Sequence[int]) -> None:
-    """The point ``name`` is a moment of other processes: if a test pauses it, stop ``pids`` until it is
-    released (by a thread of this process, or by the test). Returns at once."""
+def hold(name: str, pid: int) -> None:
+    """The point ``name`` is a moment of other processes: if a test pauses it, stop ``pid`` and every process
+    below it until it is released (by a thread of this process, or by the test). Returns at once; unpaused,
+    it looks at no process (it runs inside a move's measured downtime)."""
     if not _pausing(name):
         return
+    pids = [pid, *proc.descendants(pid)]
     _signal(pids, signal.SIGSTOP)
     release = _announce(name, pids)
 

@@ -439,7 +439,7 @@ class Mover:
             self._resolve_unknown(e)
             return
         if lazy_child is not None:
-            failpoints.hold("move.memory-streaming", [lazy_child.pid, *proc.descendants(lazy_child.pid)])
+            failpoints.hold("move.memory-streaming", lazy_child.pid)
         self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
         self.report.restore_ms = restore_ms
         self.report.frozen_steps_ms["restore"] = round(restore_ms, 1)

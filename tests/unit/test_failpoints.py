@@ -116,7 +116,7 @@ def test_hold_stops_other_processes_until_released(points: SetPoints) -> None:
     fp = points("move.memory-streaming=pause")
     child = subprocess.Popen(["sleep", "30"])
     try:
-        failpoints.hold("move.memory-streaming", [child.pid])  # returns at once
+        failpoints.hold("move.memory-streaming", child.pid)  # returns at once
         assert fp.reached("move.memory-streaming", 5)["held"] == [child.pid]
         assert _stopped(child.pid), "the held process runs"
         fp.release("move.memory-streaming")
@@ -131,7 +131,7 @@ def test_the_test_continues_what_a_killed_holder_held(tmp_path: Path) -> None:
     fp = FailPoints(tmp_path, "move.memory-streaming=pause")
     child = subprocess.Popen(["sleep", "30"])
     holder = subprocess.Popen([sys.executable, "-c", "from lxdmig import failpoints; "
-                               f"failpoints.hold('move.memory-streaming', [{child.pid}]); "
+                               f"failpoints.hold('move.memory-streaming', {child.pid}); "
                                "import time; time.sleep(60)"], env={**os.environ, **fp.env})
     try:
         fp.reached("move.memory-streaming", 10)
@@ -152,3 +152,15 @@ def test_every_point_is_reached_somewhere_in_the_code() -> None:
     code = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "failpoints.py")
     for name in failpoints.POINTS:
         assert f'failpoints.hit("{name}")' in code or f'failpoints.hold("{name}"' in code, name
+
+
+def test_an_unpaused_hold_looks_at_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hold runs on every post-copy move, inside its measured downtime: unless a test pauses it, it must
+    not walk /proc for the held process's tree."""
+    monkeypatch.delenv(failpoints.ENV, raising=False)
+
+    def walked(pid: int) -> list[int]:
+        raise AssertionError("walked /proc")
+
+    monkeypatch.setattr(failpoints.proc, "descendants", walked)
+    failpoints.hold("move.memory-streaming", os.getpid())
