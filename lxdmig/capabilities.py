@@ -124,10 +124,11 @@ def cpu_model() -> str:
 
 def available_backends() -> tuple[str, ...]:
     """Container managers lxdmig can drive on this host: LXC through its tools (``lxc-start``,
-    ``lxc-checkpoint``) and lxdmig's own binding of liblxc's migrate() (python3-lxc is not used); LXD
-    and Incus through pylxd."""
+    ``lxc-checkpoint``; iptables's for CRIU) and lxdmig's own binding of liblxc's migrate() (python3-lxc
+    is not used); LXD and Incus through pylxd."""
     found = []
-    if shutil.which("lxc-checkpoint", path=proc.SYSTEM_PATH) and \
+    tools = ("lxc-checkpoint", *criu.NETWORK_TOOLS)
+    if all(shutil.which(tool, path=proc.SYSTEM_PATH) for tool in tools) and \
             importlib.util.find_spec("lxdmig.backends._liblxc") is not None:
         found.append("lxc")
     if importlib.util.find_spec("pylxd") is not None:

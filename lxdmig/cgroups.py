@@ -99,6 +99,36 @@ def subtree(top: Path) -> list[tuple[str, int, int]]:
     return out
 
 
+CONTROLLERS = frozenset({"cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"})
+
+
+def enabled_controllers(top: Path, dirs: list[str]) -> dict[str, list[str]]:
+    """The controllers each of ``top`` ("") and ``dirs`` (relative paths) enables for its children
+    (cgroup.subtree_control), where any."""
+    out = {}
+    for rel in ["", *dirs]:
+        try:
+            names = (top / rel / "cgroup.subtree_control").read_text().split()
+        except OSError:
+            continue
+        if names:
+            out[rel] = names
+    return out
+
+
+def enable_controllers(top: Path, controllers: dict[str, list[str]]) -> None:
+    """Enable ``controllers`` (from enabled_controllers()) below ``top``, parents first: a container's
+    systemd watches files (memory.events) that exist only where its parent enables the controller."""
+    for rel in sorted(controllers, key=lambda r: (r.count("/"), r) if r else (-1, "")):
+        path = top / rel
+        if os.path.isabs(rel) or ".." in Path(rel).parts or path.is_symlink():
+            raise ValueError(f"cgroup path {rel!r} leaves {top}")
+        for name in controllers[rel]:
+            if name not in CONTROLLERS:
+                raise ValueError(f"{name!r} is not a cgroup2 controller")
+            (path / "cgroup.subtree_control").write_text(f"+{name}")
+
+
 def make_subtree(top: Path, dirs: list[tuple[str, int, int]]) -> list[Path]:
     """Create the cgroup directories ``dirs`` (from subtree()) below ``top`` where missing, and give
     each (made here or not) and its files their owner; returns those created.

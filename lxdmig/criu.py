@@ -10,6 +10,9 @@ from lxdmig import proc
 from lxdmig.errors import CommandError, CriuError
 
 MIN_VERSION = (4, 0)
+# CRIU saves and restores a network namespace's iptables rules with these programs, and locks the
+# namespace's network with iptables while it dumps or restores TCP connections.
+NETWORK_TOOLS = ("iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore")
 _TIMEOUT = 60.0
 
 # Kernel features CRIU can check, and what lxdmig needs each one for.
@@ -37,7 +40,9 @@ def version() -> tuple[int, ...]:
     try:
         out = proc.run(["criu", "--version"], timeout=_TIMEOUT).stdout
     except proc.CommandNotFound as e:
-        raise CriuError("criu is not installed (run scripts/install-deps)") from e
+        raise CriuError(f"criu is not installed: install CRIU >= {'.'.join(map(str, MIN_VERSION))} (Debian 13, "
+                        "Ubuntu 24.04 and Fedora: the criu package; Debian 12: the backport docs/packaging.md "
+                        "describes)") from e
     except CommandError as e:
         raise CriuError(f"criu does not run: {e}") from e
     match = re.search(r"^Version:\s*([0-9]+(?:\.[0-9]+)*)", out, re.MULTILINE)

@@ -78,7 +78,8 @@ def host_checks(source: HostCapabilities, destination: HostCapabilities, remote:
                                               "will fail to dump; install CRIU >= 4.2"))
     if "lxc" not in destination.backends:
         out.append(Check("backend", Status.FAIL, f"{remote} cannot drive LXC (its lxc tools, lxc-checkpoint among "
-                                                 "them, or lxdmig's liblxc binding are missing there)"))
+                                                 "them, iptables for CRIU, or lxdmig's liblxc binding are missing "
+                                                 "there)"))
     if source.cpu_model == destination.cpu_model:
         out.append(Check("cpu", Status.OK, source.cpu_model))
     else:

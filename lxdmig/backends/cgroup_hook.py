@@ -9,6 +9,11 @@ container's cgroup2 subtree (LxcBackend.describe); the destination writes
 it to a plan file (the container's cgroup2 path as CRIU restores it, and
 the directories below) and has CRIU run this at ``setup-namespaces``,
 after the cgroups with tasks were made and before any file is restored.
+At ``post-setup-namespaces`` (once CRIU has set the container's cgroup
+namespace up, which needs a root without controllers) it enables the
+controllers the source's cgroups enabled for their children: systemd also
+watches ``memory.events``, which exists only where the parent enables the
+memory controller (on a host whose systemd delegates it).
 
     criu ... --action-script HOOK      (HOOK: a shell script that calls main(PLAN) at that action)
 """
@@ -23,11 +28,13 @@ from pathlib import Path
 
 from lxdmig import cgroups
 
-ACTION = "setup-namespaces"  # the one CRIU action this hook acts on
+ACTION = "setup-namespaces"  # the directories
+CONTROLLERS_ACTION = "post-setup-namespaces"  # the controllers: once CRIU has set up the cgroup namespace
 
 
 def main(plan_file: str) -> int:
-    if os.environ.get("CRTOOLS_SCRIPT_ACTION") != ACTION:
+    action = os.environ.get("CRTOOLS_SCRIPT_ACTION")
+    if action not in (ACTION, CONTROLLERS_ACTION):
         return 0
     try:
         plan = json.loads(Path(plan_file).read_text())
@@ -38,6 +45,10 @@ def main(plan_file: str) -> int:
             return 1
         # The container's cgroup as CRIU restores it (its tasks are not in it yet at this stage).
         root = mount / str(plan["root"]).lstrip("/")
+        if action == CONTROLLERS_ACTION:
+            cgroups.enable_controllers(root, {str(rel): [str(n) for n in names]
+                                              for rel, names in dict(plan.get("controllers", {})).items()})
+            return 0
         cgroups.make_subtree(root, dirs)
         # liblxc delegates a started container's cgroup2 root (0775, group: its root) but not a
         # restored one's on a hybrid host; CRIU checks the mode of every directory a task holds
@@ -62,5 +73,6 @@ def script_text(plan_file: Path) -> str:
     # CRIU runs it in the images directory, where the peer's files are: from "/", and with -P, so that
     # Python imports nothing from the directory it runs in (a peer's json.py would run as root).
     code = "import sys; from lxdmig.backends.cgroup_hook import main; sys.exit(main(sys.argv[1]))"
-    return (f"#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = {ACTION} ] || exit 0\ncd / || exit 1\n"
+    return (f"#!/bin/sh\ncase \"$CRTOOLS_SCRIPT_ACTION\" in {ACTION}|{CONTROLLERS_ACTION}) ;; *) exit 0;; esac\n"
+            "cd / || exit 1\n"
             f"exec {shlex.quote(sys.executable)} -P -c {shlex.quote(code)} {shlex.quote(str(plan_file))}\n")

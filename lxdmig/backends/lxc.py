@@ -23,6 +23,8 @@ from lxdmig.backends.lxc_rules import (
     cgroup_plan,
     config_lines,
     config_problems,
+    controller_plan,
+    criu_tool_problems,
     device_problems,
     freezer_files,
     lent_terminal_problems,
@@ -60,7 +62,7 @@ class LxcBackend(Backend):
     def __init__(self, lxcpath: Path) -> None:
         self.lxcpath = lxcpath
         # destination: the source's cgroup2 subtree and its root there, from describe()
-        self._cgroup2_dirs: dict[str, tuple[list[tuple[str, int, int]], str, int]] = {}
+        self._cgroup2_dirs: dict[str, tuple[list[tuple[str, int, int]], str, int, dict[str, list[str]]]] = {}
 
     def _args(self, container: str) -> list[str]:
         return ["-P", str(self.lxcpath), "-n", check_name(container)]
@@ -118,8 +120,9 @@ class LxcBackend(Backend):
         if mount is None or payload is None:
             return {}
         top = mount / payload.lstrip("/")
-        return {"cgroup2_root": payload, "cgroup2_root_mode": top.stat().st_mode & 0o777,
-                "cgroup2_dirs": cgroups.subtree(top)}
+        dirs = cgroups.subtree(top)
+        return {"cgroup2_root": payload, "cgroup2_root_mode": top.stat().st_mode & 0o777, "cgroup2_dirs": dirs,
+                "cgroup2_controllers": cgroups.enabled_controllers(top, [rel for rel, _, _ in dirs])}
 
     def dump_problems(self, container: str) -> list[Problem]:
         items = self._require(container)
@@ -137,7 +140,9 @@ class LxcBackend(Backend):
         except ValueError as e:
             return [Problem(Severity.FAIL, f"{container}: {e}")]
         init_mounts = [(m.point, m.fstype) for m in tasks[0].mounts] if tasks else []
+        missing = [tool for tool in criu.NETWORK_TOOLS if not shutil.which(tool, path=proc.SYSTEM_PATH)]
         return (config_problems(items, apparmor=_apparmor_enabled())
+                + criu_tool_problems(missing)
                 + lent_terminal_problems(init_mounts, items)
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
@@ -397,8 +402,9 @@ class LxcBackend(Backend):
             mode = definition.get("cgroup2_root_mode", 0o755)
             if not isinstance(mode, int) or not 0 <= mode <= 0o777:
                 raise ValueError(f"cgroup2_root_mode {mode!r} is not a permission mode")
-            self._cgroup2_dirs[container] = (cgroup_plan(definition.get("cgroup2_dirs", [])),
-                                             str(definition.get("cgroup2_root", "")), mode)
+            dirs = cgroup_plan(definition.get("cgroup2_dirs", []))
+            controllers = controller_plan(definition.get("cgroup2_controllers", {}), [rel for rel, _, _ in dirs])
+            self._cgroup2_dirs[container] = (dirs, str(definition.get("cgroup2_root", "")), mode, controllers)
         except ValueError as e:
             raise BackendError(f"the source's description of {container!r}: {e}") from None
 
@@ -464,7 +470,7 @@ class LxcBackend(Backend):
     def _cgroup_hook_options(self, container: str, directory: Path, root_ids: tuple[int, int] | None,
                              cgroup: str | None) -> list[str]:
         """The CRIU option that runs cgroup_hook for this restore (none if the source sent no subtree)."""
-        dirs, source_root, root_mode = self._cgroup2_dirs.pop(container, ([], "", 0o755))
+        dirs, source_root, root_mode, controllers = self._cgroup2_dirs.pop(container, ([], "", 0o755, {}))
         if not dirs:
             return []
         # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
@@ -476,7 +482,8 @@ class LxcBackend(Backend):
         plan.write_text(json.dumps({
             "root": root, "root_mode": root_mode,
             "delegate_gid": root_ids[1] if root_ids is not None and root_mode & 0o020 else None,
-            "dirs": [[rel, *(container_root if (uid, gid) != (0, 0) else [0, 0])] for rel, uid, gid in dirs]}))
+            "dirs": [[rel, *(container_root if (uid, gid) != (0, 0) else [0, 0])] for rel, uid, gid in dirs],
+            "controllers": controllers}))
         hook.write_text(cgroup_hook.script_text(plan))
         hook.chmod(0o700)
         return [f"action-script {hook}"]

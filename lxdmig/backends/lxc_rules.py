@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxdmig import cgroups
 from lxdmig.backends.base import Problem, Severity
 
 # Device files CRIU dumps and restores without help.
@@ -135,6 +136,23 @@ def cgroup_plan(value: object) -> list[tuple[str, int, int]]:
     return out
 
 
+def controller_plan(value: object, dirs: list[str]) -> dict[str, list[str]]:
+    """The source's cgroup2 controllers per directory (describe()'s ``cgroup2_controllers``), checked:
+    only the container's root ("") and ``dirs`` (cgroup_plan's), only cgroup2's controllers. Raises
+    ValueError naming what is wrong."""
+    if not isinstance(value, dict):
+        raise ValueError("cgroup2_controllers must be a map of cgroup path to controller names")
+    known = {"", *dirs}
+    out = {}
+    for rel, names in value.items():
+        if rel not in known:
+            raise ValueError(f"cgroup2_controllers names {str(rel)[:80]!r}, not one of the container's cgroups")
+        if not (isinstance(names, list) and all(isinstance(n, str) and n in cgroups.CONTROLLERS for n in names)):
+            raise ValueError(f"cgroup2_controllers of {rel!r}: {str(names)[:80]!r} are not cgroup2 controllers")
+        out[rel] = list(names)
+    return out
+
+
 def lent_terminal_keys(values: Mapping[str, str]) -> list[str]:
     """The config keys by which the host lends the container terminals (ttys, a console) whose other
     ends its LXC monitor holds: CRIU cannot checkpoint them."""
@@ -166,6 +184,14 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
             out.append(Problem(Severity.WARN, f"bind mount of {words[0]}: that path must exist on the "
                                               "destination too"))
     return out
+
+
+def criu_tool_problems(missing: list[str]) -> list[Problem]:
+    """``missing``: the programs of criu.NETWORK_TOOLS this host lacks."""
+    if not missing:
+        return []
+    return [Problem(Severity.FAIL, f"{', '.join(missing)} not found: CRIU needs them to checkpoint a container's "
+                                   "network namespace (install iptables)")]
 
 
 _LENT_TERMINAL = re.compile(r"/dev/(lxc/)?(console|tty[0-9]+)")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from lxdmig import cgroups
 from lxdmig.backends.base import Severity
 from lxdmig.backends.lxc_rules import (
     config_problems,
+    controller_plan,
+    criu_tool_problems,
     lent_terminal_problems,
     network_unlock_commands,
     nft_unlock_commands,
@@ -165,3 +170,43 @@ def test_a_task_criu_could_not_seize_is_named_with_what_it_waited_in() -> None:
     assert uninterruptible("Error (criu/cr-dump.c:1975): Dumping FAILED.") == ""
     gone = uninterruptible("Unseizable non-zombie 999999999 found, state D")
     assert "it has ended" in gone, gone
+
+
+def test_missing_iptables_programs_are_named_with_the_package_to_install() -> None:
+    assert criu_tool_problems([]) == []
+    (problem,) = criu_tool_problems(["iptables-save", "ip6tables-restore"])
+    assert problem.severity is Severity.FAIL
+    assert "iptables-save, ip6tables-restore not found" in problem.message and "install iptables" in problem.message
+
+
+def test_the_sources_controllers_are_checked_before_the_hook_writes_them() -> None:
+    dirs = ["init.scope", "system.slice", "system.slice/redis.service"]
+    plan = {"": ["memory", "pids"], "system.slice": ["memory"]}
+    assert controller_plan(plan, dirs) == plan
+    for bad, words in (({"../../": ["memory"]}, "not one of the container's cgroups"),
+                       ({"init.scope": ["memory", "+cpu"]}, "not cgroup2 controllers"),
+                       ({"": "memory"}, "not cgroup2 controllers"),
+                       (["memory"], "must be a map")):
+        with pytest.raises(ValueError, match=words):
+            controller_plan(bad, dirs)
+
+
+def test_controllers_are_read_and_enabled_parents_first(tmp_path: Path) -> None:
+    (tmp_path / "system.slice/a.service").mkdir(parents=True)
+    (tmp_path / "cgroup.subtree_control").write_text("memory pids\n")
+    (tmp_path / "system.slice/cgroup.subtree_control").write_text("\n")
+    assert cgroups.enabled_controllers(tmp_path, ["system.slice", "system.slice/a.service"]) == \
+        {"": ["memory", "pids"]}
+    written: list[str] = []
+    real_write = Path.write_text
+
+    def record(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        written.append(f"{self.parent.relative_to(tmp_path)}: {text}")
+        return real_write(self, text)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "write_text", record)
+        cgroups.enable_controllers(tmp_path, {"system.slice": ["memory"], "": ["memory", "pids"]})
+    assert written == [".: +memory", ".: +pids", "system.slice: +memory"]
+    with pytest.raises(ValueError, match="leaves"):
+        cgroups.enable_controllers(tmp_path, {"../x": ["memory"]})
