@@ -172,15 +172,16 @@ class Mover:
             raise PreflightFailed(checks)
         self.dump_options = self.backend.criu_dump_options(name) if facts.running else []
         # (A plain page connection has no TLS session for CRIU's shared-memory child to break.)
+        local_pages = ""
         if facts.running and self.request.page_transport == "tls" and \
-                (reason := self.backend.local_pages_reason(name)):
+                (local_pages := self.backend.local_pages_reason(name)):
             self.local_pages = True
-            self.say(f"{reason}: a stop-copy dump writes its pages here and sends them with the other images "
-                     "(CRIU's page server cannot stream them over TLS)")
+            self.say(f"{local_pages}: a stop-copy dump writes its pages here and sends them with the other "
+                     "images (CRIU's page server cannot stream them over TLS)")
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
         choice = policy.choose_mode(self.request.mode, local, client.peer.host,
-                                    incremental=self.request.incremental)
+                                    incremental=self.request.incremental, local_pages=local_pages)
         self.report.mode, self.report.mode_reason = choice.mode, choice.reason
         self.say(f"preflight passed; mode {choice.mode}: {choice.reason}")
         return choice

@@ -99,15 +99,21 @@ def _track_ok(source: HostCapabilities) -> str | None:
 
 
 def choose_mode(requested: str, source: HostCapabilities, destination: HostCapabilities, *,
-                incremental: bool | None = None) -> ModeChoice:
+                incremental: bool | None = None, local_pages: str = "") -> ModeChoice:
     """The mode to use and why; raises ModeUnavailable for an explicit mode that cannot run.
 
     ``incremental`` is LXD's migration.incremental.memory for the container
     (None when unset): False rules pre-copy out of ``auto``, True asks for it.
+    ``local_pages``: why the container's final dump must write its pages here rather than stream them
+    to the destination's page server (what it holds; empty when it need not): pre-copy's final dump
+    chains onto the rounds' pages, which are there, so it cannot.
     """
     if requested not in MODES:
         raise ModeUnavailable(f"unknown mode {requested!r} (modes: {', '.join(MODES)})")
     track, lazy = _track_ok(source), _lazy_ok(source, destination)
+    if not track and local_pages:
+        track = (f"the container holds {local_pages}, which CRIU's final dump cannot stream over TLS onto "
+                 "the pre-copied pages (--page-transport plain can)")
     if requested == "stop-copy":
         return ModeChoice("stop-copy", "requested")
     if requested == "pre-copy":

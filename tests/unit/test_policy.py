@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given
@@ -51,6 +52,17 @@ def test_auto_falls_back_to_stop_copy() -> None:
 def test_lxd_incremental_false_rules_out_pre_copy_in_auto() -> None:
     choice = choose_mode("auto", FULL, FULL, incremental=False)
     assert choice.mode == "post-copy" and "migration.incremental.memory is false" in choice.reason
+
+
+def test_a_container_whose_pages_stay_local_is_not_pre_copied() -> None:
+    shm = "2 System V shared memory segment(s)"
+    choice = choose_mode("auto", FULL, FULL, local_pages=shm)
+    assert choice.mode == "post-copy" and shm in choice.reason and "--page-transport plain" in choice.reason
+    assert choose_mode("auto", FULL, NO_UFFD, local_pages=shm).mode == "stop-copy"
+    for mode in ("pre-copy", "hybrid"):
+        with pytest.raises(ModeUnavailable, match=re.escape(f"{mode} is not possible: the container holds {shm}")):
+            choose_mode(mode, FULL, FULL, local_pages=shm)
+    assert choose_mode("post-copy", FULL, FULL, local_pages=shm).mode == "post-copy"
 
 
 @pytest.mark.parametrize("mode, source, destination, words", [
