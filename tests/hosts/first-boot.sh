@@ -26,8 +26,13 @@ done
 [ -n "$link" ] || { echo "lxdmig-first-boot: no card with $LINK_MAC" >&2; exit 1; }
 mgmt=$(ls /sys/class/net | grep -v -x -e lo -e "$link" | head -n1)
 ip link set lo up
+# The migration network's card is in a bridge, br0, with the host's address: containers are plugged
+# into it (lxc.net.0.link = br0), their addresses reachable from both hosts.
+ip link add br0 address "$LINK_MAC" type bridge
+ip link set "$link" master br0
 ip link set "$link" up
-ip addr add "$ADDRESS/24" dev "$link"
+ip link set br0 up
+ip addr add "$ADDRESS/24" dev br0
 ip link set "$mgmt" up
 ip addr add 203.0.113.15/24 dev "$mgmt"
 ip link add docker0 type dummy 2>/dev/null || true

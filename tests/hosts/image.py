@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxdmig import proc
+from testbed import images
 from tests.vm.image import _codename, _mirror
 
 HERE = Path(__file__).resolve().parent
@@ -37,12 +38,12 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"  # 6.1 on bookworm: soft-dirty, userf
 # nftables, an SSH server (how the test drives the hosts).
 PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "kmod", "procps", "iproute2", "iputils-ping", "nftables",
-    "apparmor", "lxc", "uidmap", "openssh-server", "openssh-client", "python3", "less", "ca-certificates",
-    "initramfs-tools", KERNEL_PACKAGE,
+    "apparmor", "lxc", "uidmap", "xz-utils", "openssh-server", "openssh-client", "python3", "less",
+    "ca-certificates", "initramfs-tools", KERNEL_PACKAGE,
 ]
 # lxdmig's dependencies (and those of the CRIU backport), downloaded into the image's apt cache only.
 CACHED = [
-    "python3-cryptography", "python3-cffi-backend", "rsync", "iputils-arping", "util-linux", "liblxc1",
+    "python3-cryptography", "python3-cffi-backend", "rsync", "iputils-arping", "iptables", "util-linux", "liblxc1",
     "libprotobuf-c1", "libnl-3-200", "libnet1", "libgnutls30", "libnftables1", "libbsd0", "libuuid1",
 ]
 DISK_GIB = 6
@@ -57,7 +58,7 @@ class Image:
 
 def inputs_digest() -> str:
     h = hashlib.sha256()
-    for part in (_codename(), " ".join(PACKAGES), " ".join(CACHED), str(DISK_GIB)):
+    for part in (_codename(), " ".join(PACKAGES), " ".join(CACHED), str(DISK_GIB), NFTABLES_CONF):
         h.update(part.encode() + b"\0")
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
@@ -103,6 +104,10 @@ def build(log: object = print) -> Image:
                                           "LABEL=lxdmig-data /mnt/lxdmig ext4 ro,nofail 0 0\n")
         (rootfs / "mnt/lxdmig").mkdir(parents=True, exist_ok=True)
         (rootfs / "etc/systemd/system/serial-getty@ttyS0.service").symlink_to("/dev/null")  # (no login prompt)
+        (rootfs / "etc/nftables.conf").write_text(NFTABLES_CONF)
+        sysinit = rootfs / "etc/systemd/system/sysinit.target.wants"
+        sysinit.mkdir(parents=True, exist_ok=True)
+        (sysinit / "nftables.service").symlink_to("/lib/systemd/system/nftables.service")
         directory.mkdir(parents=True, exist_ok=True)
         boot = rootfs / "boot"
         shutil.copy2(next(boot.glob("vmlinuz-*")), image.kernel)
@@ -116,6 +121,71 @@ def build(log: object = print) -> Image:
         if old != directory:
             shutil.rmtree(old, ignore_errors=True)
     return image
+
+
+# A server's firewall before lxdmig: everything in is dropped but the loopback, replies, ping and SSH
+# (from the management network only). The test opens lxdmig's ports as docs/quickstart.md says.
+NFTABLES_CONF = """#!/usr/sbin/nft -f
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iif lo accept
+		ct state established,related accept
+		ct state invalid drop
+		ip protocol icmp accept
+		ip saddr 203.0.113.0/24 tcp dport 22 accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+"""
+
+
+def container_image(name: str = "debian-12") -> tuple[Path, Path]:
+    """(meta.tar.xz, rootfs.tar.xz): the test bed's Debian system container image (testbed.images) in
+    the form LXC's ``local`` template takes, as a user downloads one (``lxc-create -t local -- -m META
+    -f ROOTFS``); made once per image build and cached beside the host disks."""
+    entry = images.cache_entry(name)
+    rootfs = images.build(name)
+    directory = CACHE / f"container-{entry.name}"
+    meta, tree = directory / "meta.tar.xz", directory / "rootfs.tar.xz"
+    if (directory / "done").exists():
+        return meta, tree
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE))
+    try:
+        files = work / "meta"
+        files.mkdir()
+        # As the images LXC downloads: the distribution's config (LXC's common.conf, and userns.conf for
+        # an unprivileged container), no device nodes (the container gets its own /dev).
+        (files / "config").write_text("lxc.include = LXC_TEMPLATE_CONFIG/common.conf\nlxc.arch = x86_64\n")
+        (files / "config-user").write_text("lxc.include = LXC_TEMPLATE_CONFIG/common.conf\n"
+                                           "lxc.include = LXC_TEMPLATE_CONFIG/userns.conf\nlxc.arch = x86_64\n")
+        (files / "excludes-user").write_text("./dev/*\n")
+        (files / "templates").write_text("etc/hostname\n")
+        proc.run(["tar", "-C", str(files), "-cJf", str(work / "meta.tar.xz"), "."], timeout=60)
+        # (The image's /etc/hostname is a placeholder: here LXC_NAME, which the template replaces.)
+        (work / "etc").mkdir()
+        (work / "etc/hostname").write_text("LXC_NAME\n")
+        proc.run(["tar", "--numeric-owner", "-I", "xz -T0 -1", "-cf", str(work / "rootfs.tar.xz"),
+                  "-C", str(rootfs), "--anchored", "--exclude=./etc/hostname", ".", "-C", str(work), "etc/hostname"],
+                 timeout=1200)
+        directory.mkdir(parents=True, exist_ok=True)
+        for built in ("meta.tar.xz", "rootfs.tar.xz"):
+            os.replace(work / built, directory / built)
+        (directory / "done").write_text(entry.name + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for old in CACHE.glob("container-*"):
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    return meta, tree
 
 
 # Each boot: the host's own name, address and SSH key from the data disk (its first-boot.sh, which

@@ -12,6 +12,7 @@ name and addresses, the SSH key, and the packages to install.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -27,6 +28,7 @@ from lxdmig import proc
 from tests.hosts import image
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 MEMORY_MIB = 2048
 NETWORK = "198.51.100"  # the migration network (RFC 5737 TEST-NET-2)
 MANAGEMENT = "203.0.113.0/24"  # qemu's user-mode network inside each guest (TEST-NET-3), never routed out
@@ -94,16 +96,17 @@ def _wait_listening(port: int, qemu: subprocess.Popen[bytes], timeout: float = 6
     raise RuntimeError(f"host a's qemu does not listen on 127.0.0.1:{port} after {timeout:g} s")
 
 
-def _data_disk(path: Path, files: dict[str, bytes], extra: Sequence[Path]) -> None:
+def _data_disk(path: Path, files: dict[str, bytes], copies: dict[str, Path]) -> None:
+    """An ext4 image holding ``files`` (name: content) and ``copies`` (name: file to copy)."""
     root = path.with_suffix(".d")
     shutil.rmtree(root, ignore_errors=True)
     for name, content in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
-    (root / "packages").mkdir(parents=True, exist_ok=True)
-    for deb in extra:
-        shutil.copy2(deb, root / "packages" / deb.name)
-    size_mib = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) // 2**20 + 64
+    for name, source in copies.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / name)
+    size_mib = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) * 11 // 10 // 2**20 + 64
     proc.run(["mkfs.ext4", "-q", "-F", "-L", "lxdmig-data", "-d", str(root), str(path), f"{size_mib}M"],
              timeout=300)
     shutil.rmtree(root)
@@ -111,9 +114,13 @@ def _data_disk(path: Path, files: dict[str, bytes], extra: Sequence[Path]) -> No
 
 @contextmanager
 def two_hosts(work: Path, packages: Sequence[Path] = ()) -> Iterator[tuple[Machine, Machine]]:
-    """Hosts a and b booted and up (SSH answers, systemd running), ``packages`` on each one's data disk under
-    /mnt/lxdmig/packages; both stopped afterwards, whatever happened."""
+    """Hosts a and b booted and up (SSH answers, systemd running); on each one's data disk (/mnt/lxdmig):
+    ``packages`` in packages/, a Debian system container image in images/ (image.container_image), the
+    test bed's clients (clients.py); both stopped afterwards, whatever happened."""
     base = image.build()
+    meta, tree = image.container_image()
+    copies = {f"packages/{deb.name}": deb for deb in packages}
+    copies |= {"images/meta.tar.xz": meta, "images/rootfs.tar.xz": tree, "clients.py": ROOT / "testbed/clients.py"}
     key = work / "id_ed25519"
     if not key.exists():
         proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], timeout=30)
@@ -127,11 +134,12 @@ def two_hosts(work: Path, packages: Sequence[Path] = ()) -> Iterator[tuple[Machi
             proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base.disk), str(overlay)],
                      timeout=60)
             address = f"{NETWORK}.{11 + index}"
+            machine_id = hashlib.md5(f"lxdmig test host {name} {base.disk}".encode()).hexdigest()
             conf = f"NAME={name}\nADDRESS={address}\nLINK_MAC=52:54:00:00:01:0{index + 1}\nHOSTS='{hosts_lines}'\n"
             data = work / f"{name}-data.img"
             _data_disk(data, {"host.conf": conf.encode(), "first-boot.sh": (HERE / "first-boot.sh").read_bytes(),
                               "ssh/authorized_keys": key.with_suffix(".pub").read_bytes(),
-                              "ssh/id_ed25519": key.read_bytes()}, packages)
+                              "ssh/id_ed25519": key.read_bytes()}, copies)
             ssh_port = _free_port()
             # a listens, b connects: one Ethernet link between the two, nothing else on it.
             link = f"listen=127.0.0.1:{link_port}" if name == "a" else f"connect=127.0.0.1:{link_port}"
@@ -139,7 +147,8 @@ def two_hosts(work: Path, packages: Sequence[Path] = ()) -> Iterator[tuple[Machi
             argv = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1",
                     "-m", str(MEMORY_MIB), "-nographic", "-nodefaults", "-no-reboot",
                     "-serial", f"file:{console}", "-kernel", str(base.kernel), "-initrd", str(base.initrd),
-                    "-append", "root=LABEL=lxdmig-root rw console=ttyS0 quiet",
+                    # (A machine id of its own: systemd derives interfaces' MAC addresses from it.)
+                    "-append", f"root=LABEL=lxdmig-root rw console=ttyS0 quiet systemd.machine_id={machine_id}",
                     "-drive", f"file={overlay},format=qcow2,if=virtio",
                     "-drive", f"file={data},format=raw,if=virtio,readonly=on",
                     "-netdev", f"socket,id=link,{link}",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lxdmig.tokens import Token
-from tests.hosts.machines import DECOY, Machine, two_hosts
+from tests.hosts.machines import DECOY, NETWORK, Machine, two_hosts
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(3600)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +89,10 @@ def test_reload_and_the_watchdog(hosts: tuple[Machine, Machine]) -> None:
 def test_pairing_with_the_default_config_passes_over_an_address_both_hosts_have(
         hosts: tuple[Machine, Machine]) -> None:
     a, b = hosts
+    for host in hosts:  # docs/quickstart.md, step 2: lxdmig's ports, from the other host only
+        other = b if host is a else a
+        host.run("nft", "add", "rule", "inet", "filter", "input", "ip", "saddr", other.address, "tcp", "dport",
+                 "{ 8445, 27100-27299 }", "accept")
     issued = Token.decode(b.run("lxdmig-helper", "trust", "add", "a").stdout.strip())
     decoys = [address for address in issued.addresses if address.startswith((DECOY, "203.0.113.15"))]
     assert len(decoys) == 2, issued.addresses  # (the shared decoy, and the management card's address)
@@ -99,3 +104,80 @@ def test_pairing_with_the_default_config_passes_over_an_address_both_hosts_have(
     assert "it trusts this host" in added.stdout, added.stdout
     check = a.run("lxdmig", "check", "b", check=False)
     assert "fail" not in [line.split()[0] for line in check.stdout.splitlines() if line.strip()], check.stdout
+    # And back (moves in both directions): the token as b gets it, addresses in the helper's order.
+    added = b.run("lxdmig", "remote", "add", "a", "-",
+                  input_text=a.run("lxdmig-helper", "trust", "add", "b").stdout.strip() + "\n")
+    assert "it trusts this host" in added.stdout, added.stdout + added.stderr
+
+
+# --- a system container, made and moved as docs/quickstart.md says --------------------------------------
+
+CONTAINER = "c1"
+CONTAINER_ADDRESS = f"{NETWORK}.50"
+SERVICES = ("redis-server", "postgresql@15-main", "nginx", "ssh", "systemd-journald")
+# docs/quickstart.md, step 4 (the bridge is first-boot.sh's): LXC's defaults on Debian (a veth,
+# AppArmor's generated profile) with the bridge and an unprivileged id map.
+DEFAULT_CONF = """lxc.net.0.type = veth
+lxc.net.0.link = br0
+lxc.net.0.flags = up
+lxc.apparmor.profile = generated
+lxc.apparmor.allow_nesting = 1
+lxc.idmap = u 0 100000 65536
+lxc.idmap = g 0 100000 65536
+"""
+
+
+def _attach(host: Machine, *argv: str, timeout: float = 300) -> str:
+    return host.run("lxc-attach", "-n", CONTAINER, "--", *argv, timeout=timeout, check=False).stdout.strip()
+
+
+def _state(host: Machine) -> dict[str, object]:
+    """What must not change across a move: the container's processes (pid and command), its systemd's
+    state and its services' main processes, and the AppArmor profile confining its init."""
+    processes = sorted(line.split(None, 1)[1] + f" {line.split()[0]}" for line in
+                       _attach(host, "ps", "-eo", "pid=,args=").splitlines() if "ps -eo" not in line)
+    services = _attach(host, "systemctl", "show", "--property=Id,MainPID,ActiveState,SubState", *SERVICES)
+    init = host.run("lxc-info", "-n", CONTAINER, "-p", "-H").stdout.strip()
+    return {"processes": processes, "system": _attach(host, "systemctl", "is-system-running"),
+            "services": services, "profile": host.run("cat", f"/proc/{init}/attr/current").stdout.strip()}
+
+
+@pytest.fixture(scope="module")
+def container(hosts: tuple[Machine, Machine]) -> Iterator[str]:
+    a, _ = hosts
+    for host in hosts:
+        host.run("usermod", "--add-subuids", "100000-165535", "--add-subgids", "100000-165535", "root")
+    a.shell(f"cat > /etc/lxc/default.conf <<'EOF'\n{DEFAULT_CONF}EOF")
+    a.run("lxc-create", "-n", CONTAINER, "-t", "local", "--", "-m", "/mnt/lxdmig/images/meta.tar.xz",
+          "-f", "/mnt/lxdmig/images/rootfs.tar.xz", timeout=900)
+    a.shell(f"printf 'lxc.net.0.ipv4.address = {CONTAINER_ADDRESS}/24\\n' >> /var/lib/lxc/{CONTAINER}/config")
+    a.run("lxc-start", "-n", CONTAINER)
+    assert _wait_booted(a) in ("running", "degraded")  # (degraded: an unprivileged container mounts no configfs)
+    yield CONTAINER
+
+
+def _wait_booted(host: Machine) -> str:
+    """systemd's state in the container once booted (its bus answers only after a while)."""
+    deadline = time.monotonic() + 900
+    while True:
+        done = host.run("lxc-attach", "-n", CONTAINER, "--", "systemctl", "is-system-running", "--wait",
+                        timeout=900, check=False)
+        if "bus" not in done.stderr or time.monotonic() > deadline:
+            return done.stdout.strip() or done.stderr.strip()
+        time.sleep(2)
+
+
+def test_a_stock_container_made_as_the_quickstart_says_passes_the_preflight_once_prepared(
+        hosts: tuple[Machine, Machine], container: str) -> None:
+    a, _ = hosts
+    profile = str(_state(a)["profile"])
+    assert profile.startswith(f"lxc-{container}_"), profile  # (LXC's generated AppArmor profile)
+    check = a.run("lxdmig", "check", "b", container, check=False)
+    assert check.returncode == 9, check.stdout + check.stderr
+    for obstacle in ("lxc.tty.max = 4", "lxc.console.path", "PrivateUsers=", "ProtectHostname="):
+        assert obstacle in check.stdout, check.stdout
+    prepared = a.run("lxdmig", "prepare", container, "--restart", timeout=900, check=False)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert _wait_booted(a) in ("running", "degraded")
+    check = a.run("lxdmig", "check", "b", container, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
