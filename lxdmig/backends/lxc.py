@@ -11,7 +11,8 @@ import secrets
 import select
 import shutil
 import stat
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,7 +28,9 @@ from lxdmig.backends.lxc_rules import (
     criu_tool_problems,
     device_problems,
     freezer_files,
+    generated_profile,
     lent_terminal_problems,
+    lsm_label_shim,
     network_unlock_commands,
     nft_unlock_commands,
     payload_candidates,
@@ -306,9 +309,9 @@ class LxcBackend(Backend):
                         pass_fds)
 
     def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str,
-                   pass_fds: Sequence[int] = ()) -> None:
+                   pass_fds: Sequence[int] = (), env: Mapping[str, str] | None = None) -> None:
         try:
-            proc.run(argv, timeout=timeout, env={"CRIU_CONFIG_FILE": str(config_file)},
+            proc.run(argv, timeout=timeout, env={**(env or {}), "CRIU_CONFIG_FILE": str(config_file)},
                      output_file=directory / f"{what}.out", pass_fds=pass_fds)
         except CommandError as e:
             raise CriuError(f"CRIU {what} failed: {_criu_reason(directory, what) or e}") from None
@@ -427,11 +430,12 @@ class LxcBackend(Backend):
         extra += self._cgroup_hook_options(container, directory, root_ids, cgroup)
         options = directory / "criu-restore.conf"
         options.write_text(config_file.read_text() + "".join(f"{line}\n" for line in extra))
-        if root_ids is None:
-            self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, options,
-                            timeout, "restore")
-        else:
-            self._restore_unprivileged(container, items, directory, options, timeout)
+        with self._generated_profile_shim(container, items) as env:
+            if root_ids is None:
+                self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory, options,
+                                timeout, "restore", env=env)
+            else:
+                self._restore_unprivileged(container, items, directory, options, timeout, env)
         # The source was frozen when it was dumped, and CRIU restores the
         # freezer cgroup's state with the rest: re-arm the pressure triggers
         # before the tasks poll them, then thaw the restored copy.
@@ -488,8 +492,25 @@ class LxcBackend(Backend):
         hook.chmod(0o700)
         return [f"action-script {hook}"]
 
+    @contextlib.contextmanager
+    def _generated_profile_shim(self, container: str, items: list[tuple[str, str]]) -> Iterator[dict[str, str]]:
+        """The environment for liblxc's restore: with lxc.apparmor.profile = generated, a PATH whose
+        ``criu`` gives CRIU the profile liblxc generated here (lsm_label_shim). The name is this host's
+        own (its container name and LXC path), whatever the source sent."""
+        real = shutil.which("criu", path=proc.SYSTEM_PATH)
+        if dict(items).get("lxc.apparmor.profile") != "generated" or not _apparmor_enabled() or real is None:
+            yield {}
+            return
+        shim = Path(tempfile.mkdtemp(prefix="lxdmig-criu-"))  # (0700, root's)
+        try:
+            (shim / "criu").write_text(lsm_label_shim(real, generated_profile(container, str(self.lxcpath))))
+            (shim / "criu").chmod(0o700)
+            yield {"PATH": f"{shim}:{proc.SYSTEM_PATH}"}
+        finally:
+            shutil.rmtree(shim, ignore_errors=True)
+
     def _restore_unprivileged(self, container: str, items: list[tuple[str, str]], directory: Path,
-                              config_file: Path, timeout: float) -> None:
+                              config_file: Path, timeout: float, env: Mapping[str, str]) -> None:
         """Restore a container with a user namespace.
 
         CRIU reads some images from inside the container's user namespace
@@ -520,7 +541,7 @@ class LxcBackend(Backend):
             lazy = "lazy-pages" in criu_options.split()
             with kernel.userfaultfd_for_user_namespaces() if lazy else contextlib.nullcontext():
                 self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory,
-                                config_file, timeout, "restore")
+                                config_file, timeout, "restore", env=env)
         except BaseException:
             for link in created:  # those CRIU did not take into the container (which died with it)
                 proc.run(["ip", "link", "delete", link], timeout=_TIMEOUT, check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,21 @@ def controller_plan(value: object, dirs: list[str]) -> dict[str, list[str]]:
             raise ValueError(f"cgroup2_controllers of {rel!r}: {str(names)[:80]!r} are not cgroup2 controllers")
         out[rel] = list(names)
     return out
+
+
+def generated_profile(container: str, lxcpath: str) -> str:
+    """The AppArmor profile liblxc generates and loads for a container with ``lxc.apparmor.profile =
+    generated`` (Debian's default), as it names it."""
+    return f"lxc-{container}_<{lxcpath}>"
+
+
+def lsm_label_shim(real_criu: str, label: str) -> str:
+    """A ``criu`` for liblxc's restore to run instead of ``real_criu``: the same arguments, but
+    ``--lsm-profile apparmor:generated`` (liblxc passes its config's word, not the profile it has just
+    generated and loaded, and CRIU then fails: "can't write lsm profile -2") names ``label``."""
+    return ("#!/bin/sh\n# lxdmig: liblxc's restore names the profile it loaded, not 'generated'\n"
+            f"n=$#\nfor a do\n  [ \"$a\" = apparmor:generated ] && a=apparmor:{shlex.quote(label)}\n"
+            f"  set -- \"$@\" \"$a\"\ndone\nshift \"$n\"\nexec {shlex.quote(real_criu)} \"$@\"\n")
 
 
 def lent_terminal_keys(values: Mapping[str, str]) -> list[str]:

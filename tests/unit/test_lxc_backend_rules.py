@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from lxdmig.backends.lxc_rules import (
     config_problems,
     controller_plan,
     criu_tool_problems,
+    generated_profile,
     lent_terminal_problems,
+    lsm_label_shim,
     network_unlock_commands,
     nft_unlock_commands,
     read_config,
@@ -210,3 +213,17 @@ def test_controllers_are_read_and_enabled_parents_first(tmp_path: Path) -> None:
     assert written == [".: +memory", ".: +pids", "system.slice: +memory"]
     with pytest.raises(ValueError, match="leaves"):
         cgroups.enable_controllers(tmp_path, {"../x": ["memory"]})
+
+
+def test_the_criu_shim_names_the_generated_profile_and_passes_every_other_argument(tmp_path: Path) -> None:
+    label = generated_profile("web1", "/var/lib/lxc")
+    assert label == "lxc-web1_</var/lib/lxc>"
+    real = tmp_path / "criu"
+    real.write_text('#!/bin/sh\nfor a do printf "%s\\n" "$a"; done\n')
+    real.chmod(0o755)
+    shim = tmp_path / "shim"
+    shim.write_text(lsm_label_shim(str(real), label))
+    shim.chmod(0o755)
+    argv = ["restore", "--lsm-profile", "apparmor:generated", "--root", "/a path/with 'quotes'", "-D", "x*"]
+    out = subprocess.run([str(shim), *argv], capture_output=True, text=True, check=True, timeout=10).stdout
+    assert out.splitlines() == [*argv[:2], "apparmor:lxc-web1_</var/lib/lxc>", *argv[3:]]
