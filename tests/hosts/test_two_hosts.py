@@ -11,11 +11,13 @@ default) and an address both hosts have (198.18.0.1, a docker0 of their own).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,15 +133,19 @@ def _attach(host: Machine, *argv: str, timeout: float = 300) -> str:
     return host.run("lxc-attach", "-n", CONTAINER, "--", *argv, timeout=timeout, check=False).stdout.strip()
 
 
-def _state(host: Machine) -> dict[str, object]:
+def _state(host: Machine) -> dict[str, Any]:
     """What must not change across a move: the container's processes (pid and command), its systemd's
     state and its services' main processes, and the AppArmor profile confining its init."""
-    processes = sorted(line.split(None, 1)[1] + f" {line.split()[0]}" for line in
+    # (Words, not spacing: ps shows the padding of the titles PostgreSQL sets differently once restored.)
+    processes = sorted(" ".join(line.split()[1:]) + f" {line.split()[0]}" for line in
                        _attach(host, "ps", "-eo", "pid=,args=").splitlines() if "ps -eo" not in line)
     services = _attach(host, "systemctl", "show", "--property=Id,MainPID,ActiveState,SubState", *SERVICES)
     init = host.run("lxc-info", "-n", CONTAINER, "-p", "-H").stdout.strip()
+    # (LXC stacks an AppArmor namespace of the container's own on the profile it generated, for nesting;
+    # a restored container has the profile alone: docs/lsm.md.)
+    profile = host.run("cat", f"/proc/{init}/attr/current").stdout.strip().removesuffix(" (enforce)")
     return {"processes": processes, "system": _attach(host, "systemctl", "is-system-running"),
-            "services": services, "profile": host.run("cat", f"/proc/{init}/attr/current").stdout.strip()}
+            "services": services, "profile": profile.split("//&")[0]}
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +187,43 @@ def test_a_stock_container_made_as_the_quickstart_says_passes_the_preflight_once
     assert _wait_booted(a) in ("running", "degraded")
     check = a.run("lxdmig", "check", "b", container, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_system_container_moves_in_the_default_mode_its_client_in_step(hosts: tuple[Machine, Machine],
+                                                                         container: str) -> None:
+    a, b = hosts
+    # (After test_a_stock_container_made_as_the_quickstart_says_passes_the_preflight_once_prepared.)
+    # One client, on a, holds one connection to the container's Redis through the move. (Not yet: the
+    # way back in post-copy and again in stop-copy, which the issue asks for: liblxc cannot checkpoint a
+    # container it restored on a cgroup2-only host, "Failed getting freezer path".)
+    a.shell(f"setsid python3 /mnt/lxdmig/clients.py redis {CONTAINER_ADDRESS} --until /run/client.stop "
+            "--out /run/client.json --reply-timeout 900 --ready /run/client.ready "
+            ">/run/client.log 2>&1 < /dev/null &")
+    a.run("sh", "-c", "for i in $(seq 300); do [ -e /run/client.ready ] && exit 0; sleep 0.2; done; exit 1")
+    reports = []
+    moves: list[tuple[Machine, Machine, tuple[str, ...]]] = [(a, b, ())]
+    for source, target, options in moves:
+        before = _state(source)
+        moved = source.run("lxdmig", "move", container, f"{target.name}:{container}", *options, "--json",
+                           timeout=1800, check=False)
+        assert moved.returncode == 0, f"{source.name} -> {target.name} {options}: {moved.stdout}{moved.stderr}"
+        report = json.loads(moved.stdout)
+        reports.append(report)
+        assert source.run("lxc-info", "-n", container, check=False).returncode != 0, "still on the source"
+        after = _state(target)
+        lost = [p for p in before["processes"] if p not in after["processes"]]
+        new = [p for p in after["processes"] if p not in before["processes"]]
+        assert (lost, new) == ([], []), (options, "lost", lost, "new", new)
+        # (The AppArmor profile too: the one LXC generated on each host.)
+        assert {k: v for k, v in after.items() if k != "processes"} == \
+            {k: v for k, v in before.items() if k != "processes"}, (options, before, after)
+    a.run("touch", "/run/client.stop")
+    a.run("sh", "-c", "for i in $(seq 300); do [ -e /run/client.json ] && exit 0; sleep 0.2; done; exit 1")
+    redis = json.loads(a.run("cat", "/run/client.json").stdout)
+    assert not redis["error"] and not redis["out_of_step"], redis
+    assert redis["last"] - redis["first"] == redis["replies"] - 1 and redis["replies"] > 100, redis
+    # The default mode: pre-copy where the kernel tracks dirty memory (this one does), but this
+    # container's PostgreSQL holds System V shared memory, whose pages CRIU cannot stream over TLS onto
+    # pre-copied ones: post-copy, and the report says why.
+    assert [r["mode"] for r in reports] == ["post-copy"], reports
+    assert "System V shared memory" in reports[0]["mode_reason"], reports[0]
