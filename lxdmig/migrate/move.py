@@ -176,8 +176,8 @@ class Mover:
         if facts.running and self.request.page_transport == "tls" and \
                 (local_pages := self.backend.local_pages_reason(name)):
             self.local_pages = True
-            self.say(f"{local_pages}: a stop-copy dump writes its pages here and sends them with the other "
-                     "images (CRIU's page server cannot stream them over TLS)")
+            self.say(f"{local_pages}: CRIU's page server cannot stream their pages over TLS (a stop-copy "
+                     "dump writes them here and sends them with the other images; no pre-copy)")
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
         choice = policy.choose_mode(self.request.mode, local, client.peer.host,
