@@ -127,8 +127,7 @@ def available_backends() -> tuple[str, ...]:
     ``lxc-checkpoint``; iptables's for CRIU) and lxdmig's own binding of liblxc's migrate() (python3-lxc
     is not used); LXD and Incus through pylxd."""
     found = []
-    tools = ("lxc-checkpoint", *criu.NETWORK_TOOLS)
-    if all(shutil.which(tool, path=proc.SYSTEM_PATH) for tool in tools) and \
+    if shutil.which("lxc-checkpoint", path=proc.SYSTEM_PATH) and not criu.missing_network_tools() and \
             importlib.util.find_spec("lxdmig.backends._liblxc") is not None:
         found.append("lxc")
     if importlib.util.find_spec("pylxd") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def has_feature(name: str) -> bool:
         raise ValueError(f"unknown CRIU feature {name!r}")
     result = proc.run(["criu", "check", "--feature", name], timeout=_TIMEOUT, check=False)
     return result.returncode == 0
+
+
+def missing_network_tools() -> list[str]:
+    """The programs of NETWORK_TOOLS this host lacks."""
+    return [tool for tool in NETWORK_TOOLS if not shutil.which(tool, path=proc.SYSTEM_PATH)]
 
 
 def probe() -> CriuInfo:

@@ -143,9 +143,8 @@ class LxcBackend(Backend):
         except ValueError as e:
             return [Problem(Severity.FAIL, f"{container}: {e}")]
         init_mounts = [(m.point, m.fstype) for m in tasks[0].mounts] if tasks else []
-        missing = [tool for tool in criu.NETWORK_TOOLS if not shutil.which(tool, path=proc.SYSTEM_PATH)]
         return (config_problems(items, apparmor=_apparmor_enabled())
-                + criu_tool_problems(missing)
+                + criu_tool_problems(criu.missing_network_tools())
                 + lent_terminal_problems(init_mounts, items)
                 + session_problems(list(stats), stats)
                 + device_problems(list(stats))
