@@ -87,6 +87,14 @@ def payload_path(cgroup_text: str) -> str | None:
     return None
 
 
+def container_dir(pid: int) -> Path | None:
+    """The cgroup2 directory of the container that task ``pid`` is in (its ``lxc.payload.NAME``), None
+    where there is none; raises OSError when the task is gone."""
+    mount = unified_mount()
+    payload = payload_path(Path(f"/proc/{pid}/cgroup").read_text())
+    return None if mount is None or payload is None else mount / payload.lstrip("/")
+
+
 def subtree(top: Path) -> list[tuple[str, int, int]]:
     """(path relative to ``top``, owner uid, gid) of every cgroup directory below ``top``, parents first."""
     out = []
@@ -156,6 +164,13 @@ def delegate_root(top: Path, gid: int) -> None:
         if (top / name).exists():
             os.chown(top / name, 0, gid)
             (top / name).chmod(0o664)
+
+
+def unified_only(mountinfo: str | None = None) -> bool:
+    """Whether this mount namespace has the cgroup2 hierarchy and no cgroup1 one (a "pure unified"
+    host: Debian 11 and later, Fedora 31 and later, under systemd)."""
+    types = {m.fstype for m in _root_mounts(mountinfo)}
+    return "cgroup2" in types and "cgroup" not in types
 
 
 def hierarchy_roots(mountinfo: str | None = None) -> list[Path]:

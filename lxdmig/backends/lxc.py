@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lxdmig import cgroups, criu, hardened, kernel, proc, psi, ramfs
-from lxdmig.backends import cgroup_hook, task_rules
+from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
     cgroup_base,
@@ -108,9 +108,21 @@ class LxcBackend(Backend):
             name=container,
             running=info.get("State") == "RUNNING",
             networks=tuple(v for k, v in items if re.fullmatch(r"lxc\.net\.\d+\.link", k)),
-            memory_bytes=int(info["Memory use"]) if info.get("Memory use", "").isdigit() else 0,
+            memory_bytes=self._memory_bytes(info),
             rootfs_bytes=_disk_usage(Path(rootfs)) if rootfs else 0,
         )
+
+    @staticmethod
+    def _memory_bytes(info: dict[str, str]) -> int:
+        """The container's memory use: lxc-info reads cgroup1's memory.usage_in_bytes only; on a host
+        with cgroup2 only, the container's memory.current."""
+        if info.get("Memory use", "").isdigit():
+            return int(info["Memory use"])
+        try:
+            top = cgroups.container_dir(int(info["PID"]))
+            return int((top / "memory.current").read_text()) if top is not None else 0
+        except (KeyError, ValueError, OSError):
+            return 0  # not running, or no memory controller here
 
     def describe(self, container: str) -> dict[str, Any]:
         """The container's cgroup2 subtree, for the destination to recreate what CRIU does not
@@ -188,7 +200,7 @@ class LxcBackend(Backend):
         config = Path(directory) / "criu-trial.conf"
         config.write_text(criu.config_file_text(self.criu_dump_options(container)))
         try:
-            proc.run(self._checkpoint_argv(container, Path(directory)), timeout=_DUMP_TIMEOUT, output_file=log,
+            proc.run(self._dump_argv("dump", container, Path(directory)), timeout=_DUMP_TIMEOUT, output_file=log,
                      env={"CRIU_CONFIG_FILE": str(config)})
         except CommandError as e:
             raise CriuError(f"CRIU could not dump {container!r}: {_criu_reason(Path(directory)) or e}") from None
@@ -270,22 +282,55 @@ class LxcBackend(Backend):
         except CommandError as e:
             raise BackendError(str(e)) from None
 
+    def _dump_argv(self, action: str, container: str, directory: Path, *, parent: str | None = None,
+                   address: str = "", port: int = 0) -> list[str]:
+        """argv that pre-dumps or dumps the container, leaving its tasks in place: liblxc's (lxdmig's
+        binding of migrate() for a pre-dump, lxc-checkpoint for a dump), or on a host with cgroup2
+        only, where liblxc cannot dump a container it restored, the same CRIU command built here
+        (lxc_dump). ``parent``: the previous pre-dump's images, relative to ``directory``;
+        ``address`` and ``port``: the page server that takes the pages."""
+        if cgroups.unified_only():
+            return self._own_dump_argv(action, container, directory, parent=parent, address=address, port=port)
+        if action == "dump":
+            return self._checkpoint_argv(container, directory)
+        argv = self._liblxc_argv(action, container, directory)
+        if port:
+            argv += ["--address", address, "--port", str(port)]
+        if parent is not None:
+            argv += ["--predump-dir", parent]
+        return argv
+
+    def _own_dump_argv(self, action: str, container: str, directory: Path, *, parent: str | None,
+                       address: str, port: int) -> list[str]:
+        items = self._require(container)
+        init = self.init_pid(container)
+        try:
+            freezer = cgroups.container_dir(init)
+            tty = lxc_dump.console_id(init, items)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if tty:  # for liblxc's restore on the destination, as liblxc's dump writes it
+                (directory / lxc_dump.TTY_INFO).write_text(tty)
+        except OSError as e:
+            raise BackendError(f"cannot read what CRIU needs to dump {container!r}: {e}") from None
+        if freezer is None:
+            raise BackendError(f"cannot find {container!r}'s cgroup: its init (PID {init}) is in no "
+                               "lxc.payload.* cgroup2 directory")
+        return lxc_dump.dump_argv(action, directory, init_pid=init, freezer=freezer,
+                                  mount_maps=lxc_dump.bind_mount_maps(items), tty_id=tty, parent=parent,
+                                  address=address, port=port)
+
     def _liblxc_argv(self, action: str, container: str, directory: Path) -> list[str]:
         """argv of lxdmig's liblxc migrate() binding for this container."""
         return proc.python_module("lxdmig.backends.liblxc_migrate", action, "--lxcpath", str(self.lxcpath),
                                   "--name", check_name(container), "--dir", str(directory))
 
     def _checkpoint_argv(self, container: str, directory: Path, *, restore: bool = False) -> list[str]:
-        """argv that dumps (leaving the tasks in place) or restores the container."""
+        """argv of lxc-checkpoint that dumps (leaving the tasks in place) or restores the container."""
         return ["lxc-checkpoint", *self._args(container), *(["-r"] if restore else []), "-D", str(directory)]
 
     def pre_dump(self, container: str, directory: Path, *, parent: str | None, address: str, port: int,
                  config_file: Path, timeout: float, pass_fds: Sequence[int] = ()) -> None:
-        argv = self._liblxc_argv("pre-dump", container, directory)
-        if port:
-            argv += ["--address", address, "--port", str(port)]
-        if parent is not None:
-            argv += ["--predump-dir", parent]
+        argv = self._dump_argv("pre-dump", container, directory, parent=parent, address=address, port=port)
         self._criu_step(argv, directory, config_file, timeout, "pre-dump", pass_fds)
 
     def _record_beside_images(self, container: str, directory: Path) -> None:
@@ -304,7 +349,7 @@ class LxcBackend(Backend):
         self._record_beside_images(container, directory)
         # No -s: CRIU leaves the tasks in place; lxdmig froze them beforehand,
         # so they stay frozen, ready to thaw if the move fails.
-        self._criu_step(self._checkpoint_argv(container, directory), directory, config_file, timeout, "dump",
+        self._criu_step(self._dump_argv("dump", container, directory), directory, config_file, timeout, "dump",
                         pass_fds)
 
     def _criu_step(self, argv: list[str], directory: Path, config_file: Path, timeout: float, what: str,
@@ -322,7 +367,7 @@ class LxcBackend(Backend):
         lazy_conf = directory / "criu-lazy.conf"
         lazy_conf.write_text(config_file.read_text() + f"status-fd {ready_w}\n")
         try:
-            child = proc.Child(self._checkpoint_argv(container, directory),
+            child = proc.Child(self._dump_argv("dump", container, directory),
                                log_file=directory / "dump.out", env={"CRIU_CONFIG_FILE": str(lazy_conf)},
                                pass_fds=[ready_w, *pass_fds], die_with_parent=False)  # lxdmig's guard looks after it
             os.close(ready_w)

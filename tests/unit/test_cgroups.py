@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from lxdmig.cgroups import first_free, hierarchy_roots, make_subtree, payload_path, subtree, unified_mount
+from lxdmig.cgroups import (
+    first_free,
+    hierarchy_roots,
+    make_subtree,
+    payload_path,
+    subtree,
+    unified_mount,
+    unified_only,
+)
 
 MOUNTINFO = """\
 30 24 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
@@ -19,6 +27,12 @@ MOUNTINFO = """\
 def test_unified_mount_is_the_one_mounted_at_its_root() -> None:
     assert unified_mount(MOUNTINFO) == Path("/sys/fs/cgroup/unified")
     assert unified_mount("31 24 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n") is None
+
+
+def test_a_host_is_unified_only_without_any_cgroup1_hierarchy() -> None:
+    assert not unified_only(MOUNTINFO)  # hybrid: name=systemd beside cgroup2
+    assert unified_only("25 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert not unified_only("31 24 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n")
 
 
 def test_payload_path_from_a_task_of_the_container() -> None:
