@@ -10,7 +10,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +26,9 @@ from lxdmig.protocol.messages import Hello, ProbeResult, RemoteError, RemoteUntr
 from lxdmig.protocol.schema import Request
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
+
+if TYPE_CHECKING:
+    from lxdmig.backends.base import ContainerFacts
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +183,14 @@ class HelperClient:
     def ping(self, timeout: float | None = None) -> None:
         self.channel.ask(messages.Ping(), timeout=timeout)
 
-    def probe(self, container: str | None, networks: list[str]) -> ProbeResult:
-        return self.channel.ask(messages.Probe(container=container or "", networks=tuple(networks)))
+    def probe(self, container: str | None, facts: ContainerFacts | None = None) -> ProbeResult:
+        """What the helper says about receiving ``container`` (``facts``: its NICs' networks and how it is
+        confined here, which the helper checks against its own)."""
+        return self.channel.ask(messages.Probe(
+            container=container or "", networks=facts.networks if facts else (),
+            apparmor_profile=facts.apparmor_profile if facts else "",
+            apparmor_label=facts.apparmor_label if facts else "",
+            selinux_context=facts.selinux_context if facts else ""))
 
     def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
                         definition: dict[str, Any] | None = None) -> str:

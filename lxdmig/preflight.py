@@ -165,6 +165,11 @@ def destination_checks(probe: ProbeResult, container: ContainerFacts | None, rem
                          f"a container named {container.name!r} (or its directory) already exists on {remote}"))
     else:
         out.append(Check("name", Status.OK, f"no container named {container.name!r} on {remote}"))
+    confinement = container.apparmor_profile or container.apparmor_label or container.selinux_context
+    if probe.lsm_refusal:
+        out.append(Check("lsm", Status.FAIL, f"{remote} cannot confine {container.name}: {probe.lsm_refusal}"))
+    elif confinement:
+        out.append(Check("lsm", Status.OK, f"{remote} can confine {container.name} ({confinement})"))
     for network in container.networks:
         if probe.networks.get(network, False):
             out.append(Check("network", Status.OK, f"{network} exists on {remote}"))

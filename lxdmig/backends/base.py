@@ -40,6 +40,9 @@ class ContainerFacts:
     networks: tuple[str, ...]  # host bridges/links its NICs attach to
     memory_bytes: int
     rootfs_bytes: int
+    apparmor_profile: str = ""  # its config's lxc.apparmor.profile ("" where unset)
+    apparmor_label: str = ""  # the profile its init runs under here ("" without AppArmor or unconfined)
+    selinux_context: str = ""  # its config's lxc.selinux.context ("" where unset)
 
 
 class Backend(abc.ABC):

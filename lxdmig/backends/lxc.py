@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import cgroups, criu, hardened, kernel, proc, psi, ramfs
+from lxdmig import cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -53,10 +53,6 @@ def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise BackendError(f"invalid container name {name!r}")
     return name
-
-
-def _apparmor_enabled() -> bool:
-    return Path("/sys/kernel/security/apparmor").exists()
 
 
 class LxcBackend(Backend):
@@ -110,6 +106,9 @@ class LxcBackend(Backend):
             networks=tuple(v for k, v in items if re.fullmatch(r"lxc\.net\.\d+\.link", k)),
             memory_bytes=self._memory_bytes(info),
             rootfs_bytes=_disk_usage(Path(rootfs)) if rootfs else 0,
+            apparmor_profile=dict(items).get("lxc.apparmor.profile", ""),
+            selinux_context=dict(items).get("lxc.selinux.context", ""),
+            apparmor_label=lsm.task_label(int(info["PID"])) if info.get("PID", "").isdigit() else "",
         )
 
     @staticmethod
@@ -155,7 +154,7 @@ class LxcBackend(Backend):
         except ValueError as e:
             return [Problem(Severity.FAIL, f"{container}: {e}")]
         init_mounts = [(m.point, m.fstype) for m in tasks[0].mounts] if tasks else []
-        return (config_problems(items, apparmor=_apparmor_enabled())
+        return (config_problems(items)
                 + criu_tool_problems(criu.missing_network_tools())
                 + lent_terminal_problems(init_mounts, items)
                 + session_problems(list(stats), stats)
@@ -542,7 +541,7 @@ class LxcBackend(Backend):
         ``criu`` gives CRIU the profile liblxc generated here (lsm_label_shim). The name is this host's
         own (its container name and LXC path), whatever the source sent."""
         real = shutil.which("criu", path=proc.SYSTEM_PATH)
-        if dict(items).get("lxc.apparmor.profile") != "generated" or not _apparmor_enabled() or real is None:
+        if dict(items).get("lxc.apparmor.profile") != "generated" or not lsm.apparmor_enabled() or real is None:
             yield {}
             return
         shim = Path(tempfile.mkdtemp(prefix="lxdmig-criu-"))  # (0700, root's)

@@ -176,7 +176,7 @@ def lent_terminal_keys(values: Mapping[str, str]) -> list[str]:
                                   ("lxc.console.path", values.get("lxc.console.path", "") != "none")) if lent]
 
 
-def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Problem]:
+def config_problems(items: list[tuple[str, str]]) -> list[Problem]:
     """What in a container's LXC config stops CRIU (a pure function of the config)."""
     out = []
     values = dict(items)
@@ -190,9 +190,6 @@ def config_problems(items: list[tuple[str, str]], *, apparmor: bool) -> list[Pro
     if "lxc.console.path" in lent:
         out.append(Problem(Severity.FAIL, "lxc.console.path is not 'none': CRIU cannot checkpoint the "
                                           "console; set lxc.console.path = none (`lxdmig prepare --restart` does)"))
-    if not apparmor and values.get("lxc.apparmor.profile", "") not in ("", "unconfined"):
-        out.append(Problem(Severity.FAIL, f"lxc.apparmor.profile = {values['lxc.apparmor.profile']} but the "
-                                          "kernel has no AppArmor: restore would fail"))
     for key, value in items:
         words = value.split()
         options = words[3].split(",") if len(words) > 3 else []

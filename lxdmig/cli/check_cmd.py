@@ -61,7 +61,7 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
             checks += preflight.container_checks(facts, problems)
             if trial_dump and facts.running and not preflight.failed(checks):
                 checks.append(_trial_dump(backend, container))
-        probe = peer.probe(container, list(facts.networks) if facts else [])
+        probe = peer.probe(container, facts)
         checks += preflight.destination_checks(probe, facts, remote)
         if backend is not None and container is not None:
             refusals = backend.hardened_refusals(container, probe.lxd_allow_keys) if probe.hardened else []

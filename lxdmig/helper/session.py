@@ -27,7 +27,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import failpoints, hardened, page_channel, proc, tls
+from lxdmig import failpoints, hardened, lsm, page_channel, proc, tls
 from lxdmig.backends import DAEMONS, Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
@@ -251,6 +251,7 @@ class Session:
             hardened=self.state.config.hardened,
             plain_pages=self.state.config.plain_pages,
             lxd_allow_keys=tuple(self.state.config.lxd_allow_keys),
+            lsm_refusal=lsm.refusal_here(request.apparmor_profile, request.apparmor_label, request.selinux_context),
         )
 
     def _migration(self, mid: str) -> Migration:

@@ -163,7 +163,7 @@ class Mover:
             problems = [Problem(Severity.WARN, f"will be left behind (--allow-drop): {p.left_behind}")
                         if p.left_behind else p for p in problems]
         checks += preflight.container_checks(facts, problems)
-        probe = client.probe(name, list(facts.networks))
+        probe = client.probe(name, facts)
         checks += preflight.destination_checks(probe, facts, self.request.remote)
         refusals = self.backend.hardened_refusals(name, probe.lxd_allow_keys) if probe.hardened else []
         checks += preflight.hardened_checks(probe, refusals, self.request.remote)

@@ -197,6 +197,7 @@ class ProbeResult(Message):
     hardened: bool = flag(default=False)
     plain_pages: bool = flag(default=False)  # takes memory pages over an authenticated plain connection
     lxd_allow_keys: tuple[str, ...] = texts(default=())
+    lsm_refusal: str = text(max_len=1024, default="")  # why it cannot confine the container as asked (lsm)
 
 
 @message
@@ -282,6 +283,9 @@ class Probe(Request[ProbeResult]):
     TYPE, REPLY = "probe", ProbeResult
     container: str = text(max_len=64)  # "": none to check
     networks: tuple[str, ...] = texts(max_items=64)
+    apparmor_profile: str = text(max_len=256, default="")  # the container's lxc.apparmor.profile ("": unset)
+    apparmor_label: str = text(max_len=256, default="")  # the profile its tasks run under ("": unconfined)
+    selinux_context: str = text(max_len=256, default="")  # its lxc.selinux.context ("": unset)
 
 
 @message

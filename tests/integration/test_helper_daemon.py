@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lxdmig import capabilities, client, tls
+from lxdmig.backends.base import ContainerFacts
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.protocol import framing, messages
 from lxdmig.protocol.channel import Channel
@@ -169,9 +170,13 @@ def test_trusted_client_handshake_and_ping(daemon: Daemon, local: HostCapabiliti
         assert c.peer.host.criu_version == local.criu_version and "lxc" in c.peer.host.backends
         assert c.peer.host.cpu_model == local.cpu_model
         c.ping()
-        result = c.probe("nothing-here", ["lo", "no-such-br", "../../etc"])
+        facts = ContainerFacts("nothing-here", True, ("lo", "no-such-br", "../../etc"), 0, 0,
+                               apparmor_profile="lxdmig-no-such-profile")
+        result = c.probe("nothing-here", facts)
         assert result.networks == {"lo": True, "no-such-br": False, "../../etc": False}
         assert not result.container_exists and result.free_bytes > 0
+        # The helper answers for its own kernel and policy: no host has this profile loaded.
+        assert "lxc.apparmor.profile = lxdmig-no-such-profile" in result.lsm_refusal
 
 
 def test_untrusted_client_is_refused(daemon: Daemon, local: HostCapabilities) -> None:
@@ -443,7 +448,7 @@ def test_existing_container_name_is_refused(daemon: Daemon, local: HostCapabilit
     (daemon.root / "lxc" / "taken").mkdir()
     (daemon.root / "lxc" / "taken" / "config").write_text("lxc.uts.name = taken\n")
     with daemon.connect("client", local) as c:
-        assert c.probe("taken", []).container_exists
+        assert c.probe("taken").container_exists
         with pytest.raises(messages.RemoteExists, match="already exists"):
             c.begin_migration("taken")
 
@@ -454,7 +459,7 @@ def test_a_directory_that_is_not_a_container_is_refused_and_kept(daemon: Daemon,
     kept.parent.mkdir()
     kept.write_text("mine\n")
     with daemon.connect("client", local) as c:
-        assert c.probe("notes", []).container_exists
+        assert c.probe("notes").container_exists
         with pytest.raises(messages.RemoteExists, match="not a container"):
             c.begin_migration("notes")
         c.ping()

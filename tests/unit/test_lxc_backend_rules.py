@@ -27,22 +27,21 @@ GOOD = [("lxc.tty.max", "0"), ("lxc.pty.max", "0"), ("lxc.console.path", "none")
 
 
 def test_good_config_has_no_problems() -> None:
-    assert config_problems(GOOD, apparmor=False) == []
+    assert config_problems(GOOD) == []
 
 
-def test_ttys_console_and_apparmor_fail() -> None:
+def test_lent_ttys_and_console_fail_and_apparmor_is_left_to_the_destination() -> None:
     items = [("lxc.tty.max", "4"), ("lxc.pty.max", "0"), ("lxc.apparmor.profile", "generated")]
-    problems = config_problems(items, apparmor=False)
-    assert [p.severity for p in problems] == [Severity.FAIL] * 3
+    problems = config_problems(items)
+    assert [p.severity for p in problems] == [Severity.FAIL] * 2
     text = " ".join(p.message for p in problems)
-    assert "lxc.tty.max = 0" in text and "lxc.console.path = none" in text and "no AppArmor" in text
-    assert not config_problems(GOOD + [("lxc.apparmor.profile", "generated")], apparmor=True)
+    assert "lxc.tty.max = 0" in text and "lxc.console.path = none" in text
 
 
 def test_bind_mounts_warn() -> None:
     items = GOOD + [("lxc.mount.entry", "/srv/data srv/data none bind,create=dir 0 0"),
                     ("lxc.mount.entry", "proc proc proc nodev 0 0")]
-    problems = config_problems(items, apparmor=False)
+    problems = config_problems(items)
     assert len(problems) == 1 and problems[0].severity is Severity.WARN and "/srv/data" in problems[0].message
 
 

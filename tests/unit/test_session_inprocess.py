@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lxdmig import capabilities, page_channel, tls
+from lxdmig.backends.base import ContainerFacts
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.protocol import messages
 from tests.unit.inprocess import FakeBackend, InProcessHelper
@@ -44,9 +45,13 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
 
 def test_ping_probe_and_a_migration_that_is_aborted(pair: Pair, tmp_path: Path) -> None:
     pair.client.ping()
-    probe = pair.client.probe("c1", ["lo", "no-such-bridge"])
+    probe = pair.client.probe("c1", ContainerFacts("c1", True, ("lo", "no-such-bridge"), 0, 0))
     assert probe.networks == {"lo": True, "no-such-bridge": False} and not probe.container_exists
     assert probe.hardened and not probe.plain_pages  # lxdmig's defaults
+    assert probe.lsm_refusal == ""  # nothing to confine
+    # A profile no host has loaded: refused by this host's own kernel and policy, whichever it has.
+    named = pair.client.probe("c1", ContainerFacts("c1", True, (), 0, 0, "lxdmig-no-such-profile")).lsm_refusal
+    assert "lxdmig-no-such-profile" in named and ("not loaded here" in named or "no AppArmor" in named), named
     mid = pair.client.begin_migration("c1", "/var/lib/lxc/c1", "lxc", {})
     assert "prepare c1" in pair.backend.calls
     images = tmp_path / "migrations" / mid / "images"
