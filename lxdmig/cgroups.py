@@ -49,13 +49,14 @@ def _match_controllers(own: dict[str, str], key: str) -> str | None:
 
 
 def remove_leftovers(name: str) -> list[Path]:
-    """Remove empty cgroups named ``name`` below this process's cgroups (every
-    hierarchy), children first; returns what was removed. A cgroup with tasks
-    in it cannot be removed and is left alone."""
+    """Remove the cgroups named ``name`` below this process's cgroups and below each hierarchy's root
+    (where liblxc makes a root container's, and LXD its instances'), children first, where no task is
+    left anywhere in them; returns what was removed. A cgroup that holds a task, or has one below it
+    (a running container of that name: its empty child cgroups are its systemd's), is left whole."""
     removed = []
-    for base in own_cgroup_dirs():
+    for base in dict.fromkeys([*own_cgroup_dirs(), *hierarchy_roots()]):
         top = base / name
-        if not top.is_dir():
+        if not top.is_dir() or _populated(top):
             continue
         for dirpath, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
             try:
@@ -64,6 +65,25 @@ def remove_leftovers(name: str) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def _populated(top: Path) -> bool:
+    """Whether a task is in cgroup ``top`` or below it (cgroup2 says so in cgroup.events; cgroup1:
+    a cgroup.procs that lists one)."""
+    try:
+        return "populated 1" in (top / "cgroup.events").read_text().splitlines()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return True
+    for dirpath, _, files in os.walk(top):
+        if "cgroup.procs" in files:
+            try:
+                if (Path(dirpath) / "cgroup.procs").read_text().strip():
+                    return True
+            except OSError:
+                return True
+    return False
 
 
 # Files of a cgroup2 directory that a delegated owner (systemd inside an unprivileged container) writes.

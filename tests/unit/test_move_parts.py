@@ -105,9 +105,18 @@ def test_remove_leftover_cgroups_only_removes_empty_ones(tmp_path: Path, monkeyp
     (base / "lxc.payload.c2").mkdir()
     (base / "lxc.payload.c2" / "cgroup.procs").write_text("123\n")  # stands for a busy cgroup (not empty)
     monkeypatch.setattr(cgroups, "own_cgroup_dirs", lambda: [base])
+    root = tmp_path / "unified"  # a cgroup2 root: liblxc puts a root container's cgroup there
+    (root / "lxc.payload.c1" / "init.scope").mkdir(parents=True)
+    (root / "lxc.payload.c1" / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    (root / "lxc.payload.c2" / "system.slice").mkdir(parents=True)  # a running c2's empty child cgroup
+    (root / "lxc.payload.c2" / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    monkeypatch.setattr(cgroups, "hierarchy_roots", lambda: [base, root])
     removed = cgroups.remove_leftovers("lxc.payload.c1")
     assert base / "lxc.payload.c1" in removed and not (base / "lxc.payload.c1").exists()
-    assert cgroups.remove_leftovers("lxc.payload.c2") == [] and (base / "lxc.payload.c2").exists()
+    # (Its top stays here only because a plain directory's cgroup.events is a file rmdir will not take.)
+    assert root / "lxc.payload.c1" / "init.scope" in removed and not (root / "lxc.payload.c1" / "init.scope").exists()
+    assert cgroups.remove_leftovers("lxc.payload.c2") == []
+    assert (base / "lxc.payload.c2").exists() and (root / "lxc.payload.c2" / "system.slice").exists()
 
 
 def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Path) -> None:
