@@ -66,6 +66,14 @@ def test_the_package_holds_what_the_spec_promises(rpm: Path) -> None:
     assert "postinstall" in scripts and "preuninstall" in scripts
 
 
+def test_rpmlint_finds_no_errors(rpm: Path) -> None:
+    # (contrib/lxdmig-rpmlint.toml: what it reports that is no defect of this package, each with why.)
+    source = next(rpm.parent.parent.parent.glob("SRPMS/*.src.rpm"))
+    result = run("rpmlint", "-c", "contrib/lxdmig-rpmlint.toml", "contrib/lxdmig.spec", str(source), str(rpm))
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
+    assert " 0 errors," in summary, result.stdout + result.stderr
+
+
 @pytest.fixture(scope="module")
 def installed(rpm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("rpmroot")
