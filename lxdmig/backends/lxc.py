@@ -60,8 +60,8 @@ class LxcBackend(Backend):
 
     def __init__(self, lxcpath: Path) -> None:
         self.lxcpath = lxcpath
-        # destination: the source's cgroup2 subtree and its root there, from describe()
-        self._cgroup2_dirs: dict[str, tuple[list[tuple[str, int, int]], str, int, dict[str, list[str]]]] = {}
+        # destination: the source's cgroup2 subtree, its root's mode and controllers, from describe()
+        self._cgroup2_dirs: dict[str, tuple[list[tuple[str, int, int]], int, dict[str, list[str]]]] = {}
 
     def _args(self, container: str) -> list[str]:
         return ["-P", str(self.lxcpath), "-n", check_name(container)]
@@ -450,7 +450,7 @@ class LxcBackend(Backend):
                 raise ValueError(f"cgroup2_root_mode {mode!r} is not a permission mode")
             dirs = cgroup_plan(definition.get("cgroup2_dirs", []))
             controllers = controller_plan(definition.get("cgroup2_controllers", {}), [rel for rel, _, _ in dirs])
-            self._cgroup2_dirs[container] = (dirs, str(definition.get("cgroup2_root", "")), mode, controllers)
+            self._cgroup2_dirs[container] = (dirs, mode, controllers)
         except ValueError as e:
             raise BackendError(f"the source's description of {container!r}: {e}") from None
 
@@ -517,11 +517,13 @@ class LxcBackend(Backend):
     def _cgroup_hook_options(self, container: str, directory: Path, root_ids: tuple[int, int] | None,
                              cgroup: str | None) -> list[str]:
         """The CRIU option that runs cgroup_hook for this restore (none if the source sent no subtree)."""
-        dirs, source_root, root_mode, controllers = self._cgroup2_dirs.pop(container, ([], "", 0o755, {}))
+        dirs, root_mode, controllers = self._cgroup2_dirs.pop(container, ([], 0o755, {}))
         if not dirs:
             return []
-        # Where CRIU puts the container's cgroup2 tree: our cgroup-root, else where it was dumped.
-        root = cgroup if cgroup is not None else source_root
+        if cgroup is None:  # (never the path the peer names: the hook makes and chowns cgroups there)
+            log.warning("%s: no cgroup of its own here to recreate its empty cgroups in", container)
+            return []
+        root = cgroup
         # Owners: the container's root where the source had any other owner than host root (a peer
         # names paths; it cannot choose owners).
         container_root = list(root_ids or (0, 0))
