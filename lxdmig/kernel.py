@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import mmap
 import os
 import struct
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 _PAGEMAP_SOFT_DIRTY = 1 << 55
 
@@ -57,39 +53,6 @@ def has_cap_sys_resource() -> bool:
             if line.startswith("CapEff:"):
                 return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_RESOURCE))
     return False
-
-
-_UFFD_SYSCTL = Path("/proc/sys/vm/unprivileged_userfaultfd")
-_uffd_lock = threading.Lock()
-_uffd_users = 0
-_uffd_saved = ""
-
-
-@contextlib.contextmanager
-def userfaultfd_for_user_namespaces() -> Iterator[None]:
-    """Let tasks in a user namespace open a userfaultfd while the block runs.
-
-    CRIU's lazy restore opens one userfaultfd per restored task, as that
-    task; in an unprivileged container the task lacks CAP_SYS_PTRACE in the
-    initial namespace, so the kernel refuses unless
-    ``vm.unprivileged_userfaultfd`` is 1. It is raised for the restore only
-    (well under a second; an fd once opened keeps working) and put back
-    when the last restore running at the same time ends.
-    """
-    global _uffd_users, _uffd_saved
-    with _uffd_lock:
-        if _uffd_users == 0:
-            _uffd_saved = _UFFD_SYSCTL.read_text().strip()
-            if _uffd_saved != "1":
-                _UFFD_SYSCTL.write_text("1\n")
-        _uffd_users += 1
-    try:
-        yield
-    finally:
-        with _uffd_lock:
-            _uffd_users -= 1
-            if _uffd_users == 0 and _uffd_saved != "1":
-                _UFFD_SYSCTL.write_text(f"{_uffd_saved}\n")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs
+from lxdmig import cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs, uffd_sysctl
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -584,7 +584,7 @@ class LxcBackend(Backend):
                 config.write_text(original + "".join(added))
             config_file.write_text(criu_options)
             lazy = "lazy-pages" in criu_options.split()
-            with kernel.userfaultfd_for_user_namespaces() if lazy else contextlib.nullcontext():
+            with uffd_sysctl.raised() if lazy else contextlib.nullcontext():
                 self._criu_step(self._checkpoint_argv(container, directory, restore=True), directory,
                                 config_file, timeout, "restore", env=env)
         except BaseException:

@@ -17,6 +17,7 @@ import threading
 import time
 from types import FrameType
 
+from lxdmig import uffd_sysctl
 from lxdmig.config import Config
 from lxdmig.errors import ConfigError
 from lxdmig.helper.gate import Connection, Gate
@@ -63,6 +64,10 @@ class HelperServer:
     def serve(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        try:
+            uffd_sysctl.settle()
+        except OSError as e:
+            log.warning("cannot check vm.unprivileged_userfaultfd: %s", e)
         leftovers = self.state.registry.clean_leftovers(
             lambda name, backend: remove_container(self.state.backend_named(backend), name))
         if leftovers:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lxdmig import kernel, prepare
+from lxdmig import kernel, prepare, uffd_sysctl
 from lxdmig.backends.lxc_rules import read_config
 from testbed import containers
 from testbed.helpers import run_lxdmig as lxdmig
@@ -64,9 +64,12 @@ def test_a_template_configured_container_is_prepared_restarted_moved_and_undone(
     assert fails(A, name) == []
     failed_units = containers.attach(A, name, "systemctl", "--failed", "--plain", "--no-legend")
 
+    host_uffd = uffd_sysctl.SYSCTL.read_text()
     for source, dest, mode in ((A, B, "post-copy"), (B, A, "stop-copy")):
         moved = lxdmig(source, "move", name, f"{dest.name}:{name}", "--mode", mode)
         assert moved.returncode == 0, moved.stderr
+        # (The unprivileged lazy restore raised vm.unprivileged_userfaultfd for its restore only.)
+        assert uffd_sysctl.SYSCTL.read_text() == host_uffd and not uffd_sysctl.STATE.exists()
         # systemd as it was (this stock config boots `degraded` here: a user namespace cannot mount
         # debugfs), and it still runs jobs.
         assert containers.attach(dest, name, "systemctl", "--failed", "--plain", "--no-legend") == failed_units
