@@ -10,13 +10,12 @@ import re
 import secrets
 import select
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs, uffd_sysctl
+from lxdmig import acl, cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs, uffd_sysctl
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -467,7 +466,11 @@ class LxcBackend(Backend):
         except ValueError as e:
             raise BackendError(f"{container}: {e}") from None
         if root_ids is not None:
-            _open_images_to(root_ids, directory)
+            try:
+                _open_images_to(root_ids, directory)
+            except OSError as e:
+                raise BackendError(f"{container}: cannot let its root read its images ({e}): the helper's "
+                                   "work_dir must be on a file system with POSIX ACLs (ext4, xfs, btrfs)") from None
         cgroup = self._restored_cgroup(items, container)
         extra = [f"cgroup-root {cgroup}"] if cgroup is not None else []
         extra += self._cgroup_hook_options(container, directory, root_ids, cgroup)
@@ -611,19 +614,19 @@ class LxcBackend(Backend):
                 announced.append(f"{addr['local']} on {link['ifname']}")
         return children, announced
 
+
 def _open_images_to(root_ids: tuple[int, int], directory: Path) -> None:
-    """Let an unprivileged container's restore read its images (see _restore_unprivileged)."""
+    """Let an unprivileged container's restore read its images (see _restore_unprivileged), and no
+    other local user: they stay root's, and ACLs let the container's root and the overflow uid (a
+    task that entered the user namespace before its ids were mapped has that uid) read the files and
+    traverse, not list, the directories. Nobody else can read the container's memory, or replace a
+    file root runs (the directories stay root's)."""
+    users = (root_ids[0], acl.overflow_uid())
     for path in [directory.parent, *directory.parent.rglob("*")]:  # with a pre-copy's parent rounds
-        os.chown(path, *root_ids, follow_symlinks=False)
-        # Some are opened by a task that has entered the user namespace before its ids are mapped
-        # (it is the overflow uid then): files readable, directories only traversable, so that
-        # nobody can list them; the path holds the migration's random id, under 0711 directories.
-        if not path.is_symlink():
-            path.chmod(0o711 if path.is_dir() else 0o644)
-    for above in directory.parent.parents:
-        mode = above.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            above.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        if path.is_symlink():
+            continue
+        perm = acl.EXECUTE if path.is_dir() else acl.READ
+        acl.grant(path, dict.fromkeys(users, perm))
 
 
 def _maps(pid: int) -> str:
