@@ -267,6 +267,13 @@ class LxdBackend(LxcBackend):
             raise BackendError(f"{container!r} would live on a {driver!r} storage pool here: lxdmig's engine "
                                "supports 'dir' pools only")
 
+    def daemon_exe(self) -> str:
+        """The daemon's executable (its post-dump waiter, ``migratedumpsuccess``, is one too)."""
+        try:
+            return os.readlink(f"/proc/{self._server_pid()}/exe")
+        except OSError as e:
+            raise BackendError(f"cannot read {self.daemon.label}'s executable: {e.strerror}") from None
+
     def _server_pid(self) -> int:
         # Asked afresh: pylxd's host_info is from when it connected, and LXD may have restarted since.
         pid = int(self.client.api.get().json()["metadata"]["environment"].get("server_pid", 0))

@@ -32,6 +32,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from lxdmig import proc
 
@@ -41,34 +42,81 @@ WAITER = "migratedumpsuccess"
 
 @dataclass(frozen=True)
 class Waiter:
-    """A ``migratedumpsuccess`` process, the action script that started it, and the path of the source
-    daemon's operation it waits on (``/1.0/operations/UUID``)."""
+    """A ``migratedumpsuccess`` process, the action script that started it (each as its pid and a
+    pidfd: signalled through the pidfd, never a pid that may have been reused), and the path of the
+    source daemon's operation it waits on (``/1.0/operations/UUID``)."""
 
     pid: int
     script: int
     operation: str
+    pid_fd: int = -1
+    script_fd: int = -1
+
+    def close(self) -> None:
+        for fd in (self.pid_fd, self.script_fd):
+            if fd >= 0:
+                os.close(fd)
 
 
-def dump_waiters(init_pid: int) -> list[Waiter]:
-    """The daemon's ``migratedumpsuccess`` processes of the dump of ``init_pid``.
+def dump_waiters(init_pid: int, daemon_exe: str) -> list[Waiter]:
+    """The daemon's ``migratedumpsuccess`` processes of the dump of ``init_pid``, with pidfds the
+    caller closes (Waiter.close).
 
-    They run under the ``criu dump -t INIT_PID`` that dumped the container, through the action script.
+    They run under the ``criu dump -t INIT_PID`` that dumped the container, through the action script;
+    all three run as root, the waiter is the daemon's own executable (``daemon_exe``). Any local user can
+    start processes whose command lines look like these: they are not taken.
     """
     found = []
     for waiter in proc.processes_mentioning(WAITER):
         argv = proc.cmdline(waiter)
         if argv[1:2] != [WAITER] or len(argv) < 3:
             continue
-        script = proc.parent(waiter)
-        if not "".join(proc.cmdline(script)[-1:]).endswith("/action.sh"):
+        fds = [_pidfd(waiter), _pidfd(script := proc.parent(waiter))]
+        if min(fds) >= 0 and _is_gated(waiter, script, init_pid, daemon_exe) and all(_signal(fd, 0) for fd in fds):
+            found.append(Waiter(waiter, script, argv[2], *fds))
             continue
-        ancestor = script
-        for _ in range(3):
-            ancestor = proc.parent(ancestor)
-            if _dumps(proc.cmdline(ancestor), init_pid):
-                found.append(Waiter(waiter, script, argv[2]))
-                break
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
     return found
+
+
+def _is_gated(waiter: int, script: int, init_pid: int, daemon_exe: str) -> bool:
+    """Whether ``waiter`` (the daemon's executable, as root) runs under ``script`` (an action.sh, as
+    root), under a root ``criu dump`` of ``init_pid``."""
+    if _exe(waiter) != daemon_exe or not _root(waiter) or not _root(script):
+        return False
+    if not "".join(proc.cmdline(script)[-1:]).endswith("/action.sh"):
+        return False
+    ancestor = script
+    for _ in range(3):
+        ancestor = proc.parent(ancestor)
+        if _dumps(proc.cmdline(ancestor), init_pid) and _root(ancestor):
+            return True
+    return False
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _root(pid: int) -> bool:
+    """Whether every uid of the process (real, effective, saved, file system) is 0."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return any(line.split()[1:] == ["0", "0", "0", "0"] for line in status.splitlines() if line.startswith("Uid:"))
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid) if pid > 0 else -1
+    except OSError:
+        return -1
 
 
 def _dumps(argv: list[str], init_pid: int) -> bool:
@@ -82,9 +130,9 @@ class DumpGate(threading.Thread):
     ``release`` (let it report the waiter's answer) or ``abort`` (kill it: the dump fails, the source
     runs on)."""
 
-    def __init__(self, init_pid: int, poll: float = POLL) -> None:
+    def __init__(self, init_pid: int, daemon_exe: str, poll: float = POLL) -> None:
         super().__init__(daemon=True, name="dump-gate")
-        self.init_pid, self.poll = init_pid, poll
+        self.init_pid, self.daemon_exe, self.poll = init_pid, daemon_exe, poll
         self.held: dict[int, Waiter] = {}  # by the script's pid
         self.opened = False
         self._lock = threading.Lock()
@@ -92,12 +140,13 @@ class DumpGate(threading.Thread):
 
     def run(self) -> None:
         while not self._stop.wait(self.poll):
-            for waiter in dump_waiters(self.init_pid):
+            for waiter in dump_waiters(self.init_pid, self.daemon_exe):
                 with self._lock:
-                    if self._stop.is_set():
-                        return
-                    if waiter.script not in self.held and _signal(waiter.script, signal.SIGSTOP):
+                    if not self._stop.is_set() and waiter.script not in self.held \
+                            and _signal(waiter.script_fd, signal.SIGSTOP):
                         self.held[waiter.script] = waiter
+                        continue
+                waiter.close()
 
     def operation(self) -> str:
         """The operation a held script's waiter waits on ('' while none is held)."""
@@ -106,14 +155,23 @@ class DumpGate(threading.Thread):
 
     def release(self) -> list[int]:
         """Let the held scripts go on (and hold no more); the pids continued."""
-        return [w.script for w in self._end() if _signal(w.script, signal.SIGCONT)]
+        held = self._end()
+        continued = [w.script for w in held if _signal(w.script_fd, signal.SIGCONT)]
+        for waiter in held:
+            waiter.close()
+        return continued
 
     def abort(self) -> list[int]:
         """Kill every waiter of this dump and its script (first: its answer must not reach CRIU), held or
         not; the pids killed."""
-        waiters = self._end(aborted=True) + dump_waiters(self.init_pid)
-        return [pid for pid in dict.fromkeys(p for w in waiters for p in (w.script, w.pid))
-                if _signal(pid, signal.SIGKILL)]
+        waiters = self._end(aborted=True) + dump_waiters(self.init_pid, self.daemon_exe)
+        killed: dict[int, None] = {}
+        for waiter in waiters:
+            for pid, fd in ((waiter.script, waiter.script_fd), (waiter.pid, waiter.pid_fd)):
+                if pid not in killed and _signal(fd, signal.SIGKILL):
+                    killed[pid] = None
+            waiter.close()
+        return list(killed)
 
     def _end(self, *, aborted: bool = False) -> list[Waiter]:
         with self._lock:
@@ -123,9 +181,10 @@ class DumpGate(threading.Thread):
         return held
 
 
-def _signal(pid: int, sig: int) -> bool:
+def _signal(pidfd: int, sig: int) -> bool:
+    """Send ``sig`` (0: only ask whether it still runs) to the process of ``pidfd``."""
     try:
-        os.kill(pid, sig)
+        signal.pidfd_send_signal(pidfd, sig)
         return True
-    except ProcessLookupError:
+    except (ProcessLookupError, OSError):
         return False

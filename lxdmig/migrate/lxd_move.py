@@ -140,7 +140,7 @@ class LxdEngineMove:
         inst = lxd_api.instance(source, name, self.label)
         self.init_pid = int(inst.state().pid)
         watch = _DowntimeWatch(self.init_pid, target, name)
-        gate = DumpGate(self.init_pid)
+        gate = DumpGate(self.init_pid, self.backend.daemon_exe())
         watch.start()
         gate.start()
         try:
