@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lxdmig.helper.gate import Connection, Gate
+from lxdmig.helper.gate import Connection, Gate, address_key
 
 
 @pytest.fixture
@@ -84,3 +84,35 @@ def test_strangers_have_a_time_limit_and_trusted_ones_do_not(pairs: list[tuple[s
     assert not young.evicted and not trusted.evicted and not shut(young, pairs)
     gate.expire(now=36.0)
     assert young.evicted and not trusted.evicted
+
+
+def test_an_ipv6_64_counts_as_one_address(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert address_key("2001:db8:0:1::1") != address_key("2001:db8::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7" == address_key("192.0.2.7")
+    gate = Gate(per_address=2, max_strangers=10, max_connections=10)
+    first, second, third = (connect(pairs, f"2001:db8::{n}") for n in (1, 2, 3))
+    elsewhere = connect(pairs, "2001:db8:0:1::1")
+    assert all(gate.admit(c) for c in (first, second, elsewhere, third))
+    assert first.evicted and not second.evicted and not elsewhere.evicted and not third.evicted
+
+
+def test_a_flood_from_elsewhere_never_evicts_a_known_hosts_connection_in_its_handshake(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    gate = Gate(per_address=8, max_strangers=2, max_connections=10)
+    earlier = connect(pairs, "192.0.2.1")
+    assert gate.admit(earlier)
+    gate.trusted(earlier)  # this address is a trusted host's
+    gate.closed(earlier)
+    handshaking = connect(pairs, "192.0.2.1")
+    assert gate.admit(handshaking)
+    flood = [connect(pairs, f"2001:db8:{n}::1") for n in range(6)]  # one per /64: no per-address cap
+    for conn in flood:
+        assert gate.admit(conn)
+    assert not handshaking.evicted and not shut(handshaking, pairs)
+    assert all(c.evicted for c in flood[:-1]) and not flood[-1].evicted
+    # Every stranger slot held by a known address: a newcomer from elsewhere is refused, not let in.
+    again = connect(pairs, "192.0.2.1")
+    assert gate.admit(again) and flood[-1].evicted
+    assert not gate.admit(connect(pairs, "203.0.113.9"))
+    assert not handshaking.evicted and not again.evicted
