@@ -101,3 +101,36 @@ def test_nothing_listens_there() -> None:
         port = s.getsockname()[1]
     with pytest.raises(PageChannelError, match="cannot connect to the source's page port"):
         page_channel.connect("127.0.0.1", port, page_channel.new_token(), timeout=2)
+
+
+def test_silent_and_wrong_strangers_do_not_delay_the_peer() -> None:
+    # Connections that say nothing (each may hold its handshake for HANDSHAKE_TIMEOUT, 5 s) and one with
+    # a wrong token come first; the peer's, behind them, is taken at once, well inside 2 s.
+    listener = Listener("127.0.0.1", PORTS)
+    token = page_channel.new_token()
+    strangers = [socket.create_connection(("127.0.0.1", listener.port)) for _ in range(3)]
+    wrong = socket.create_connection(("127.0.0.1", listener.port))
+    wrong.sendall(b"\\0" * page_channel.HALF)
+    try:
+        start = time.monotonic()
+        accepted = _accepting(listener, token, timeout=2)
+        peer = page_channel.connect("127.0.0.1", listener.port, token, timeout=2)
+        conn = accepted.result(timeout=5)
+        assert time.monotonic() - start < 1.5
+        peer.sendall(b"pages")
+        assert conn.recv(5) == b"pages"
+        assert _closed(wrong) and all(_closed(s) for s in strangers)  # (the silent ones once accept returned)
+        conn.close()
+        peer.close()
+    finally:
+        for s in (*strangers, wrong):
+            s.close()
+        listener.close()
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(2)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
