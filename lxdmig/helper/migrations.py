@@ -47,6 +47,9 @@ class Migration:
     undo: UndoStack = field(default_factory=UndoStack)
     committed: bool = False
     rsync_servers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # receiving its files now
+    # Once its restore was asked for, its files are checked and then used: no rsync changes them after.
+    sealed: bool = False
+    files_lock: threading.Lock = field(default_factory=threading.Lock)
     lazy_pages: proc.Child | None = None  # post-copy: the daemon the restored container's memory comes from
     # What to do with the restored container if lazy-pages fails after the commit (its missing pages
     # would read as zeros once the daemon is gone): stop it.
@@ -62,6 +65,24 @@ class Migration:
     @property
     def peer_cert(self) -> Path:
         return self.root / "peer.crt"
+
+    def add_rsync_server(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes] | None:
+        """Start a receiving rsync (``start``) and keep it, unless the files are sealed (then None)."""
+        with self.files_lock:
+            if self.sealed or self.committed:
+                return None
+            server = start()
+            self.rsync_servers.append(server)
+            return server
+
+    def seal(self) -> None:
+        """No rsync from now on: those running are killed, new ones refused (the restore reads the
+        container's files after it checked them)."""
+        with self.files_lock:
+            self.sealed = True
+            servers = list(self.rsync_servers)
+        for server in servers:
+            proc.kill_group(server)
 
     def take_page_socket(self) -> socket.socket | None:
         sock, self.page_socket = self.page_socket, None

@@ -389,16 +389,20 @@ class Session:
         # runs beside the control connection, through its own tunnel).
         mid = request.migration
         migration = self.state.registry.get(mid, self.fingerprint or "")
-        if migration.committed:
-            raise RemoteBadRequest("the migration is committed: its files can no longer change")
         target = self.state.backend_named(migration.backend).container_dir(migration.container)
         argv = server_argv(list(request.argv), str(target))
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(migration.root / "rsync.log", "ab") as errors:
-            server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                                      env=proc.clean_env(), start_new_session=True)
+
+        def start() -> subprocess.Popen[bytes]:
+            with open(migration.root / "rsync.log", "ab") as errors:
+                return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                        env=proc.clean_env(), start_new_session=True)
+
+        server = migration.add_rsync_server(start)
+        if server is None:
+            raise RemoteBadRequest("the migration's restore was asked for (or it is committed): its files can no "
+                                   "longer change")
         assert server.stdin is not None and server.stdout is not None
-        migration.rsync_servers.append(server)
         self.channel.send(messages.RsyncStarted().header())
         try:
             failpoints.hit("helper.rsync")
@@ -417,6 +421,7 @@ class Session:
 
     def _restore(self, request: messages.Restore) -> messages.Restored:
         migration = self._migration(request.migration)
+        migration.seal()  # (its files are checked below, then used: nothing may change them between)
         images = _images_subdir(migration, request.directory, create=False)
         backend = self.state.backend_named(migration.backend)
         config = migration.root / "restore.conf"

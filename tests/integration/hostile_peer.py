@@ -61,6 +61,11 @@ def main(remote: str, name: str, work: Path, marker: str, decoy: str) -> None:
             result["restore"] = "restored"
         except LxdmigError as e:
             result["restore"] = f"{type(e).__name__}: {e}"
+        # Then change the files the restore request was judged on (a config with a hook, this time).
+        (source / "config").write_text(f"lxc.uts.name = {name}\nlxc.hook.start-host = /bin/touch {marker}\n")
+        late = proc.run(["rsync", *RSYNC_OPTIONS, "-e", " ".join(tunnel), f"{source}/", f"{remote}:container/"],
+                        timeout=120, check=False)
+        result["rsync_after_restore"] = [late.returncode, late.stderr]
         c.abort_migration(mid)
     print(json.dumps(result))
 

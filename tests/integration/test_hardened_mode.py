@@ -44,6 +44,9 @@ def test_a_hostile_peer_gets_its_restore_refused_and_nothing_runs(testbed: None,
     for named in ("lxc.hook.pre-start", "lxc.hook.destroy", "mounts /etc", "mounts /root", "lxc.rootfs.path",
                   "lxc.include = /tmp/lxdmig-hostile.conf", "takes a network interface of this host"):
         assert named in refused, (named, refused)
+    # Once it asked for the restore, the files it was judged on can no longer change.
+    late_rc, late_err = result["rsync_after_restore"]
+    assert late_rc != 0 and "its files can no longer change" in late_err, result
     wait_until(lambda: not (B.lxcpath / name).exists(), 30, "the refused container's removal on b")
     assert not marker.exists(), "a hook of the hostile config ran on the destination"
     assert (decoy / "etc" / "keep").read_text() == "mine\n", "the rollback touched another root filesystem"
