@@ -10,6 +10,7 @@ import re
 import secrets
 import select
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -422,8 +423,16 @@ class LxcBackend(Backend):
         directory = self.container_dir(container)
         with self._open_config(container, os.O_RDONLY) as fh:
             items = config_lines(fh.read())
-        return hardened.lxc_config_refusals(items, rootfs=str(directory / "rootfs"), own_dirs=[str(directory)],
-                                            resolve=os.path.realpath)
+        refusals = hardened.lxc_config_refusals(items, rootfs=str(directory / "rootfs"), own_dirs=[str(directory)],
+                                                resolve=os.path.realpath)
+        # The root filesystem by what it is, not by its name: a received rootfs that is a symlink (to /)
+        # has the right path.
+        try:
+            if not stat.S_ISDIR(os.lstat(directory / "rootfs").st_mode):
+                refusals.append(f"rootfs: {directory / 'rootfs'} is not a directory (a symlink, or a file)")
+        except FileNotFoundError:
+            refusals.append(f"rootfs: no root filesystem was received at {directory / 'rootfs'}")
+        return refusals
 
     def _open_config(self, container: str, flags: int) -> TextIO:
         path = self.container_dir(container) / "config"

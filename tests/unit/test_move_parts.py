@@ -137,6 +137,21 @@ def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Pa
     assert victim.read_text() == "/src/c1 must stay\n"
 
 
+def test_a_received_rootfs_is_judged_by_what_it_is_not_by_its_name(tmp_path: Path) -> None:
+    from lxdmig.backends.lxc import LxcBackend
+
+    backend = LxcBackend(tmp_path)
+    for name, make in (("real", lambda p: p.mkdir()), ("link", lambda p: p.symlink_to("/")), ("none", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config").write_text(f"lxc.rootfs.path = dir:{tmp_path}/{name}/rootfs\n")
+        if make is not None:
+            make(tmp_path / name / "rootfs")
+    assert backend.hardened_refusals("real") == []
+    assert backend.hardened_refusals("link") == [f"rootfs: {tmp_path}/link/rootfs is not a directory (a symlink, or "
+                                                 "a file)"]
+    assert "no root filesystem was received" in backend.hardened_refusals("none")[0]
+
+
 def test_a_signal_during_the_rollback_waits_until_it_is_over() -> None:
     said: list[str] = []
     done: list[str] = []
