@@ -213,7 +213,10 @@ def pages() -> dict[str, str]:
                       ("lxdmig-helper trust add a", "Let host a migrate here: prints a one-time token"),
                       ("lxdmig-helper trust list", "Who may migrate here")],
             files=[(conf, "configuration, see lxdmig.conf(5)"),
-                   ("/var/lib/lxdmig/migrations", "received checkpoint images, one directory per migration")],
+                   ("/var/lib/lxdmig/migrations", "received checkpoint images, one directory per migration"),
+                   ("/usr/share/doc/lxdmig", "the documentation; security.md there: who can do what to this host "
+                                             "(strangers, local users, trusted peers), each claim with its test, "
+                                             "and what is not done yet")],
             see_also=["lxdmig(1)", "lxdmig.conf(5)", "systemd.service(5)"]),
         "lxdmig.conf.5": render_config_page(),
     }
