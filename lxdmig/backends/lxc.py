@@ -626,16 +626,19 @@ class LxcBackend(Backend):
 
 def _open_images_to(root_ids: tuple[int, int], directory: Path) -> None:
     """Let an unprivileged container's restore read its images (see _restore_unprivileged), and no
-    other local user: they stay root's, and ACLs let the container's root and the overflow uid (a
-    task that entered the user namespace before its ids were mapped has that uid) read the files and
-    traverse, not list, the directories. Nobody else can read the container's memory, or replace a
-    file root runs (the directories stay root's)."""
-    users = (root_ids[0], acl.overflow_uid())
+    other local user: they stay root's, and ACLs let the container's root read the files and open the
+    directories (CRIU opens a pre-copy's parent images directory from inside the user namespace), and
+    the overflow uid (a task that entered the user namespace before its ids were mapped has that uid)
+    read the files and traverse, not list, the directories. Nobody else can read the container's
+    memory, or replace a file root runs (the directories stay root's)."""
+    root, overflow = root_ids[0], acl.overflow_uid()
     for path in [directory.parent, *directory.parent.rglob("*")]:  # with a pre-copy's parent rounds
         if path.is_symlink():
             continue
-        perm = acl.EXECUTE if path.is_dir() else acl.READ
-        acl.grant(path, dict.fromkeys(users, perm))
+        if path.is_dir():
+            acl.grant(path, {root: acl.READ | acl.EXECUTE, overflow: acl.EXECUTE})
+        else:
+            acl.grant(path, {root: acl.READ, overflow: acl.READ})
 
 
 def _maps(pid: int) -> str:
