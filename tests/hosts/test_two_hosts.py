@@ -238,7 +238,8 @@ def test_a_system_container_moves_in_the_default_mode_its_client_in_step(hosts: 
     assert "System V shared memory" in reports[0]["mode_reason"], reports[0]
 
 
-NAMED_PROFILE = "lxdmig-named"
+# (lxc-*: Debian's AppArmor profile of lxc-start lets it change only to profiles of that name.)
+NAMED_PROFILE = "lxc-lxdmig-named"
 
 
 def _load_named_profile(host: Machine) -> None:
