@@ -166,10 +166,16 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...: field 3 of proc(5) is
+    [0]); the name, which may hold spaces and parentheses, is skipped. Raises OSError."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def parent(pid: int) -> int:
     """A process's parent pid from /proc (0 if it is gone)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(stat_fields(pid)[1])
     except (OSError, IndexError, ValueError):
         return 0
 

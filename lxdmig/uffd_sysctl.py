@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxdmig import proc
+
 log = logging.getLogger(__name__)
 
 SYSCTL = Path("/proc/sys/vm/unprivileged_userfaultfd")
@@ -41,7 +43,7 @@ def _me() -> str:
 def _start_time(pid: int) -> str:
     """The process's start time (field 22 of /proc/PID/stat): with the pid, it names one process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return proc.stat_fields(pid)[19]
     except (OSError, IndexError):
         return ""
 

@@ -117,7 +117,7 @@ def _command(pid: int) -> str:
 
 
 def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return proc.stat_fields(pid)[0]
 
 
 def strays(init_pid: int, tree: Iterable[int]) -> list[Stray]:
