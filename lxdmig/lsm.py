@@ -38,7 +38,9 @@ def loaded_profiles(text: str | None = None) -> set[str]:
 def label_base(text: str) -> str:
     """The profile a task's AppArmor label (``/proc/PID/attr/current``) confines it with, without the
     mode and any stacked namespace; "" for unconfined."""
-    label = text.strip().rsplit(" (", 1)[0] if text.strip().endswith(")") else text.strip()
+    label = text.strip()
+    if label.endswith(")"):
+        label = label.rsplit(" (", 1)[0]
     base = label.split("//&", 1)[0]
     return "" if base in ("", "unconfined") else base
 

@@ -98,7 +98,8 @@ class LxcBackend(Backend):
     def facts(self, container: str) -> ContainerFacts:
         items = self._require(container)
         info = self._info(container)
-        rootfs = dict(items).get("lxc.rootfs.path", "")
+        values = dict(items)
+        rootfs = values.get("lxc.rootfs.path", "")
         rootfs = rootfs.split(":", 1)[1] if rootfs.startswith("dir:") else rootfs
         return ContainerFacts(
             name=container,
@@ -106,8 +107,8 @@ class LxcBackend(Backend):
             networks=tuple(v for k, v in items if re.fullmatch(r"lxc\.net\.\d+\.link", k)),
             memory_bytes=self._memory_bytes(info),
             rootfs_bytes=_disk_usage(Path(rootfs)) if rootfs else 0,
-            apparmor_profile=dict(items).get("lxc.apparmor.profile", ""),
-            selinux_context=dict(items).get("lxc.selinux.context", ""),
+            apparmor_profile=values.get("lxc.apparmor.profile", ""),
+            selinux_context=values.get("lxc.selinux.context", ""),
             apparmor_label=lsm.task_label(int(info["PID"])) if info.get("PID", "").isdigit() else "",
         )
 

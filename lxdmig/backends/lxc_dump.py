@@ -77,8 +77,7 @@ def bind_mount_maps(items: list[tuple[str, str]]) -> list[str]:
 def console_id(init_pid: int, items: list[tuple[str, str]]) -> str:
     """CRIU's name for the container's console (``tty[RDEV:DEV]``), "" when it has none
     (``lxc.console.path = none``)."""
-    path = next((value for key, value in reversed(items) if key == "lxc.console.path"), None)
-    if path == "none":
+    if dict(items).get("lxc.console.path") == "none":  # (the last line of a key wins, as in liblxc)
         return ""
     st = os.stat(f"/proc/{init_pid}/root/dev/console")
     return f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
