@@ -278,9 +278,9 @@ def test_a_named_apparmor_profile_moves_only_to_a_host_that_has_it_loaded(hosts:
 def test_a_system_container_is_pre_copied_over_the_plain_page_transport(hosts: tuple[Machine, Machine],
                                                                         container: str) -> None:
     a, b = hosts
-    # (After test_a_named_apparmor_profile_moves_only_to_a_host_that_has_it_loaded: it runs on a.) Its
-    # PostgreSQL's System V shared memory cannot be pre-copied over CRIU's TLS; over the plain transport
-    # (which b's helper must allow: docs/helper.md) it can, in chained pre-dump rounds.
+    # (After test_a_named_apparmor_profile_moves_only_to_a_host_that_has_it_loaded: it runs on a, under
+    # that profile.) Its PostgreSQL's System V shared memory cannot be pre-copied over CRIU's TLS; over
+    # the plain transport (which b's helper must allow: docs/helper.md) it can, in chained pre-dump rounds.
     b.run("sed", "-i", "s/^#plain_pages = false/plain_pages = true/", "/etc/lxdmig/lxdmig.conf")
     assert "plain_pages = true" in b.run("cat", "/etc/lxdmig/lxdmig.conf").stdout
     b.run("systemctl", "restart", "lxdmig-helper")
@@ -290,4 +290,23 @@ def test_a_system_container_is_pre_copied_over_the_plain_page_transport(hosts: t
     assert moved.returncode == 0, moved.stdout + moved.stderr
     report = json.loads(moved.stdout)
     assert report["mode"] == "pre-copy" and len(report["rounds"]) >= 1, report
-    assert _state(b) == before
+    # (The named profile, a -> b: test_a_named_apparmor_profile_moves_only_to_a_host_that_has_it_loaded
+    # loaded it on both hosts.)
+    assert before["profile"] == NAMED_PROFILE and _state(b) == before
+
+
+def test_an_unconfined_container_moves_and_stays_unconfined(hosts: tuple[Machine, Machine], container: str) -> None:
+    a, b = hosts
+    # (After test_a_system_container_is_pre_copied_over_the_plain_page_transport: it runs on b.) With
+    # lxc.apparmor.profile = unconfined, liblxc hands CRIU apparmor:unconfined, which a destination
+    # with AppArmor applies (one without refuses it: tests/integration/test_remotes_and_check.py).
+    b.run("sed", "-i", "s/^lxc.apparmor.profile = .*/lxc.apparmor.profile = unconfined/",
+          f"/var/lib/lxc/{container}/config")
+    b.run("lxc-stop", "-n", container, timeout=300)
+    b.run("lxc-start", "-n", container)
+    assert _wait_booted(b) in ("running", "degraded")
+    before = _state(b)
+    assert before["profile"] == "unconfined", before
+    moved = b.run("lxdmig", "move", container, f"a:{container}", "--json", timeout=1800, check=False)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert _state(a) == before

@@ -95,14 +95,17 @@ def test_check_a_bad_destination_says_why(make_container: MakeContainer) -> None
         host_command(A, ["ip", "link", "del", "onlyona0"], check=False)
 
 
-def test_an_apparmor_profile_is_refused_by_a_destination_without_apparmor(make_container: MakeContainer) -> None:
-    # Debian's default config; this machine's kernel has no AppArmor (b says so: CRIU could not apply
-    # any AppArmor profile there), and LXC here runs the container unconfined.
-    name = make_container("a", extra_config="lxc.apparmor.profile = generated\n")
+@pytest.mark.parametrize("profile", ["generated", "unconfined", "lxc-lxdmig-named"])
+def test_an_apparmor_profile_is_refused_by_a_destination_without_apparmor(make_container: MakeContainer,
+                                                                          profile: str) -> None:
+    # Debian's default config (generated), and the two other kinds a config can name; this machine's
+    # kernel has no AppArmor (b says so: CRIU could not apply any AppArmor profile there, unconfined
+    # included), and LXC here runs the container unconfined whatever the config says.
+    name = make_container("a", extra_config=f"lxc.apparmor.profile = {profile}\n")
     r = lxdmig(A, "check", "b", name)
     assert r.returncode == ExitCode.PREFLIGHT, r.stdout + r.stderr
     assert lines(r)["lsm"] == ["fail"], r.stdout
-    assert f"b cannot confine {name}: lxc.apparmor.profile = generated, and this host's kernel has no AppArmor" \
+    assert f"b cannot confine {name}: lxc.apparmor.profile = {profile}, and this host's kernel has no AppArmor" \
         in r.stdout, r.stdout
 
 
