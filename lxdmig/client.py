@@ -22,7 +22,7 @@ from lxdmig.errors import LxdmigError
 from lxdmig.protocol import messages
 from lxdmig.protocol.channel import Channel, TlsAlert
 from lxdmig.protocol.framing import ConnectionClosed
-from lxdmig.protocol.messages import Hello, ProbeResult, RemoteError, RemoteUntrusted
+from lxdmig.protocol.messages import LXC_CONFIG_MAX, Hello, ProbeResult, RemoteError, RemoteUntrusted
 from lxdmig.protocol.schema import Request
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
@@ -183,14 +183,20 @@ class HelperClient:
     def ping(self, timeout: float | None = None) -> None:
         self.channel.ask(messages.Ping(), timeout=timeout)
 
-    def probe(self, container: str | None, facts: ContainerFacts | None = None) -> ProbeResult:
+    def probe(self, container: str | None, facts: ContainerFacts | None = None,
+              config: tuple[str, str] = ("", "")) -> ProbeResult:
         """What the helper says about receiving ``container`` (``facts``: its NICs' networks and how it is
-        confined here, which the helper checks against its own)."""
+        confined here, which the helper checks against its own; ``config``: Backend.peer_config(), which
+        its hardened mode judges)."""
+        if len(config[0]) > LXC_CONFIG_MAX:
+            raise LxdmigError(f"{container}: its LXC config is over {LXC_CONFIG_MAX} bytes, more than a "
+                              "destination takes")
         return self.channel.ask(messages.Probe(
             container=container or "", networks=facts.networks if facts else (),
             apparmor_profile=facts.apparmor_profile if facts else "",
             apparmor_label=facts.apparmor_label if facts else "",
-            selinux_context=facts.selinux_context if facts else ""))
+            selinux_context=facts.selinux_context if facts else "",
+            lxc_config=config[0], source_dir=config[1]))
 
     def begin_migration(self, container: str, source_dir: str = "", backend: str = "lxc",
                         definition: dict[str, Any] | None = None) -> str:

@@ -49,11 +49,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("helper", "page_server_ports", "27100-27199",
            "TCP port range for CRIU page servers and lazy-pages started by the helper"),
     Option("helper", "hardened", "true",
-           "refuse from a peer what a migration does not need: LXC hooks, includes and host-path mounts, "
-           "another root filesystem, LXD raw.*/security.* keys and host devices (see docs/helper.md)"),
+           "write a received LXC container's config from what it means, and refuse from a peer what a "
+           "migration does not need: privileged containers, hooks, host paths and NICs, another root "
+           "filesystem, LXD raw.*/security.* keys and host devices (see docs/helper.md)"),
     Option("helper", "plain_pages", "false",
            "take memory pages from trusted peers that ask for it (lxdmig move --page-transport plain) over a "
            "plain TCP connection lxdmig authenticates, unencrypted: only on a migration network you trust"),
+    Option("helper", "allow_privileged", "false",
+           "in hardened mode, receive privileged containers (no user namespace: their root is root here) and "
+           "LXD/Incus instances with security.privileged=true"),
+    Option("helper", "lxc_allow_keys", "",
+           "LXC config keys a peer may set anyway in hardened mode, comma-separated: KEY for any value, "
+           "KEY=VALUE for that value only (e.g. lxc.apparmor.profile=unconfined)"),
     Option("helper", "lxd_allow_keys", "",
            "LXD instance keys (raw.* or security.*) a peer may set anyway in hardened mode, comma-separated"),
     Option("tls", "cert", "server.crt", "this host's certificate (made on first use)"),
@@ -100,6 +107,8 @@ class Config:
     keep_failed: bool
     hardened: bool
     plain_pages: bool
+    allow_privileged: bool
+    lxc_allow_keys: tuple[str, ...]
     lxd_allow_keys: tuple[str, ...]
     cert: Path
     key: Path
@@ -264,7 +273,9 @@ def load(path: Path | None = None) -> Config:
         keep_failed=boolean("helper", "keep_failed"),
         hardened=boolean("helper", "hardened"),
         plain_pages=boolean("helper", "plain_pages"),
-        lxd_allow_keys=tuple(k.strip() for k in text("helper", "lxd_allow_keys").split(",") if k.strip()),
+        allow_privileged=boolean("helper", "allow_privileged"),
+        lxc_allow_keys=_listed(text("helper", "lxc_allow_keys")),
+        lxd_allow_keys=_listed(text("helper", "lxd_allow_keys")),
         cert=a_path("tls", "cert"),
         key=a_path("tls", "key"),
         trust_dir=a_path("tls", "trust_dir"),
@@ -280,6 +291,11 @@ def load(path: Path | None = None) -> Config:
         incus_socket=a_path("incus", "socket"),
         containers=containers,
     )
+
+
+def _listed(value: str) -> tuple[str, ...]:
+    """A comma-separated option's items (blanks around each removed; around ``=`` too)."""
+    return tuple("=".join(p.strip() for p in k.split("=", 1)) for k in value.split(",") if k.strip())
 
 
 def describe() -> str:

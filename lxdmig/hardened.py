@@ -17,7 +17,8 @@ peer's LXC config may only use the keys listed here, and not:
 For LXD instances, the instance's config may carry no ``raw.*`` key but
 ``raw.lxc`` (whose lines pass the LXC rules), no ``security.*`` key beyond
 those listed in :data:`LXD_SECURITY_KEYS` (or the helper's
-``lxd_allow_keys``), no ``linux.kernel_modules``, and no ``disk`` device with
+``lxd_allow_keys``; ``security.privileged=true`` only with its
+``allow_privileged``), no ``linux.kernel_modules``, and no ``disk`` device with
 a host source or ``unix-*``/``usb``/``gpu``/``pci`` device.
 
 Each refusal names the key and why. Pure functions of the config text:
@@ -53,6 +54,7 @@ _REFUSED_PREFIXES = (  # (hooks: _lxc_refusal's first test)
     ("lxc.mount.fstab", "reads mounts from a file of this host (use lxc.mount.entry)"),
     ("lxc.seccomp.notify.proxy", "connects to a socket of this host"),
 )
+_CALLHOOK_ARGS = re.compile(r'"[A-Za-z0-9_.-]{1,63}" "[A-Za-z0-9_.-]{1,63}" (start|stopns|stop)')
 _NET_SCRIPT = re.compile(r"^lxc\.net\.\d+\.script\.")
 _NET_TYPE = re.compile(r"^lxc\.net\.\d+\.type$")
 _NET_TYPES = {"veth", "macvlan", "ipvlan", "vlan", "empty"}
@@ -66,7 +68,7 @@ _PATH_KEYS = ("lxc.seccomp.profile", "lxc.log.file", "lxc.console.logfile")
 
 # LXD instance keys beyond which a peer may not go.
 LXD_SECURITY_KEYS = frozenset({
-    "security.privileged", "security.syscalls.deny", "security.syscalls.deny_default",
+    "security.syscalls.deny", "security.syscalls.deny_default",
     "security.syscalls.deny_compat", "security.idmap.isolated", "security.idmap.size", "security.protection.delete",
     "security.protection.shift",
 })
@@ -94,7 +96,9 @@ def lxc_config_refusals(items: Iterable[tuple[str, str]], *, rootfs: str, own_di
 def _lxc_refusal(key: str, value: str, *, rootfs: str, own_dirs: list[str], hook_prefixes: tuple[str, ...],
                  resolve: Callable[[str], str]) -> str:
     if key.startswith("lxc.hook.") and key != "lxc.hook.version":
-        return "" if hook_prefixes and value.startswith(hook_prefixes) else _RUNS_HERE
+        # (Exactly LXD's own hook and its arguments: liblxc runs the value through /bin/sh -c.)
+        ok = any(value.startswith(p) and _CALLHOOK_ARGS.fullmatch(value[len(p):]) for p in hook_prefixes)
+        return "" if ok else _RUNS_HERE
     for prefix, why in _REFUSED_PREFIXES:
         if key.startswith(prefix):
             return why
@@ -152,6 +156,8 @@ def lxd_definition_refusals(config: Mapping[str, str], devices: Mapping[str, Map
     out = []
     for key, value in sorted(config.items()):
         if key in allowed or key == "raw.lxc":  # (LXC config: its lines are checked as LXC's)
+            continue
+        if key == "security.privileged" and value.lower() in ("", "false", "0", "no", "off"):
             continue
         if key == "linux.kernel_modules" or key.startswith("nvidia."):
             out.append(f"config {key}: LXD would load modules or pass drivers of this host")

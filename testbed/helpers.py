@@ -28,10 +28,11 @@ from testbed.layout import Host, all_hosts, run_dir
 READY_TIMEOUT = 60.0
 
 
-def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> str:
+def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool = False) -> str:
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
             f"hardened = {str(hardened).lower()}\nplain_pages = {str(plain_pages).lower()}\n"
+            f"allow_privileged = {str(allow_privileged).lower()}\n"
             # A developer chasing a failed restore sets this to keep its images and CRIU logs.
             f"keep_failed = {os.environ.get('LXDMIG_TESTBED_KEEP_FAILED', 'false')}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
@@ -72,13 +73,14 @@ def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
 
 
 def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True,
-          plain_pages: bool = True) -> int:
+          plain_pages: bool = True, allow_privileged: bool = False) -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)
     if pid is not None:
         return pid
     host.config_dir.mkdir(parents=True, exist_ok=True)
-    (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened, plain_pages=plain_pages))
+    (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened, plain_pages=plain_pages,
+                                                                allow_privileged=allow_privileged))
     notify_path = run_dir() / f"notify-{host.name}.sock"
     notify_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -118,20 +120,27 @@ def fail_points(host: Host) -> str:
     return next((item[len(prefix):].decode() for item in environ if item.startswith(prefix)), "")
 
 
-def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True,
+def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool = False,
             extra_env: dict[str, str] | None = None) -> int:
     stop(host)
-    return start(host, extra_env, hardened=hardened, plain_pages=plain_pages)
+    return start(host, extra_env, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
 
 
 @contextlib.contextmanager
-def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True) -> Iterator[None]:
+def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True,
+               allow_privileged: bool = False) -> Iterator[None]:
     """host's helper restarted with these settings for the block, and with the test bed's after it."""
-    restart(host, hardened=hardened, plain_pages=plain_pages)
+    restart(host, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
     try:
         yield
     finally:
         restart(host)
+
+
+def allowing_privileged(host: Host) -> contextlib.AbstractContextManager[None]:
+    """host's helper in hardened mode that receives privileged containers (allow_privileged = true), as an
+    operator may run it. The test bed's default settings after."""
+    return _restarted(host, allow_privileged=True)
 
 
 def unhardened(host: Host) -> contextlib.AbstractContextManager[None]:

@@ -25,6 +25,7 @@ struct migrate_opts {
 };
 struct lxc_container {
     bool (*load_config)(struct lxc_container *c, const char *alt_file);
+    int (*get_config_item)(struct lxc_container *c, const char *key, char *retv, int inlen);
     int (*migrate)(struct lxc_container *c, unsigned int cmd, struct migrate_opts *opts, unsigned int size);
     ...;
 };

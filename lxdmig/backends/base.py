@@ -11,9 +11,12 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxdmig import proc
+
+if TYPE_CHECKING:
+    from lxdmig.lxc_definition import Allotment
 
 
 class Severity(enum.Enum):
@@ -168,6 +171,19 @@ class Backend(abc.ABC):
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
         """Rewrite a config synced from ``source_dir`` (with ``definition``
         from describe() on the source) for this host's paths."""
+
+    def adopt_hardened(self, container: str, source_dir: str, definition: dict[str, Any], allotment: Allotment,
+                       lxd_allowed: Iterable[str]) -> list[str]:
+        """adopt_config() in hardened mode: the config as this host allows it (``allotment``: what it gives
+        LXC containers; ``lxd_allowed``: the LXD/Incus keys it lets a peer set), or what it refuses, one
+        line each (then the config must not be used)."""
+        self.adopt_config(container, source_dir, definition)
+        return self.hardened_refusals(container, lxd_allowed, received=definition)
+
+    def peer_config(self, container: str) -> tuple[str, str]:
+        """The container's own config file as the destination's hardened mode judges it (its text, and the
+        directory its paths name here), ("", "") when the destination judges the definition instead."""
+        return "", ""
 
     @abc.abstractmethod
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import acl, cgroups, criu, hardened, kernel, lsm, proc, psi, ramfs, uffd_sysctl
+from lxdmig import acl, cgroups, criu, kernel, lsm, proc, psi, ramfs, uffd_sysctl
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
     cgroup_base,
     cgroup_plan,
-    config_lines,
     config_problems,
     controller_plan,
     criu_tool_problems,
@@ -41,6 +40,7 @@ from lxdmig.backends.lxc_rules import (
     veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
+from lxdmig.lxc_definition import Allotment, Reader
 
 log = logging.getLogger(__name__)
 
@@ -419,21 +419,30 @@ class LxcBackend(Backend):
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)
 
-    def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
-                          received: dict[str, Any] | None = None) -> list[str]:
-        directory = self.container_dir(container)
+    def peer_config(self, container: str) -> tuple[str, str]:
         with self._open_config(container, os.O_RDONLY) as fh:
-            items = config_lines(fh.read())
-        refusals = hardened.lxc_config_refusals(items, rootfs=str(directory / "rootfs"), own_dirs=[str(directory)],
-                                                resolve=os.path.realpath)
-        # The root filesystem by what it is, not by its name: a received rootfs that is a symlink (to /)
-        # has the right path.
+            return fh.read(), str(self.container_dir(container))
+
+    def adopt_hardened(self, container: str, source_dir: str, definition: dict[str, Any], allotment: Allotment,
+                       lxd_allowed: Iterable[str]) -> list[str]:
+        # The config as this host writes it from what the received one means (lxc_definition), never the
+        # peer's text; the root filesystem judged by what it is, not by its name (a symlink to / has the
+        # right path).
+        self._keep_cgroup_plan(container, definition)
+        directory = self.container_dir(container)
         try:
             if not stat.S_ISDIR(os.lstat(directory / "rootfs").st_mode):
-                refusals.append(f"rootfs: {directory / 'rootfs'} is not a directory (a symlink, or a file)")
+                return [f"rootfs: {directory / 'rootfs'} is not a directory (a symlink, or a file)"]
         except FileNotFoundError:
-            refusals.append(f"rootfs: no root filesystem was received at {directory / 'rootfs'}")
-        return refusals
+            return [f"rootfs: no root filesystem was received at {directory / 'rootfs'}"]
+        with self._open_config(container, os.O_RDWR) as fh:
+            judged = Reader(allotment, own_dir=str(directory), source_dir=source_dir,
+                            resolve=os.path.realpath).judge(fh.read())
+            if not judged.refusals:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(judged.text())
+        return judged.refusals
 
     def _open_config(self, container: str, flags: int) -> TextIO:
         path = self.container_dir(container) / "config"

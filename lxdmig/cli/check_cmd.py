@@ -61,10 +61,11 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
             checks += preflight.container_checks(facts, problems)
             if trial_dump and facts.running and not preflight.failed(checks):
                 checks.append(_trial_dump(backend, container))
-        probe = peer.probe(container, facts)
+        probe = peer.probe(container, facts, backend.peer_config(container) if backend and container else ("", ""))
         checks += preflight.destination_checks(probe, facts, remote)
         if backend is not None and container is not None:
-            refusals = backend.hardened_refusals(container, probe.lxd_allow_keys) if probe.hardened else []
+            refusals = [*probe.config_refusals, *backend.hardened_refusals(container, probe.lxd_allow_keys)] \
+                if probe.hardened else []
             checks += preflight.hardened_checks(probe, refusals, remote)
     return checks
 

@@ -36,6 +36,7 @@ from lxdmig.helper.criu_daemons import start_lazy_pages, start_page_server
 from lxdmig.helper.migrations import Migration
 from lxdmig.helper.rsync_server import server_argv
 from lxdmig.helper.state import HelperState
+from lxdmig.lxc_definition import Reader
 from lxdmig.protocol import messages
 from lxdmig.protocol.channel import Channel, PeerTimeout
 from lxdmig.protocol.framing import DEFAULT_MAX_PAYLOAD, MAX_HEADER_BYTES, ConnectionClosed, Frame, ProtocolError
@@ -250,9 +251,21 @@ class Session:
             lxcpath=str(self.state.config.lxcpath),
             hardened=self.state.config.hardened,
             plain_pages=self.state.config.plain_pages,
-            lxd_allow_keys=tuple(self.state.config.lxd_allow_keys),
+            lxd_allow_keys=self.state.lxd_allowed(),
             lsm_refusal=lsm.refusal_here(request.apparmor_profile, request.apparmor_label, request.selinux_context),
+            config_refusals=self._config_refusals(request),
         )
+
+    def _config_refusals(self, request: messages.Probe) -> tuple[str, ...]:
+        """What hardened mode would refuse in the LXC config the source sent with its probe."""
+        if not (self.state.config.hardened and request.lxc_config):
+            return ()
+        try:
+            own = self.state.backend.container_dir(request.container)
+        except BackendError as e:
+            return (str(e),)
+        reader = Reader(self.state.allotment(), own_dir=str(own), source_dir=request.source_dir)
+        return tuple(reader.judge(request.lxc_config).refusals[:64])
 
     def _migration(self, mid: str) -> Migration:
         if mid not in self.migrations:
@@ -267,7 +280,7 @@ class Session:
                 config, devices, _ = definition_fields(definition)
             except BackendError as e:
                 raise RemoteBadRequest(str(e)) from None
-            _refuse(container, hardened.lxd_definition_refusals(config, devices, self.state.config.lxd_allow_keys))
+            _refuse(container, hardened.lxd_definition_refusals(config, devices, self.state.lxd_allowed()))
         if self.state.container_exists(container):
             raise RemoteExists(f"a container named {container!r} already exists on this host")
         if taken := self.state.path_taken(container, backend):
@@ -429,10 +442,12 @@ class Session:
         self.state.status(f"restoring {migration.container} "
                           f"({'post-copy' if request.lazy else 'all pages here'})")
         try:
-            backend.adopt_config(migration.container, migration.source_dir, migration.definition)
-            if self.state.config.hardened:
-                _refuse(migration.container, backend.hardened_refusals(
-                    migration.container, self.state.config.lxd_allow_keys, received=migration.definition))
+            if self.state.config.hardened:  # (the helper writes the config, or refuses it)
+                _refuse(migration.container, backend.adopt_hardened(
+                    migration.container, migration.source_dir, migration.definition, self.state.allotment(),
+                    self.state.lxd_allowed()))
+            else:
+                backend.adopt_config(migration.container, migration.source_dir, migration.definition)
             if request.lazy:
                 address, port = self._source_page_server(request, migration)
                 start_lazy_pages(self.state, migration, images, address, port)
@@ -493,7 +508,7 @@ def _refuse(container: str, refusals: list[str]) -> None:
         log.warning("hardened mode refuses %s: %s", container, "; ".join(refusals))
         raise RemoteRefused(f"{container}: this helper's hardened mode refuses what the container asks of this "
                             f"host: {'; '.join(refusals)} (remove it from the container, or see [helper] "
-                            "hardened and lxd_allow_keys in lxdmig.conf)")
+                            "hardened, allow_privileged, lxc_allow_keys and lxd_allow_keys in lxdmig.conf)")
 
 
 def remove_container(backend: Backend, container: str) -> None:

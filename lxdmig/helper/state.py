@@ -15,6 +15,7 @@ from lxdmig.backends import Backend
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.config import Config
 from lxdmig.helper.migrations import Registry
+from lxdmig.lxc_definition import Allotment, host_allotment
 from lxdmig.protocol.messages import RemoteBadRequest, RemoteUnsupported
 from lxdmig.sdnotify import Notifier
 from lxdmig.tokens import TokenStore
@@ -38,6 +39,14 @@ class HelperState:
         self._context: ssl.SSLContext = tls.server_context(self.identity, self.trust)
         self._fingerprints = set(self.trust.fingerprints())
         self._host = capabilities.probe()
+
+    def allotment(self) -> Allotment:
+        """What a received LXC container may have here (lxc_definition)."""
+        return host_allotment(allow_privileged=self.config.allow_privileged, allow_keys=self.config.lxc_allow_keys)
+
+    def lxd_allowed(self) -> tuple[str, ...]:
+        """The LXD/Incus instance keys a peer may set in hardened mode."""
+        return (*self.config.lxd_allow_keys, *(("security.privileged",) if self.config.allow_privileged else ()))
 
     def backend_named(self, name: str) -> Backend:
         """The helper's backend ``name`` (lxc, or lxd or incus when that daemon runs on this host)."""

@@ -163,9 +163,10 @@ class Mover:
             problems = [Problem(Severity.WARN, f"will be left behind (--allow-drop): {p.left_behind}")
                         if p.left_behind else p for p in problems]
         checks += preflight.container_checks(facts, problems)
-        probe = client.probe(name, facts)
+        probe = client.probe(name, facts, self.backend.peer_config(name))
         checks += preflight.destination_checks(probe, facts, self.request.remote)
-        refusals = self.backend.hardened_refusals(name, probe.lxd_allow_keys) if probe.hardened else []
+        refusals = [*probe.config_refusals, *self.backend.hardened_refusals(name, probe.lxd_allow_keys)] \
+            if probe.hardened else []
         checks += preflight.hardened_checks(probe, refusals, self.request.remote)
         checks += preflight.page_transport_checks(probe, self.request.page_transport, self.request.remote)
         if preflight.failed(checks):

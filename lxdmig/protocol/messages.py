@@ -126,14 +126,17 @@ ERROR_CODES: dict[str, type[RemoteError]] = {
 }
 
 
+ERROR_MESSAGE_MAX = 16 * 1024  # (room for every refusal of a hardened destination)
+
+
 def error_header(error: RemoteError) -> dict[str, object]:
-    return {"type": "error", "code": error.code, "message": str(error)[:2000]}
+    return {"type": "error", "code": error.code, "message": str(error)[:ERROR_MESSAGE_MAX]}
 
 
 def raise_error(header: Mapping[str, object]) -> None:
     """Raise the exception an ``error`` reply stands for."""
     code = fields.get_str(header, "code", max_len=64)
-    message = fields.get_str(header, "message")
+    message = fields.get_str(header, "message", max_len=ERROR_MESSAGE_MAX)
     cls = ERROR_CODES.get(code, RemoteError)
     raise cls(message, code)
 
@@ -198,6 +201,8 @@ class ProbeResult(Message):
     plain_pages: bool = flag(default=False)  # takes memory pages over an authenticated plain connection
     lxd_allow_keys: tuple[str, ...] = texts(default=())
     lsm_refusal: str = text(max_len=1024, default="")  # why it cannot confine the container as asked (lsm)
+    # What its hardened mode would refuse in the container's LXC config (lxc_definition), one line each.
+    config_refusals: tuple[str, ...] = texts(max_items=64, default=())
 
 
 @message
@@ -278,6 +283,9 @@ class TrustRedeem(Request[Trusted]):
     certificate: str = text(max_len=8 * 1024)  # PEM (an RSA-4096 one is under 2 KiB)
 
 
+LXC_CONFIG_MAX = 32 * 1024
+
+
 @message
 class Probe(Request[ProbeResult]):
     TYPE, REPLY = "probe", ProbeResult
@@ -286,6 +294,8 @@ class Probe(Request[ProbeResult]):
     apparmor_profile: str = text(max_len=256, default="")  # the container's lxc.apparmor.profile ("": unset)
     apparmor_label: str = text(max_len=256, default="")  # the profile its tasks run under ("": unconfined)
     selinux_context: str = text(max_len=256, default="")  # its lxc.selinux.context ("": unset)
+    lxc_config: str = text(max_len=LXC_CONFIG_MAX, default="")  # its LXC config file, for hardened mode to judge
+    source_dir: str = text(max_len=1024, default="")  # the directory that config's paths name on the source
 
 
 @message

@@ -1,6 +1,8 @@
 """Run as a test host: act as a trusted but hostile source. Sends a container whose config asks the
-destination for what a migration does not need (hooks that run as root there, a host-path mount,
-another root filesystem, an include from /tmp, a host NIC), skipping the source's preflight, and asks
+destination for what a migration does not need (hooks that run as root there, host-path mounts in the
+forms liblxc reads differently from the text, another root filesystem, an include from /tmp, a host
+NIC, host root in its id map, its own capabilities, devices, AppArmor rules, namespaces and routes),
+skipping the source's preflight, and asks
 the destination to restore it. Prints one JSON line: what the destination answered.
 
 usage: python hostile_peer.py REMOTE CONTAINER WORKDIR MARKER DECOY
@@ -31,6 +33,21 @@ def hostile_config(name: str, source: Path, marker: str, decoy: str) -> str:
         "lxc.include = /tmp/lxdmig-hostile.conf",
         "lxc.net.0.type = phys",
         "lxc.net.0.link = lo",
+        # What liblxc reads differently from the text, or lets the peer choose its confinement with.
+        f"lxc.hook.stop = /proc/1/exe callhook /var/lib/lxd \"default\" \"{name}\" stop; touch {marker}",
+        "lxc.mount.entry = '/ host-root none rbind,create=dir 0 0'",
+        "lxc.mount.entry = etc host-etc2 none bind,create=dir 0 0",
+        "lxc.idmapX = u 0 0 65536",
+        "lxc.idmap = u 0 0 65536",
+        "lxc.cap.keep = sys_admin sys_module",
+        "lxc.cgroup2.devices.allow = a",
+        "lxc.apparmor.profile = unconfined",
+        "lxc.apparmor.raw = mount,",
+        "lxc.cgroup.dir = ../..",
+        "lxc.namespace.clone = mount pid",
+        "lxc.net.1.type = veth",
+        "lxc.net.1.veth.ipv4.route = 0.0.0.0/0",
+        "lxc.environment = PATH",
         "",
     ])
 

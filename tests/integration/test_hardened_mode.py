@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lxdmig.errors import ExitCode
-from testbed import containers
+from testbed import containers, helpers
 from testbed.containers import host_command
 from testbed.helpers import run_lxdmig as lxdmig
 from testbed.layout import Host
@@ -41,8 +41,13 @@ def test_a_hostile_peer_gets_its_restore_refused_and_nothing_runs(testbed: None,
     assert result["rsync"] == 0, result
     refused = str(result["restore"])
     assert refused.startswith("RemoteRefused") and "hardened mode refuses" in refused, refused
-    for named in ("lxc.hook.pre-start", "lxc.hook.destroy", "mounts /etc", "mounts /root", "lxc.rootfs.path",
-                  "lxc.include = /tmp/lxdmig-hostile.conf", "takes a network interface of this host"):
+    for named in ("lxc.hook.pre-start", "lxc.hook.destroy", "lxc.hook.stop", "names /etc, outside",
+                  "names /root, outside", "names /, outside", "a relative path", "lxc.rootfs.path",
+                  "lxc.include = /tmp/lxdmig-hostile.conf", "takes a network interface of this host",
+                  "lxc.idmapX = u 0 0 65536: not a key", "host ids 0-65535 are not all in a range",
+                  "lxc.cap.keep", "lxc.cgroup2.devices.allow = a", "lxc.apparmor.profile = unconfined",
+                  "lxc.apparmor.raw", "lxc.cgroup.dir", "lxc.namespace.clone", "adds routes to this host",
+                  "lxc.environment = PATH", "a privileged container is root on this host"):
         assert named in refused, (named, refused)
     # Once it asked for the restore, the files it was judged on can no longer change.
     late_rc, late_err = result["rsync_after_restore"]
@@ -59,7 +64,20 @@ def test_the_preflight_names_what_the_destination_would_refuse(make_container: M
     check = lxdmig(A, "check", "b", name)
     assert check.returncode == ExitCode.PREFLIGHT, check.stdout
     assert "b's hardened mode refuses lxc.hook.destroy = /bin/true" in check.stdout, check.stdout
-    assert "mounts /etc/ssl, a path of this host" in check.stdout, check.stdout
+    assert "names /etc/ssl, outside the container's directory" in check.stdout, check.stdout
     moved = lxdmig(A, "move", name, f"b:{name}")
     assert moved.returncode == ExitCode.PREFLIGHT and "hardened" in moved.stdout + moved.stderr
     assert containers.lxc_state(A, name) == "RUNNING" and not (B.lxcpath / name).exists()
+
+
+@pytest.mark.parametrize("privileged", [True], ids=["privileged"])
+def test_a_privileged_container_moves_only_to_a_helper_that_allows_them(make_container: MakeContainer) -> None:
+    # Its root is root on the destination: the default refuses it before anything is frozen, naming why.
+    name = make_container("a")
+    check = lxdmig(A, "check", "b", name)
+    assert check.returncode == ExitCode.PREFLIGHT, check.stdout
+    assert "a privileged container is root on this host" in check.stdout and "allow_privileged" in check.stdout
+    with helpers.allowing_privileged(B):
+        moved = lxdmig(A, "move", name, f"b:{name}")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert containers.lxc_state(B, name) == "RUNNING"

@@ -84,12 +84,16 @@ def test_only_lxds_own_hook_passes_when_named() -> None:
     assert refusals(ok) != []
     assert refusals('lxc.hook.pre-start = /proc/43/exe callhook /var/lib/lxd "default" "c1" start\n',
                     hook_prefixes=(prefix,)) != []
+    # Anything after LXD's own arguments would run too (liblxc runs hooks through /bin/sh -c).
+    for tail in ('"default" "c1" start; touch /tmp/p', '"default" "c1" start $(id)', '"default" "c1$(id)" start',
+                 '"default" "c1" start\ttouch'):
+        assert refusals(f"lxc.hook.pre-start = {prefix}{tail}\n", hook_prefixes=(prefix,)) != [], tail
 
 
 def test_lxd_definitions() -> None:
     root = {"root": {"type": "disk", "path": "/", "pool": "default"}}
     nic = {"eth0": {"type": "nic", "network": "lxdbr0"}}
-    fine = {"security.privileged": "true", "security.syscalls.deny": "bpf errno 1", "raw.lxc": "lxc.tty.max = 0",
+    fine = {"security.privileged": "false", "security.syscalls.deny": "bpf errno 1", "raw.lxc": "lxc.tty.max = 0",
             "limits.memory": "1GiB", "user.note": "x", "volatile.eth0.hwaddr": "00:16:3e:00:00:01"}
     assert lxd_definition_refusals(fine, {**root, **nic}) == []
     bad = lxd_definition_refusals(
@@ -102,6 +106,9 @@ def test_lxd_definitions() -> None:
         "config linux.kernel_modules", "config raw.apparmor", "config raw.idmap", "config security.nesting=true",
         "device gpu", "device host", "device kbd"], bad
     assert lxd_definition_refusals({"security.nesting": "true"}, {}, allowed_keys=["security.nesting"]) == []
+    # A privileged instance is root here: only where the destination allows them (allow_privileged).
+    assert lxd_definition_refusals({"security.privileged": "true"}, {}) != []
+    assert lxd_definition_refusals({"security.privileged": "true"}, {}, allowed_keys=["security.privileged"]) == []
 
 
 def test_a_planted_symlink_is_judged_by_what_it_names(tmp_path: object) -> None:

@@ -122,6 +122,7 @@ def test_remove_leftover_cgroups_only_removes_empty_ones(tmp_path: Path, monkeyp
 def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Path) -> None:
     from lxdmig.backends.lxc import LxcBackend
     from lxdmig.errors import BackendError
+    from lxdmig.lxc_definition import Allotment
 
     backend = LxcBackend(tmp_path)
     (tmp_path / "c1").mkdir()
@@ -132,24 +133,35 @@ def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Pa
     victim.write_text("/src/c1 must stay\n")
     (tmp_path / "c2").mkdir()
     (tmp_path / "c2" / "config").symlink_to(victim)
+    (tmp_path / "c2" / "rootfs").mkdir()
     with pytest.raises(BackendError, match="cannot open its config"):
         backend.adopt_config("c2", "/src/c1/", {})
+    with pytest.raises(BackendError, match="cannot open its config"):
+        backend.adopt_hardened("c2", "/src/c1/", {}, Allotment((), (), frozenset()), ())
     assert victim.read_text() == "/src/c1 must stay\n"
 
 
 def test_a_received_rootfs_is_judged_by_what_it_is_not_by_its_name(tmp_path: Path) -> None:
     from lxdmig.backends.lxc import LxcBackend
+    from lxdmig.lxc_definition import Allotment
 
     backend = LxcBackend(tmp_path)
+    here = Allotment(((100000, 65536),), ((100000, 65536),), frozenset())
     for name, make in (("real", lambda p: p.mkdir()), ("link", lambda p: p.symlink_to("/")), ("none", None)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "config").write_text(f"lxc.rootfs.path = dir:{tmp_path}/{name}/rootfs\n")
+        (tmp_path / name / "config").write_text(f"lxc.rootfs.path = dir:/src/{name}/rootfs\n"
+                                                "lxc.idmap = b 0 100000 65536\n")
         if make is not None:
             make(tmp_path / name / "rootfs")
-    assert backend.hardened_refusals("real") == []
-    assert backend.hardened_refusals("link") == [f"rootfs: {tmp_path}/link/rootfs is not a directory (a symlink, or "
-                                                 "a file)"]
-    assert "no root filesystem was received" in backend.hardened_refusals("none")[0]
+
+    def adopt(name: str) -> list[str]:
+        return backend.adopt_hardened(name, f"/src/{name}", {}, here, ())
+
+    assert adopt("real") == []
+    assert (tmp_path / "real" / "config").read_text() == \
+        f"lxc.rootfs.path = dir:{tmp_path}/real/rootfs\nlxc.idmap = b 0 100000 65536\n"
+    assert adopt("link") == [f"rootfs: {tmp_path}/link/rootfs is not a directory (a symlink, or a file)"]
+    assert "no root filesystem was received" in adopt("none")[0]
 
 
 def test_a_signal_during_the_rollback_waits_until_it_is_over() -> None:
