@@ -125,10 +125,11 @@ def run_lxdmig(spec: WorkloadSpec, mode: str, plain: bool = False) -> Sample:
 
 def _lxdmig_move(name: str, spec: WorkloadSpec, mode: str, subject: str, extra: list[str]) -> Sample:
     before = _verified(A, name)
-    cpu, start = _cpu_of_children(), time.monotonic()
-    result = host_command(A, helpers.lxdmig_argv("move", name, f"b:{name}", "--json", "--mode", mode, *extra),
-                          check=False, timeout=MOVE_TIMEOUT)
-    total, cpu = time.monotonic() - start, _cpu_of_children() - cpu
+    with helpers.allowing_privileged(B):  # (the same privileged containers as the hand-made moves)
+        cpu, start = _cpu_of_children(), time.monotonic()
+        result = host_command(A, helpers.lxdmig_argv("move", name, f"b:{name}", "--json", "--mode", mode, *extra),
+                              check=False, timeout=MOVE_TIMEOUT)
+        total, cpu = time.monotonic() - start, _cpu_of_children() - cpu
     if result.returncode != 0:
         return Sample("host", subject, mode, spec.memory_mib, spec.dirty_rate_mib_s, False, None, total,
                       note=result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed")

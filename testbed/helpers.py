@@ -28,7 +28,16 @@ from testbed.layout import Host, all_hosts, run_dir
 READY_TIMEOUT = 60.0
 
 
-def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool = False) -> str:
+PRIVILEGED_ENV = "LXDMIG_TESTBED_ALLOW_PRIVILEGED"
+
+
+def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True,
+                allow_privileged: bool | None = None) -> str:
+    """The test bed's helper config: hardened mode's defaults, but plain pages allowed, and privileged
+    containers too where ``allow_privileged`` (None: where $LXDMIG_TESTBED_ALLOW_PRIVILEGED is 1, as in
+    the VM's suites, whose containers are privileged)."""
+    if allow_privileged is None:
+        allow_privileged = os.environ.get(PRIVILEGED_ENV) == "1"
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
             f"hardened = {str(hardened).lower()}\nplain_pages = {str(plain_pages).lower()}\n"
@@ -73,7 +82,7 @@ def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
 
 
 def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True,
-          plain_pages: bool = True, allow_privileged: bool = False) -> int:
+          plain_pages: bool = True, allow_privileged: bool | None = None) -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)
     if pid is not None:
@@ -120,7 +129,7 @@ def fail_points(host: Host) -> str:
     return next((item[len(prefix):].decode() for item in environ if item.startswith(prefix)), "")
 
 
-def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool = False,
+def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool | None = None,
             extra_env: dict[str, str] | None = None) -> int:
     stop(host)
     return start(host, extra_env, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
@@ -128,7 +137,7 @@ def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True, allo
 
 @contextlib.contextmanager
 def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True,
-               allow_privileged: bool = False) -> Iterator[None]:
+               allow_privileged: bool | None = None) -> Iterator[None]:
     """host's helper restarted with these settings for the block, and with the test bed's after it."""
     restart(host, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
     try:
@@ -137,10 +146,14 @@ def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True,
         restart(host)
 
 
-def allowing_privileged(host: Host) -> contextlib.AbstractContextManager[None]:
-    """host's helper in hardened mode that receives privileged containers (allow_privileged = true), as an
-    operator may run it. The test bed's default settings after."""
-    return _restarted(host, allow_privileged=True)
+@contextlib.contextmanager
+def allowing_privileged(*hosts: Host) -> Iterator[None]:
+    """The hosts' helpers in hardened mode, receiving privileged containers (allow_privileged = true) as an
+    operator may let them. The test bed's default settings after."""
+    with contextlib.ExitStack() as stack:
+        for host in hosts:
+            stack.enter_context(_restarted(host, allow_privileged=True))
+        yield
 
 
 def unhardened(host: Host) -> contextlib.AbstractContextManager[None]:

@@ -295,11 +295,14 @@ def test_a_system_container_is_pre_copied_over_the_plain_page_transport(hosts: t
     assert before["profile"] == NAMED_PROFILE and _state(b) == before
 
 
-def test_an_unconfined_container_moves_and_stays_unconfined(hosts: tuple[Machine, Machine], container: str) -> None:
+def test_an_unconfined_container_moves_only_where_the_operator_allows_it(hosts: tuple[Machine, Machine],
+                                                                        container: str) -> None:
     a, b = hosts
     # (After test_a_system_container_is_pre_copied_over_the_plain_page_transport: it runs on b.) With
-    # lxc.apparmor.profile = unconfined, liblxc hands CRIU apparmor:unconfined, which a destination
-    # with AppArmor applies (one without refuses it: tests/integration/test_remotes_and_check.py).
+    # lxc.apparmor.profile = unconfined the container picks its own confinement: a's hardened mode
+    # refuses it before anything is frozen, until a's operator allows that value; then liblxc hands CRIU
+    # apparmor:unconfined, which a destination with AppArmor applies (one without refuses it:
+    # tests/integration/test_remotes_and_check.py).
     b.run("sed", "-i", "s/^lxc.apparmor.profile = .*/lxc.apparmor.profile = unconfined/",
           f"/var/lib/lxc/{container}/config")
     b.run("lxc-stop", "-n", container, timeout=300)
@@ -307,6 +310,13 @@ def test_an_unconfined_container_moves_and_stays_unconfined(hosts: tuple[Machine
     assert _wait_booted(b) in ("running", "degraded")
     before = _state(b)
     assert before["profile"] == "unconfined", before
+    refused = b.run("lxdmig", "move", container, f"a:{container}", timeout=900, check=False)
+    assert refused.returncode == 9, refused.stdout + refused.stderr
+    assert "lxc.apparmor.profile = unconfined: the container would run unconfined" in refused.stderr, refused.stderr
+    a.run("sed", "-i", "s/^#lxc_allow_keys = $/lxc_allow_keys = lxc.apparmor.profile=unconfined/",
+          "/etc/lxdmig/lxdmig.conf")
+    assert "lxc_allow_keys = lxc.apparmor.profile=unconfined" in a.run("cat", "/etc/lxdmig/lxdmig.conf").stdout
+    a.run("systemctl", "restart", "lxdmig-helper")
     moved = b.run("lxdmig", "move", container, f"a:{container}", "--json", timeout=1800, check=False)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert _state(a) == before

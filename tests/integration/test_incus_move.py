@@ -68,7 +68,9 @@ def instance(incus_pair: None, request: pytest.FixtureRequest) -> Iterator[str]:
         lxd.delete(host, name, INCUS)
     lxd.create(A, name, start=True, raw_lxc=raw_lxc, kind=INCUS, privileged=privileged)
     containers.wait_for_workload(A, name)
-    yield name
+    # (A privileged instance, as lxd.INSTANCE_CONFIG says why: the helpers must allow them.)
+    with helpers.allowing_privileged(*((A, B) if privileged else ())):
+        yield name
     for host in (A, B):
         lxd.delete(host, name, INCUS)
 

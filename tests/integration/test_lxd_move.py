@@ -69,7 +69,8 @@ def instance(lxd_pair: None, request: pytest.FixtureRequest) -> Iterator[str]:
         lxd.delete(host, name)
     lxd.create(A, name, start=True, raw_lxc=extra)
     containers.wait_for_workload(A, name)
-    yield name
+    with helpers.allowing_privileged(A, B):  # (a privileged instance: see lxd.INSTANCE_CONFIG)
+        yield name
     for host in (A, B):
         lxd.delete(host, name)
 
