@@ -101,8 +101,9 @@ def _default_addresses(port: int) -> list[str]:
 
 TRUST_MEANS = ("A trusted host is root here: a migration from it brings the container's definition and root "
                "filesystem, and this helper, running as root, creates and starts that container. Hardened mode "
-               "(the default) refuses hooks, host mounts and the like, but a privileged container and the CRIU "
-               "images still act as root here. Trust only hosts whose root you would trust with this host.")
+               "(the default) writes the container's LXC config itself and refuses privileged containers, hooks, "
+               "host paths and the like, but the CRIU images still describe what runs here. Trust only hosts "
+               "whose root you would trust with this host.")
 
 
 def _trust_add(args: argparse.Namespace) -> ExitCode:
