@@ -55,6 +55,17 @@ def check_name(name: str) -> str:
     return name
 
 
+def _own_directory(directory: Path) -> None:
+    """``directory`` root's, writable and readable by root alone (search kept where it was, for the
+    container's mapped root)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o711 | 0o700)
+    finally:
+        os.close(fd)
+
+
 class LxcBackend(Backend):
     name = "lxc"
 
@@ -442,6 +453,11 @@ class LxcBackend(Backend):
                 fh.seek(0)
                 fh.truncate()
                 fh.write(judged.text())
+                # This host's file, as the directory holding it (the peer's rsync gave them its own owners
+                # and modes: a world-writable config or directory would let a local user edit what runs).
+                os.fchown(fh.fileno(), 0, 0)
+                os.fchmod(fh.fileno(), 0o600)
+                _own_directory(directory)
         return judged.refusals
 
     def _open_config(self, container: str, flags: int) -> TextIO:

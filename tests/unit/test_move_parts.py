@@ -3,7 +3,9 @@ the rsync server whitelist, the undo stack, freezer discovery, lazy page countin
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import struct
 from pathlib import Path
 
@@ -157,9 +159,16 @@ def test_a_received_rootfs_is_judged_by_what_it_is_not_by_its_name(tmp_path: Pat
     def adopt(name: str) -> list[str]:
         return backend.adopt_hardened(name, f"/src/{name}", {}, here, ())
 
+    # (The peer's rsync gave the directory and the config its own owners and modes.)
+    os.chmod(tmp_path / "real", 0o777)
+    os.chown(tmp_path / "real" / "config", 1000, 1000)
+    os.chmod(tmp_path / "real" / "config", 0o666)
     assert adopt("real") == []
     assert (tmp_path / "real" / "config").read_text() == \
         f"lxc.rootfs.path = dir:{tmp_path}/real/rootfs\nlxc.idmap = b 0 100000 65536\n"
+    assert stat.S_IMODE((tmp_path / "real").stat().st_mode) == 0o711 and (tmp_path / "real").stat().st_uid == 0
+    config = (tmp_path / "real" / "config").stat()
+    assert (stat.S_IMODE(config.st_mode), config.st_uid, config.st_gid) == (0o600, 0, 0)
     assert adopt("link") == [f"rootfs: {tmp_path}/link/rootfs is not a directory (a symlink, or a file)"]
     assert "no root filesystem was received" in adopt("none")[0]
 
