@@ -180,6 +180,12 @@ class Backend(abc.ABC):
         self.adopt_config(container, source_dir, definition)
         return self.hardened_refusals(container, lxd_allowed, received=definition)
 
+    def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
+        """Destination, hardened mode, after adopt_hardened(): what among the files a peer's rsync wrote
+        (``names``, relative to container_dir()) the container's own root could not have made
+        (received_files), one line each."""
+        return []
+
     def peer_config(self, container: str) -> tuple[str, str]:
         """The container's own config file as the destination's hardened mode judges it (its text, and the
         directory its paths name here), ("", "") when the destination judges the definition instead."""

@@ -16,18 +16,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import acl, cgroups, criu, kernel, lsm, proc, psi, ramfs, uffd_sysctl
+from lxdmig import acl, cgroups, criu, kernel, lsm, proc, psi, ramfs, received_files, uffd_sysctl
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
     cgroup_base,
     cgroup_plan,
+    config_lines,
     config_problems,
     controller_plan,
     criu_tool_problems,
     device_problems,
     freezer_files,
     generated_profile,
+    id_map_entries,
     lent_terminal_problems,
     lsm_label_shim,
     network_unlock_commands,
@@ -459,6 +461,14 @@ class LxcBackend(Backend):
                 os.fchmod(fh.fileno(), 0o600)
                 _own_directory(directory)
         return judged.refusals
+
+    def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
+        with self._open_config(container, os.O_RDONLY) as fh:  # (the one adopt_hardened wrote)
+            entries = id_map_entries(config_lines(fh.read()))
+        if not any(inside == 0 for _, inside, _, _ in entries):
+            return []  # (a privileged container, which this host's operator lets in: its root is root here)
+        uids, gids = ([(host, count) for k, _, host, count in entries if k == kind] for kind in ("u", "g"))
+        return received_files.problems(self.container_dir(container), names, uids, gids)
 
     def _open_config(self, container: str, flags: int) -> TextIO:
         path = self.container_dir(container) / "config"

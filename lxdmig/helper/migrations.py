@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lxdmig import proc
+from lxdmig import proc, received_files
 from lxdmig.protocol.messages import RemoteBusy, RemoteNotFound, RemoteShuttingDown
 from lxdmig.undo import UndoStack
 
@@ -65,6 +65,11 @@ class Migration:
     @property
     def peer_cert(self) -> Path:
         return self.root / "peer.crt"
+
+    def received_names(self) -> set[str]:
+        """What its rsync receivers changed (received_files; their logs in its directory)."""
+        return {name for log in self.root.glob("received-*.log") for name in received_files.changed_names(
+            log.read_text(errors="replace"))}
 
     def add_rsync_server(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes] | None:
         """Start a receiving rsync (``start``) and keep it, unless the files are sealed (then None)."""

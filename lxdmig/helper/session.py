@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import re
+import secrets
 import socket
 import ssl
 import subprocess
@@ -27,7 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import failpoints, hardened, lsm, page_channel, proc, tls
+from lxdmig import failpoints, hardened, lsm, page_channel, proc, received_files, tls
 from lxdmig.backends import DAEMONS, Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
@@ -404,6 +405,7 @@ class Session:
         migration = self.state.registry.get(mid, self.fingerprint or "")
         target = self.state.backend_named(migration.backend).container_dir(migration.container)
         argv = server_argv(list(request.argv), str(target))
+        argv[-2:-2] = received_files.log_options(migration.root / f"received-{secrets.token_hex(4)}.log")
         target.parent.mkdir(parents=True, exist_ok=True)
 
         def start() -> subprocess.Popen[bytes]:
@@ -446,6 +448,8 @@ class Session:
                 _refuse(migration.container, backend.adopt_hardened(
                     migration.container, migration.source_dir, migration.definition, self.state.allotment(),
                     self.state.lxd_allowed()))
+                _refuse(migration.container, backend.received_file_problems(
+                    migration.container, migration.received_names()))
             else:
                 backend.adopt_config(migration.container, migration.source_dir, migration.definition)
             if request.lazy:

@@ -5,12 +5,18 @@ NIC, host root in its id map, its own capabilities, devices, AppArmor rules, nam
 skipping the source's preflight, and asks
 the destination to restore it. Prints one JSON line: what the destination answered.
 
-usage: python hostile_peer.py REMOTE CONTAINER WORKDIR MARKER DECOY
+With ``files`` last, the config is one a hardened helper takes and the root filesystem holds what the
+container's root could not make (a setuid file of host root, a block device node, a host file
+capability).
+
+usage: python hostile_peer.py REMOTE CONTAINER WORKDIR MARKER DECOY [files]
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -52,12 +58,35 @@ def hostile_config(name: str, source: Path, marker: str, decoy: str) -> str:
     ])
 
 
-def main(remote: str, name: str, work: Path, marker: str, decoy: str) -> None:
+def plant_files(source: Path) -> str:
+    """An unprivileged container's config a hardened helper takes, with a root filesystem holding what its
+    root could not make: a setuid file of host root, a block device node, a host file capability."""
+    rootfs = source / "rootfs"
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (rootfs / "dev").mkdir()
+    evil = rootfs / "usr" / "bin" / "evil"
+    evil.write_bytes(b"#!/bin/sh\n")
+    os.chown(evil, 0, 0)
+    os.chmod(evil, 0o4755)
+    os.mknod(rootfs / "dev" / "disk", 0o666 | stat.S_IFBLK, os.makedev(7, 0))
+    ping = rootfs / "usr" / "bin" / "ping"
+    ping.write_bytes(b"")
+    os.setxattr(ping, "security.capability", (0x02000001).to_bytes(4, "little") + (1 << 21).to_bytes(4, "little")
+                + bytes(12))  # (cap_sys_admin+ep in the host's user namespace)
+    return f"lxc.uts.name = {source.name}\nlxc.rootfs.path = dir:{rootfs}\nlxc.idmap = u 0 100000 65536\n" \
+           "lxc.idmap = g 0 100000 65536\n"
+
+
+def main(remote: str, name: str, work: Path, marker: str, decoy: str, kind: str = "config") -> None:
     conf = config.load()
     source = work / name
-    (source / "rootfs").mkdir(parents=True)
-    (source / "rootfs" / "planted").symlink_to("/root")
-    (source / "config").write_text(hostile_config(name, source, marker, decoy))
+    if kind == "files":
+        (source / "config").parent.mkdir(parents=True)
+        (source / "config").write_text(plant_files(source))
+    else:
+        (source / "rootfs").mkdir(parents=True)
+        (source / "rootfs" / "planted").symlink_to("/root")
+        (source / "config").write_text(hostile_config(name, source, marker, decoy))
     images = work / "images"
     (images / "dump").mkdir(parents=True)
     (images / "dump" / "inventory.img").write_bytes(b"\0" * 16)
@@ -88,4 +117,4 @@ def main(remote: str, name: str, work: Path, marker: str, decoy: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5])
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5], *sys.argv[6:7])

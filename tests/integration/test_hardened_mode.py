@@ -58,6 +58,25 @@ def test_a_hostile_peer_gets_its_restore_refused_and_nothing_runs(testbed: None,
     assert containers.lxc_state(B, name) != "RUNNING"
 
 
+def test_files_the_containers_root_could_not_make_are_refused(testbed: None, tmp_path: Path) -> None:
+    # The rsync receiver runs as root and keeps what the source sends: on this host's disk a setuid file
+    # of host root, a block device node or a host file capability would serve any local user.
+    name = "hostile2"
+    work = tmp_path / "work"
+    work.mkdir()
+    script = Path(__file__).with_name("hostile_peer.py")
+    out = host_command(A, [sys.executable, str(script), "b", name, str(work), str(tmp_path / "m"), str(tmp_path),
+                           "files"]).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["rsync"] == 0, result
+    refused = str(result["restore"])
+    assert refused.startswith("RemoteRefused"), refused
+    for named in ("rootfs/usr/bin/evil: setuid, owned by uid 0", "rootfs/dev/disk: a device node (7:0)",
+                  "rootfs/usr/bin/ping: file capabilities of this host's user namespace"):
+        assert named in refused, (named, refused)
+    wait_until(lambda: not (B.lxcpath / name).exists(), 30, "the refused container's removal on b")
+
+
 def test_the_preflight_names_what_the_destination_would_refuse(make_container: MakeContainer) -> None:
     name = make_container("a", extra_config="lxc.hook.destroy = /bin/true\n"
                                              "lxc.mount.entry = /etc/ssl mnt none ro,bind,create=dir 0 0\n")
