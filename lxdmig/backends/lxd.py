@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lxdmig import cgroups, hardened, lxd_api
-from lxdmig.backends.base import ContainerFacts, Problem
+from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.idmapped_root import id_maps, idmapped
 from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
 from lxdmig.backends.lxc_rules import config_lines
@@ -44,6 +44,7 @@ from lxdmig.backends.lxd_rules import (
     rewrite_lxc_conf,
 )
 from lxdmig.errors import BackendError, CriuError
+from lxdmig.lxc_definition import Allotment
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,18 @@ class LxdBackend(LxcBackend):
         if pid <= 0:
             raise BackendError(f"{self.daemon.label} here does not say its process id (server_pid)")
         return pid
+
+    # The daemon writes the instance's LXC config (not the helper, as for LXC containers): its definition
+    # and generated config are judged by hardened.py's rules, and its files are not checked here.
+    def peer_config(self, container: str) -> tuple[str, str]:
+        return Backend.peer_config(self, container)
+
+    def adopt_hardened(self, container: str, source_dir: str, definition: dict[str, Any], allotment: Allotment,
+                       lxd_allowed: Iterable[str]) -> list[str]:
+        return Backend.adopt_hardened(self, container, source_dir, definition, allotment, lxd_allowed)
+
+    def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
+        return []
 
     def hardened_refusals(self, container: str, allowed_keys: Iterable[str] = (),
                           received: dict[str, Any] | None = None) -> list[str]:
