@@ -79,30 +79,34 @@ class Judgement:
         return "".join(f"{line}\n" for line in self.lines)
 
 
+# How ``lxdmig prepare`` comments out a line it replaced (prepare.WAS; its --undo puts the line back).
+PREPARE_WAS = "# lxdmig prepare (was: "
+
+
 class Refused(ValueError):
     """A value this host does not let a peer set; the message says why."""
 
 
 # --- liblxc's reading of a line ----------------------------------------------------------------------
 
+def liblxc_line(raw: str) -> tuple[str, str] | None:
+    """``(key, value)`` of one config line as liblxc's parse_line reads it (None: a line it ignores): the
+    key and value trimmed of blanks and tabs, one pair of matching quotes around the value removed."""
+    line = raw.lstrip(" \t")
+    if not line.startswith("lxc."):
+        return None
+    key, eq, value = line.partition("=")
+    if not eq:
+        return key.rstrip(" \t\n\0"), ""  # (liblxc: an invalid line; refused as an unknown key)
+    value = value.lstrip(" \t").rstrip(" \t\n\0")
+    if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]:
+        value = value[1:-1]
+    return key.rstrip(" \t\n\0"), value
+
+
 def liblxc_lines(text: str) -> list[tuple[str, str]]:
-    """``(key, value)`` of each config line, as liblxc's parse_line reads them: lines not starting with
-    ``lxc.`` (after blanks) ignored, the key and value trimmed of blanks and tabs, one pair of matching
-    quotes around the value removed."""
-    out = []
-    for raw in text.split("\n"):
-        line = raw.lstrip(" \t")
-        if not line.startswith("lxc."):
-            continue
-        key, eq, value = line.partition("=")
-        if not eq:
-            out.append((key.rstrip(" \t\n\0"), ""))  # (liblxc: an invalid line; refused below)
-            continue
-        value = value.lstrip(" \t").rstrip(" \t\n\0")
-        if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]:
-            value = value[1:-1]
-        out.append((key.rstrip(" \t\n\0"), value))
-    return out
+    """liblxc_line() of each line liblxc reads."""
+    return [item for raw in text.split("\n") if (item := liblxc_line(raw)) is not None]
 
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -274,15 +278,17 @@ class Reader:
 
     def judge(self, text: str) -> Judgement:
         out = Judgement()
-        for key, value in liblxc_lines(text):
-            shown = f"{key} = {value}" if len(value) <= 200 else f"{key} = {value[:200]}..."
-            if self.allotment.allows(key, value):
-                out.lines.append(f"{key} = {_quoted(value)}")
-                continue
+        for raw in text.split("\n"):
+            comment = raw.lstrip(" \t")
             try:
-                out.lines.append(f"{key} = {self._value(key, value)}")
+                if comment.startswith(PREPARE_WAS) and comment.endswith(")"):
+                    out.lines.append(f"{PREPARE_WAS}{self._was(comment[len(PREPARE_WAS):-1])})")
+                elif comment.startswith("#"):  # (liblxc ignores it)
+                    out.lines.append(comment)
+                elif (item := liblxc_line(raw)) is not None:
+                    out.lines.append(self._line(*item))
             except Refused as e:
-                out.refusals.append(f"{shown}: {e}")
+                out.refusals.append(str(e))
         if not any(line.startswith("lxc.rootfs.path = ") for line in out.lines):
             out.refusals.append(f"lxc.rootfs.path: unset (liblxc would run the container on this host's /); "
                                 f"it must be {self.rootfs}")
@@ -295,6 +301,26 @@ class Reader:
             out.refusals.append("lxc.idmap: none maps the container's root: a privileged container is root "
                                     "on this host (its helper allows them only with allow_privileged = true)")
         return out
+
+    def _line(self, key: str, value: str) -> str:
+        """The line this host writes for ``key = value``; raises Refused naming them."""
+        if self.allotment.allows(key, value):
+            return f"{key} = {_quoted(value)}"
+        try:
+            return f"{key} = {self._value(key, value)}"
+        except Refused as e:
+            shown = value if len(value) <= 200 else f"{value[:200]}..."
+            raise Refused(f"{key} = {shown}: {e}") from None
+
+    def _was(self, line: str) -> str:
+        """A line ``lxdmig prepare`` commented out, which its ``--undo`` puts back: judged as if it were live."""
+        item = liblxc_line(line)
+        if item is None:
+            raise Refused(f"{PREPARE_WAS}{line}): not an LXC config line")
+        try:
+            return self._line(*item)
+        except Refused as e:
+            raise Refused(f"{PREPARE_WAS}{line}) (lxdmig prepare --undo would make it live): {e}") from None
 
     def _value(self, key: str, value: str) -> str:
         if key.startswith("lxc.hook.") and key != "lxc.hook.version" or re.match(r"lxc\.net\.\d+\.script\.", key):

@@ -273,27 +273,28 @@ def test_a_privileged_debian_system_instance_is_prepared_through_lxds_api(lxd_pa
     for host in (A, B):
         lxd.delete(host, name)
     lxd.create_system(A, name, "debian-12", privileged=True)
-    try:
-        rc, out, _ = lxdmig(A, "check", "b", name)
-        assert rc == ExitCode.PREFLIGHT and "holds bpf-prog" in out, out
-        rc, said, err = lxdmig(A, "prepare", name)
-        assert rc == 0 and f"set {prepare.LXD_DENY} += bpf errno 1" in said and "must restart" in said, said + err
-        assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == "bpf errno 1"
-        assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]  # until it restarts
-        rc, said, err = lxdmig(A, "prepare", name, "--restart")
-        assert rc == 0 and said.splitlines()[-1].startswith(f"restart {name}: LXD applies"), said + err
-        assert lxc(A, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
-        rc, out, _ = lxdmig(A, "check", "b", name)
-        assert "bpf-prog" not in out, out
-        if kernel.has_cap_sys_resource():
-            assert rc == 0, out
-        else:
-            assert rc == ExitCode.PREFLIGHT and "CRIU cannot read its rlimits" in out, out
-        rc, said, err = lxdmig(A, "prepare", name, "--undo", "--restart")
-        assert rc == 0 and prepare.UNDO_LXD_CONFIG in said and f"restart {name}" in said, said + err
-        assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == ""
-        assert lxc(A, "config", "get", name, prepare.LXD_WAS).strip() == ""
-        assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]
-    finally:
-        for host in (A, B):
-            lxd.delete(host, name)
+    with helpers.allowing_privileged(B):  # (b's operator takes privileged instances: see lxd.INSTANCE_CONFIG)
+        try:
+            rc, out, _ = lxdmig(A, "check", "b", name)
+            assert rc == ExitCode.PREFLIGHT and "holds bpf-prog" in out, out
+            rc, said, err = lxdmig(A, "prepare", name)
+            assert rc == 0 and f"set {prepare.LXD_DENY} += bpf errno 1" in said and "must restart" in said, said + err
+            assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == "bpf errno 1"
+            assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]  # until it restarts
+            rc, said, err = lxdmig(A, "prepare", name, "--restart")
+            assert rc == 0 and said.splitlines()[-1].startswith(f"restart {name}: LXD applies"), said + err
+            assert lxc(A, "exec", name, "--", "systemctl", "is-system-running").strip() == "running"
+            rc, out, _ = lxdmig(A, "check", "b", name)
+            assert "bpf-prog" not in out, out
+            if kernel.has_cap_sys_resource():
+                assert rc == 0, out
+            else:
+                assert rc == ExitCode.PREFLIGHT and "CRIU cannot read its rlimits" in out, out
+            rc, said, err = lxdmig(A, "prepare", name, "--undo", "--restart")
+            assert rc == 0 and prepare.UNDO_LXD_CONFIG in said and f"restart {name}" in said, said + err
+            assert lxc(A, "config", "get", name, prepare.LXD_DENY).strip() == ""
+            assert lxc(A, "config", "get", name, prepare.LXD_WAS).strip() == ""
+            assert "holds bpf-prog" in lxdmig(A, "check", "b", name)[1]
+        finally:
+            for host in (A, B):
+                lxd.delete(host, name)

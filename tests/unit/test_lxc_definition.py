@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lxdmig.backends._liblxc import ffi, lib
-from lxdmig.lxc_definition import Allotment, Reader, liblxc_lines, mount_fields, subordinate_ranges
+from lxdmig import prepare
+from lxdmig.lxc_definition import PREPARE_WAS, Allotment, Reader, liblxc_lines, mount_fields, subordinate_ranges
 
 OWN, SOURCE = "/var/lib/lxc/c1", "/srv/lxc/c1"
 HERE = Allotment(uids=((100000, 65536),), gids=((100000, 65536),), bridges=frozenset({"br0"}))
@@ -53,7 +53,21 @@ lxc.environment = container=lxc
     assert f"lxc.rootfs.path = dir:{OWN}/rootfs" in judged.lines
     assert f"lxc.seccomp.profile = {OWN}/lxdmig-seccomp.policy" in judged.lines
     assert 'lxc.environment = "container=lxc"' in judged.lines
-    assert "lxc.net.0.link = br0" in judged.lines and not any(line.startswith("#") for line in judged.lines)
+    assert "lxc.net.0.link = br0" in judged.lines
+    # (Comments, which liblxc ignores, stay: lxdmig prepare marks its lines with them.)
+    assert judged.lines[0] == "# Template used to create this container: /usr/share/lxc/templates/lxc-download"
+
+
+def test_lines_lxdmig_prepare_commented_out_are_judged_as_its_undo_would_make_them() -> None:
+    prepared = prepare.set_line(BASE + "lxc.tty.max = 4\n", "lxc.tty.max", "0")
+    judged = judge(prepared, base="")
+    assert judged.refusals == []
+    assert prepare.unset_lines(judged.text()).splitlines()[-1] == "lxc.tty.max = 4"
+    assert PREPARE_WAS == prepare.WAS
+    hostile = judge(f"{prepare.WAS}lxc.hook.pre-start = /bin/sh -c id)\n")
+    assert hostile.refusals == [f"{prepare.WAS}lxc.hook.pre-start = /bin/sh -c id) (lxdmig prepare --undo would "
+                                "make it live): lxc.hook.pre-start = /bin/sh -c id: runs a program as root on this "
+                                "host"], hostile.refusals
 
 
 @pytest.mark.parametrize(("line", "why"), [
@@ -167,6 +181,8 @@ def _getmntent(path: Path) -> list[list[str]]:
 
 
 def _liblxc_item(config: Path, key: str) -> str:
+    from lxdmig.backends._liblxc import ffi, lib  # (compiled when lxdmig is installed)
+
     container = lib.lxc_container_new(config.parent.name.encode(), str(config.parent.parent).encode())
     assert container != ffi.NULL
     try:
@@ -178,6 +194,7 @@ def _liblxc_item(config: Path, key: str) -> str:
         lib.lxc_container_put(container)
 
 
+@pytest.mark.host
 def test_liblxc_reads_the_written_config_as_lxdmig_judged_it(tmp_path: Path) -> None:
     own = tmp_path / "c1"
     (own / "rootfs").mkdir(parents=True)

@@ -14,6 +14,7 @@ import pytest
 from lxdmig import received_files
 from lxdmig.helper.rsync_server import server_argv
 
+pytestmark = pytest.mark.host  # (root: device nodes, owners, security.* attributes; rsync)
 MAP = [(100000, 65536)]
 ROOT = 100000
 
