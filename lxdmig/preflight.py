@@ -145,7 +145,8 @@ def hardened_checks(probe: ProbeResult, refusals: list[str], remote: str) -> lis
     if not refusals:
         return [Check("hardened", Status.OK, f"{remote}'s hardened mode takes this container's config")]
     return [Check("hardened", Status.FAIL, f"{remote}'s hardened mode refuses {r} (remove it from the container, "
-                                           f"or see [helper] hardened in {remote}'s lxdmig.conf)")
+                                           f"or see [helper] hardened, allow_privileged, lxc_allow_keys and "
+                                           f"lxd_allow_keys in {remote}'s lxdmig.conf)")
             for r in refusals]
 
 

@@ -172,7 +172,8 @@ def test_a_profile_missing_on_the_destination_stops_the_move_before_any_freeze(l
         lxd.create(A, name, start=True, profiles=("only-on-a",))
         containers.wait_for_workload(A, name)
         before = containers.wait_for_full_verification(A, name)
-        rc, _, err = lxdmig(A, "move", name, f"b:{name}", "--engine", engine)
+        with helpers.allowing_privileged(B):  # (a privileged instance: see lxd.INSTANCE_CONFIG)
+            rc, _, err = lxdmig(A, "move", name, f"b:{name}", "--engine", engine)
         assert rc != 0 and "only-on-a" in err, err
         after = containers.wait_for_full_verification(A, name)
         # Never frozen: no pause longer than before.
