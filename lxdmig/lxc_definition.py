@@ -299,7 +299,7 @@ class Reader:
                                 "kernel settings to it")
         if privileged and not self.allotment.allow_privileged:
             out.refusals.append("lxc.idmap: none maps the container's root: a privileged container is root "
-                                    "on this host (its helper allows them only with allow_privileged = true)")
+                                "on this host (its helper allows them only with allow_privileged = true)")
         return out
 
     def _line(self, key: str, value: str) -> str:
@@ -317,10 +317,13 @@ class Reader:
         item = liblxc_line(line)
         if item is None:
             raise Refused(f"{PREPARE_WAS}{line}): not an LXC config line")
+        live = len(self.idmaps)
         try:
             return self._line(*item)
         except Refused as e:
             raise Refused(f"{PREPARE_WAS}{line}) (lxdmig prepare --undo would make it live): {e}") from None
+        finally:
+            del self.idmaps[live:]  # (a commented-out id map maps nothing now)
 
     def _value(self, key: str, value: str) -> str:
         if key.startswith("lxc.hook.") and key != "lxc.hook.version" or re.match(r"lxc\.net\.\d+\.script\.", key):
@@ -435,6 +438,7 @@ class Reader:
         for option in opts:
             if not _MOUNT_OPTION.fullmatch(option) or option in ("relative", "move") or option.startswith("idmap"):
                 raise Refused(f"mount option {option!r} is not one a peer may set")
+        target = self._here(target)  # (an absolute target in the source's root filesystem, as it is here)
         if target.startswith(self.rootfs + "/"):
             target = target[len(self.rootfs) + 1:]
         if target.startswith("/") or ".." in PurePosixPath(target).parts or not target.strip("/"):

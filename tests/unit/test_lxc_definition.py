@@ -54,6 +54,8 @@ lxc.environment = container=lxc
     assert f"lxc.seccomp.profile = {OWN}/lxdmig-seccomp.policy" in judged.lines
     assert 'lxc.environment = "container=lxc"' in judged.lines
     assert "lxc.net.0.link = br0" in judged.lines
+    absolute = judge(f"lxc.mount.entry = tmpfs {SOURCE}/rootfs/run/x tmpfs rw 0 0\n")
+    assert absolute.refusals == [] and "lxc.mount.entry = tmpfs run/x tmpfs rw 0 0" in absolute.lines
     # (Comments, which liblxc ignores, stay: lxdmig prepare marks its lines with them.)
     assert judged.lines[0] == "# Template used to create this container: /usr/share/lxc/templates/lxc-download"
 
@@ -64,6 +66,9 @@ def test_lines_lxdmig_prepare_commented_out_are_judged_as_its_undo_would_make_th
     assert judged.refusals == []
     assert prepare.unset_lines(judged.text()).splitlines()[-1] == "lxc.tty.max = 4"
     assert PREPARE_WAS == prepare.WAS
+    # A commented-out id map maps nothing: still a privileged container.
+    commented = judge(f"{prepare.WAS}lxc.idmap = b 0 100000 65536)\n", base=f"lxc.rootfs.path = dir:{SOURCE}/rootfs\n")
+    assert any("a privileged container" in r for r in commented.refusals), commented.refusals
     hostile = judge(f"{prepare.WAS}lxc.hook.pre-start = /bin/sh -c id)\n")
     assert hostile.refusals == [f"{prepare.WAS}lxc.hook.pre-start = /bin/sh -c id) (lxdmig prepare --undo would "
                                 "make it live): lxc.hook.pre-start = /bin/sh -c id: runs a program as root on this "
