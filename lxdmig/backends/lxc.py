@@ -57,13 +57,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _own_directory(directory: Path) -> None:
-    """``directory`` root's, writable and readable by root alone (search kept where it was, for the
-    container's mapped root)."""
+def _own_directory(directory: Path, *, unprivileged: bool) -> None:
+    """``directory`` root's, readable and writable by root alone; searchable by others for an unprivileged
+    container, whose mapped root must reach its root filesystem when it starts (LXC gives that root the
+    directory instead, which would let a local user holding that uid swap the config)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fchown(fd, 0, 0)
-        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & 0o711 | 0o700)
+        os.fchmod(fd, 0o711 if unprivileged else 0o700)
     finally:
         os.close(fd)
 
@@ -449,8 +450,8 @@ class LxcBackend(Backend):
         except FileNotFoundError:
             return [f"rootfs: no root filesystem was received at {directory / 'rootfs'}"]
         with self._open_config(container, os.O_RDWR) as fh:
-            judged = Reader(allotment, own_dir=str(directory), source_dir=source_dir,
-                            resolve=os.path.realpath).judge(fh.read())
+            reader = Reader(allotment, own_dir=str(directory), source_dir=source_dir, resolve=os.path.realpath)
+            judged = reader.judge(fh.read())
             if not judged.refusals:
                 fh.seek(0)
                 fh.truncate()
@@ -459,7 +460,7 @@ class LxcBackend(Backend):
                 # and modes: a world-writable config or directory would let a local user edit what runs).
                 os.fchown(fh.fileno(), 0, 0)
                 os.fchmod(fh.fileno(), 0o600)
-                _own_directory(directory)
+                _own_directory(directory, unprivileged=any(inside == 0 for _, inside, _, _ in reader.idmaps))
         return judged.refusals
 
     def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
