@@ -2,8 +2,11 @@
 
 A trusted peer can make the helper act as root: it sends the container's
 config, its root filesystem and CRIU images, and the helper starts what
-they describe. Hardened mode narrows that to what a migration needs. A
-peer's LXC config may only use the keys listed here, and not:
+they describe. Hardened mode narrows that to what a migration needs. An
+LXC container's config the helper writes itself (lxc_definition.py); the
+rules here judge what LXD and Incus bring: the LXC config the daemon
+generated and ``raw.lxc``, whose lines may only use the keys listed here,
+and not:
 
 - hooks, network scripts, seccomp notification proxies (programs or
   sockets of this host, run or used as root);
@@ -110,7 +113,7 @@ def _lxc_refusal(key: str, value: str, *, rootfs: str, own_dirs: list[str], hook
         return "takes a network interface of this host" if value == "phys" else \
             f"network type {value!r} is not one a peer may ask for ({', '.join(sorted(_NET_TYPES))})"
     if key == "lxc.include":
-        return "" if _under(value, [str(LXC_SHARED_CONFIG)]) else f"includes a file outside {LXC_SHARED_CONFIG}"
+        return "" if is_under(value, [str(LXC_SHARED_CONFIG)]) else f"includes a file outside {LXC_SHARED_CONFIG}"
     if key == "lxc.rootfs.path":
         path = value.removeprefix("dir:")
         return "" if os.path.normpath(path) == os.path.normpath(rootfs) else \
@@ -119,10 +122,10 @@ def _lxc_refusal(key: str, value: str, *, rootfs: str, own_dirs: list[str], hook
         return _mount_entry_refusal(value, own_dirs, resolve)
     if key == "lxc.mount.auto":
         for token in value.split():
-            if token.startswith("shmounts:") and not _under(token.split(":")[1], own_dirs):
+            if token.startswith("shmounts:") and not is_under(token.split(":")[1], own_dirs):
                 return f"shares {token.split(':')[1]}, a directory of this host"
         return ""
-    if key in _PATH_KEYS and value and not _under(resolve(value), [*own_dirs, str(LXC_SHARED_CONFIG)]):
+    if key in _PATH_KEYS and value and not is_under(resolve(value), [*own_dirs, str(LXC_SHARED_CONFIG)]):
         return "a file of this host outside the container's directory"
     if key == "lxc.console.path" and value not in ("", "none"):
         return "a console device of this host"
@@ -137,12 +140,13 @@ def _mount_entry_refusal(value: str, own_dirs: list[str], resolve: Callable[[str
     if ".." in PurePosixPath(target).parts:
         return "its target leaves the container's root filesystem"
     if source.startswith("/") and os.path.normpath(source) not in KERNEL_INTERFACES and \
-            not _under(resolve(source), own_dirs):
+            not is_under(resolve(source), own_dirs):
         return f"mounts {resolve(source)}, a path of this host"
     return ""
 
 
-def _under(path: str, dirs: Iterable[str]) -> bool:
+def is_under(path: str, dirs: Iterable[str]) -> bool:
+    """Whether the absolute ``path`` is one of ``dirs`` or inside one (both normalised, no link followed)."""
     if not path.startswith("/"):
         return False
     norm = os.path.normpath(path)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from lxdmig.hardened import KERNEL_INTERFACES, LXC_SHARED_CONFIG
+from lxdmig.hardened import KERNEL_INTERFACES, LXC_SHARED_CONFIG, is_under
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ class Reader:
         if not any(line.startswith("lxc.rootfs.path = ") for line in out.lines):
             out.refusals.append(f"lxc.rootfs.path: unset (liblxc would run the container on this host's /); "
                                 f"it must be {self.rootfs}")
-        privileged = not any(inside == 0 for _, inside, _, _ in self.idmaps)
+        privileged = not self.maps_root
         if privileged and any(line.startswith("lxc.mount.auto = ") and _WRITABLE_KERNEL & set(line.split())
                               for line in out.lines):
             out.refusals.append("lxc.mount.auto: proc:rw or sys:rw in a privileged container opens this host's "
@@ -301,6 +301,11 @@ class Reader:
             out.refusals.append("lxc.idmap: none maps the container's root: a privileged container is root "
                                 "on this host (its helper allows them only with allow_privileged = true)")
         return out
+
+    @property
+    def maps_root(self) -> bool:
+        """Whether the lines judged so far map the container's root (an unprivileged container)."""
+        return any(inside == 0 for _, inside, _, _ in self.idmaps)
 
     def _line(self, key: str, value: str) -> str:
         """The line this host writes for ``key = value``; raises Refused naming them."""
@@ -359,7 +364,7 @@ class Reader:
         if not here.startswith("/"):
             raise Refused("a relative path (liblxc would take it from / of this host)")
         named = self.resolve(os.path.normpath(here))
-        if not _under(named, self.own_dir):
+        if not is_under(named, [self.own_dir]):
             raise Refused(f"names {named}, outside the container's directory")
         return named
 
@@ -383,7 +388,7 @@ class Reader:
     @staticmethod
     def _shared_file(value: str) -> str:
         named = os.path.realpath(value) if value.startswith("/") else ""
-        if not _under(named, str(LXC_SHARED_CONFIG)):
+        if not is_under(named, [str(LXC_SHARED_CONFIG)]):
             raise Refused(f"a file outside {LXC_SHARED_CONFIG} (this host's LXC's own)")
         return named
 
@@ -487,10 +492,6 @@ class Reader:
         if name == "devices.allow" and value not in _SAFE_DEVICES:
             raise Refused("opens a device of this host to the container (only those LXC's common.conf allows)")
         return _match(re.compile(r"[A-Za-z0-9 ._:*,+-]{0,256}"), "a plain cgroup value (no path)")(value)
-
-
-def _under(path: str, directory: str) -> bool:
-    return bool(path) and (path == directory or path.startswith(directory.rstrip("/") + "/"))
 
 
 def _ranges(ranges: Sequence[tuple[int, int]]) -> str:

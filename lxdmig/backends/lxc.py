@@ -460,7 +460,7 @@ class LxcBackend(Backend):
                 # and modes: a world-writable config or directory would let a local user edit what runs).
                 os.fchown(fh.fileno(), 0, 0)
                 os.fchmod(fh.fileno(), 0o600)
-                _own_directory(directory, unprivileged=any(inside == 0 for _, inside, _, _ in reader.idmaps))
+                _own_directory(directory, unprivileged=reader.maps_root)
         return judged.refusals
 
     def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
