@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -66,6 +67,29 @@ def checked(result: int, what: str = "") -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}" if what else os.strerror(err))
     return result
+
+
+_SYS_OPENAT2 = 437  # the same number on every architecture
+RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH, RESOLVE_IN_ROOT = 0x02, 0x04, 0x08, 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): ``path`` opened from ``dirfd`` as ``resolve`` allows (RESOLVE_IN_ROOT: links and ``..``
+    never leave ``dirfd``). OSError on failure; the kernel's EAGAIN (a rename raced the walk) is retried."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    for _ in range(64):
+        fd = int(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+        if fd >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
 
 
 def fs_magic(fd: int) -> int:

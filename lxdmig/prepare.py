@@ -30,18 +30,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from lxdmig import proc
+from lxdmig import beneath, proc
 from lxdmig.backends import task_rules
 from lxdmig.backends.lxc_rules import lent_terminal_keys, read_config, root_id_map
 from lxdmig.errors import BackendError, CommandError
 
-DROPIN = Path("etc/systemd/system/service.d/50-lxdmig-movable.conf")
+DROPIN = PurePosixPath("etc/systemd/system/service.d/50-lxdmig-movable.conf")
+_CONFIG = PurePosixPath("config")
 # Every systemd (>= 247) setting that gives a service a namespace of its own, switched off.
 # Empty assignments reset the path lists a unit set (they need a mount namespace).
 DROPIN_SETTINGS = (
@@ -299,41 +301,62 @@ class LxcPreparer:
 
     def restart_pending(self, init_pid: int) -> bool:
         """Whether lxdmig changed the config since the container started (the changes wait for a restart)."""
-        return self.config_marked() and self.config.stat().st_mtime > started_at(init_pid)
+        with beneath.Root(self.config.parent) as directory:
+            st = directory.lstat(_CONFIG)
+        return self.config_marked() and st is not None and st.st_mtime > started_at(init_pid)
 
     def config_marked(self) -> bool:
-        return any(line == OURS or line.startswith(WAS) for line in self.config.read_text().splitlines())
+        return any(line == OURS or line.startswith(WAS) for line in self._config_text().splitlines())
+
+    # The container directory and the root filesystem are reached through beneath.Root: the container's
+    # root (and a local user holding its mapped uid) can swap any directory on the way for a symlink
+    # while prepare works, and prepare runs as host root.
+
+    def _config_text(self) -> str:
+        with beneath.Root(self.config.parent) as directory:
+            return directory.read(_CONFIG)
+
+    def _write_beside_config(self, name: PurePosixPath, text: str) -> None:
+        with beneath.Root(self.config.parent) as directory:
+            st = directory.lstat(name)
+            owner, mode = ((st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode)) if st else ((0, 0), 0o644)
+            directory.write(name, text, owner=owner, mode=mode)
 
     @property
     def systemd(self) -> bool:
-        init = self.rootfs / "sbin/init"
-        return init.is_symlink() and os.readlink(init).endswith("systemd")
-
-    @property
-    def dropin(self) -> Path:
-        return self.rootfs / DROPIN
+        with beneath.Root(self.rootfs) as root:
+            return (root.readlink(PurePosixPath("sbin/init")) or "").endswith("systemd")
 
     def dropin_present(self) -> bool:
-        return self.dropin.exists()
+        with beneath.Root(self.rootfs) as root:
+            return root.lstat(DROPIN) is not None
 
     def nested_units(self, init_pid: int) -> list[str]:
         return nested_units(init_pid)
 
     def apply(self, change: Change) -> None:
+        try:
+            self._apply(change)
+        except OSError as e:  # (beneath: a link the container swapped in, a directory it took away)
+            raise BackendError(f"{self.name}: {change.what.split(' (')[0]}: {e}") from None
+
+    def _apply(self, change: Change) -> None:
         if change.what.startswith("write /"):
             self._write_dropin()
         elif change.what.startswith("remove /"):
-            self.dropin.unlink(missing_ok=True)
+            with beneath.Root(self.rootfs) as root:
+                root.remove(DROPIN)
         elif change.what.startswith("systemctl "):
             self._attach(["systemctl", *change.what.split()[1:]])
         elif change.what.startswith("set "):
             key, _, value = change.what[len("set "):].partition(" = ")
-            if key == "lxc.seccomp.profile":
-                Path(value).write_text(with_bpf_denied(self.policy()))
-            self.config.write_text(set_line(self.config.read_text(), key, value))
+            if key == "lxc.seccomp.profile":  # (config_plan names the file beside the config)
+                self._write_beside_config(PurePosixPath(SECCOMP_FILE), with_bpf_denied(self.policy()))
+            self._write_beside_config(_CONFIG, set_line(self._config_text(), key, value))
         elif change.what == UNDO_CONFIG:
-            self.config.write_text(unset_lines(self.config.read_text()))
-            (self.config.parent / SECCOMP_FILE).unlink(missing_ok=True)
+            self._write_beside_config(_CONFIG, unset_lines(self._config_text()))
+            with beneath.Root(self.config.parent) as directory:
+                directory.remove(PurePosixPath(SECCOMP_FILE))
         elif change.what == f"restart {self.name}":
             self._restart()
         else:
@@ -350,21 +373,9 @@ class LxcPreparer:
                                                           check=False).stdout)
 
     def _write_dropin(self) -> None:
-        # Create each missing directory as the container's root, never following a symlink the
-        # container may have planted (the rootfs is the container's to change).
-        path = self.rootfs
-        for part in DROPIN.parent.parts:
-            path = path / part
-            if path.is_symlink():
-                raise BackendError(f"{self.name}: /{path.relative_to(self.rootfs)} is a symlink; not writing "
-                                   "through it")
-            if not path.exists():
-                path.mkdir(mode=0o755)
-                os.chown(path, *self.root_ids)
-        fd = os.open(self.dropin, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(DROPIN_TEXT)
-            os.fchown(fh.fileno(), *self.root_ids)
+        # Directories missing on the way are made as the container's root would make them.
+        with beneath.Root(self.rootfs) as root:
+            root.write(DROPIN, DROPIN_TEXT, owner=self.root_ids, mode=0o644, make=self.root_ids)
 
     def _attach(self, argv: list[str]) -> None:
         try:

@@ -33,10 +33,10 @@ import json
 import os
 import stat
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from lxdmig import kernel
+from lxdmig import beneath, kernel
 
 if TYPE_CHECKING:
     from lxdmig import proc
@@ -102,6 +102,13 @@ def _run_child(action: str, host_pid: int, request: object) -> str:
         raise RamfsError(str(e)) from None
 
 
+def _holds_something(pid: int, point: str) -> bool:
+    """Whether the mount at ``point`` in ``pid``'s root has any entry (resolved as inside that root)."""
+    with beneath.Root(f"/proc/{pid}/root", follow=True) as root, \
+            root.directory(PurePosixPath(point.lstrip("/")) if point != "/" else None) as fd:
+        return bool(os.listdir(fd))
+
+
 def nonempty_mounts(pids: list[int]) -> dict[int, list[proc.MountEntry]]:
     """The ramfs mounts with something in them, by a host PID of a task that sees them (one per
     mount namespace)."""
@@ -118,7 +125,7 @@ def nonempty_mounts(pids: list[int]) -> dict[int, list[proc.MountEntry]]:
             with open(f"/proc/{pid}/mountinfo") as fh:
                 ramfs = [m for m in proc.mountinfo(fh.read()) if m.fstype == "ramfs"]
             # (a look from outside, to skip the empty ones; what is carried is read from inside)
-            ramfs = [m for m in ramfs if os.listdir(f"/proc/{pid}/root{m.point}")]
+            ramfs = [m for m in ramfs if _holds_something(pid, m.point)]
         except OSError:
             continue
         if ramfs:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lxdmig import acl, cgroups, criu, kernel, lsm, proc, psi, ramfs, received_files, uffd_sysctl
+from lxdmig import acl, beneath, cgroups, criu, kernel, lsm, proc, psi, ramfs, received_files, uffd_sysctl
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -719,11 +719,16 @@ def uninterruptible(reason: str) -> str:
 
 
 def _disk_usage(root: Path) -> int:
+    """Bytes the container's files take (walked by descriptors: its root may swap links in meanwhile)."""
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                continue
+    try:
+        with beneath.Root(root) as tree:
+            for _, dirnames, filenames, dirfd in tree.walk():
+                for name in filenames + dirnames:
+                    try:
+                        total += os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+    except OSError:
+        pass
     return total

@@ -19,9 +19,9 @@ import stat
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from lxdmig import proc, psi, ramfs
+from lxdmig import beneath, proc, psi, ramfs
 from lxdmig.backends.base import Problem, Severity
 
 PREPARE_HINT = "`lxdmig prepare` on this container makes it movable"
@@ -318,16 +318,17 @@ def _ramfs(pid: int, point: str) -> Mount:
     """A ramfs mount, looked at from outside (lxdmig.ramfs reads what it carries from inside)."""
     total, empty = 0, True
     try:
-        for top, dirs, files in os.walk(f"/proc/{pid}/root{point}"):
-            for name in dirs + files:
-                empty = False
-                st = os.lstat(os.path.join(top, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-                elif not stat.S_ISDIR(st.st_mode):
-                    total = -1
-            if total < 0:
-                break
+        with beneath.Root(f"/proc/{pid}/root", follow=True) as root:  # (paths resolved as inside it)
+            for _, dirs, files, dirfd in root.walk(PurePosixPath(point.lstrip("/")) if point != "/" else None):
+                for name in dirs + files:
+                    empty = False
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_size
+                    elif not stat.S_ISDIR(st.st_mode):
+                        total = -1
+                if total < 0:
+                    break
     except OSError:
         return Mount(point, "ramfs", "", False, -1)  # cannot tell: treat as holding something odd
     return Mount(point, "ramfs", "", empty, total)
