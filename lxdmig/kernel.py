@@ -110,6 +110,19 @@ class _MountAttr(ctypes.Structure):
                 ("userns_fd", ctypes.c_uint64)]
 
 
+AT_EMPTY_PATH, AT_RECURSIVE = _AT_EMPTY_PATH, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSYMFOLLOW = 0x1, 0x00200000
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, set_: int, clear: int = 0) -> None:
+    """mount_setattr(2): set and clear attributes of the mount at ``path`` from ``dirfd`` (``AT_EMPTY_PATH``:
+    the mount ``dirfd`` is; ``AT_RECURSIVE``: and every mount below it). OSError."""
+    attr = _MountAttr(set_, clear, 0, 0)
+    checked(int(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(dirfd),
+                              ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags), ctypes.byref(attr),
+                              ctypes.c_size_t(ctypes.sizeof(attr)))), f"mount_setattr {path}")
+
+
 def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
     """Bind ``source`` on ``target`` with its ids mapped through the user namespace ``userns_fd``
     (open_tree, mount_setattr MOUNT_ATTR_IDMAP, move_mount)."""

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 RECORD = "ramfs-files.json"  # in the final dump's image directory
 LIMIT = 16 << 20  # bytes per container; systemd allows 1 MiB per credential
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
-_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # the same numbers on every architecture
-_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSYMFOLLOW = 1, 0x1000, 0x1, 0x00200000
+_SYS_OPEN_TREE = 428  # the same number on every architecture
+_OPEN_TREE_CLONE = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -279,28 +279,24 @@ def _read_tree(point: str) -> list[dict[str, Any]]:
     return entries
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
 def _set_mount_attr(fd: int, set_: int, clear: int, what: str) -> None:
     """Change the attributes of the mount ``fd`` is the root of."""
-    attr = _MountAttr(set_, clear, 0, 0)
-    _check(int(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", _AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr))),
-           what)
+    try:
+        kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, set_, clear)
+    except OSError as e:
+        raise RamfsError(f"{what}: {e.strerror}") from None
 
 
 def _writable_clone(point: str) -> int:
     """A detached, writable clone of the (read-only) mount at ``point``."""
     fd = _open_dir(point)
     try:
-        tree = _check(int(_libc.syscall(_SYS_OPEN_TREE, fd, b"", _OPEN_TREE_CLONE | _AT_EMPTY_PATH | os.O_CLOEXEC)),
-                      f"cloning the mount at {point}")
+        flags = _OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH | os.O_CLOEXEC
+        tree = _check(int(_libc.syscall(_SYS_OPEN_TREE, fd, b"", flags)), f"cloning the mount at {point}")
     finally:
         os.close(fd)
     try:
-        _set_mount_attr(tree, 0, _MOUNT_ATTR_RDONLY, f"making a clone of {point} writable")
+        _set_mount_attr(tree, 0, kernel.MOUNT_ATTR_RDONLY, f"making a clone of {point} writable")
     except RamfsError:
         os.close(tree)
         raise
@@ -310,7 +306,7 @@ def _writable_clone(point: str) -> int:
 def _no_symlinks_followed(point: str) -> None:
     fd = _open_dir(point)
     try:
-        _set_mount_attr(fd, _MOUNT_ATTR_NOSYMFOLLOW, 0, f"setting nosymfollow on {point}")
+        _set_mount_attr(fd, kernel.MOUNT_ATTR_NOSYMFOLLOW, 0, f"setting nosymfollow on {point}")
     finally:
         os.close(fd)
 

@@ -7,25 +7,30 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from lxdmig import proc
+from lxdmig import nosymfollow, proc
 from lxdmig.migrate.report import MoveReport, Progress
 
 RSYNC_TIMEOUT = 3600.0
 RSYNC_OPTIONS = ["-aHAX", "--numeric-ids", "--delete"]
-RSYNC_VANISHED = 24  # rsync's exit status: "some files vanished before they could be transferred"
+RSYNC_PARTIAL, RSYNC_VANISHED = 23, 24  # rsync's exit statuses: "some files could not be transferred", "...vanished"
 
 
 def rsync_argv(program: str, *, config: Path, hello: Path, remote: str, migration: str, source: Path,
-               excludes: Sequence[str]) -> list[str]:
+               excludes: Sequence[str],
+               confine: Callable[[list[str], list[str]], list[str]] = nosymfollow.argv) -> list[str]:
     """rsync (``program``) of the directory ``source`` to the destination (what changed since the last sync),
-    without the ``excludes`` patterns."""
+    without the ``excludes`` patterns, run as ``confine`` runs it."""
     tunnel = [*proc.python_module("lxdmig.rsync_tunnel"), "--config", str(config), "--hello", str(hello), remote,
               migration]
-    return [program, *RSYNC_OPTIONS, *(f"--exclude={pattern}" for pattern in excludes), "--stats", "-e",
-            " ".join(tunnel), f"{source}/", f"{remote}:container/"]
+    # (In a mount namespace where no symlink under ``source`` is followed: the running container's root
+    # swapping one of its directories for a link to the host's while rsync walks it gets rsync an error,
+    # not the host's files. See nosymfollow.)
+    return confine([str(source)], [
+        program, *RSYNC_OPTIONS, *(f"--exclude={pattern}" for pattern in excludes), "--stats", "-e", " ".join(tunnel),
+        f"{source}/", f"{remote}:container/"])
 
 
 class FilesystemSync:
@@ -58,8 +63,10 @@ class FilesystemSync:
 
     def _account(self, which: str, argv: Sequence[str], code: int, said: str, seconds: float) -> None:
         # 24: files vanished between rsync's listing and their transfer. Normal while the container
-        # runs (a service's temporary files); the final sync, with the container frozen, has the last word.
-        if code not in ((0, RSYNC_VANISHED) if which == "initial" else (0,)):
+        # runs (a service's temporary files). 23: some could not be read (a directory swapped for a
+        # link while rsync walked it: never followed, see rsync_argv). Neither reached the destination,
+        # so the final sync, with the container frozen, sends them: it has the last word.
+        if code not in ((0, RSYNC_PARTIAL, RSYNC_VANISHED) if which == "initial" else (0,)):
             raise proc.CommandFailed(argv, code, said)
         sent = _rsync_bytes_sent(self.work / f"rsync-{which}.log")
         self.report.bytes_sent += sent

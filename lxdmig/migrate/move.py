@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lxdmig import backends, capabilities, criu, failpoints, preflight, proc
+from lxdmig import backends, capabilities, criu, failpoints, nosymfollow, preflight, proc
 from lxdmig.backends import Backend
 from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
@@ -96,6 +96,7 @@ class Seams:
     connect: Connect = open_remote  # a connection to the remote's helper (client.open_remote)
     guard: type[Guard] = Guard  # the freeze guard, a process of its own
     rsync: str = "rsync"  # the program that syncs the root filesystem (filesystem_sync)
+    confine: Callable[[list[str], list[str]], list[str]] = nosymfollow.argv  # what rsync runs in
 
 
 class Mover:
@@ -195,7 +196,7 @@ class Mover:
         self.mid = client.begin_migration(name, str(source_dir), self.backend.name, self.backend.describe(name))
         filesystem = FilesystemSync(rsync_argv(self.seams.rsync, config=self.conf.path, hello=self.work / "hello.json",
                                                remote=self.request.remote, migration=self.mid, source=source_dir,
-                                               excludes=self.backend.sync_excludes),
+                                               excludes=self.backend.sync_excludes, confine=self.seams.confine),
                                     self.work, self.report, self.say)
         # If this process is killed (SIGKILL) from here on, the guard rolls back (or finishes a post-copy).
         self.guard = self.seams.guard(conf_path=self.conf.path, backend=self.backend.name, container=name,

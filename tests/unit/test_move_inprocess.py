@@ -79,7 +79,9 @@ class Move:
         return 27100
 
     def mover(self, mode: str = "stop-copy") -> Mover:
+        # (rsync as it is, not in a mount namespace of its own: that needs root; the test bed's moves have it)
         seams = Seams(connect=lambda conf, remote, local: self.helper.connect(local), guard=fake_guard(self.told),
+                      confine=lambda directories, argv: argv,
                       rsync=str(self.rsync))
         return Mover(self.conf, MoveRequest("c1", "b", mode), self.progress.append, self.source,
                      engine_reason="an LXC container", seams=seams)
