@@ -165,7 +165,16 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def container_dir(self, container: str) -> Path:
-        """Where the container's config and root filesystem are synced to."""
+        """Where the container's config and root filesystem live once received."""
+
+    def receive_dir(self, container: str) -> Path:
+        """Where a peer's rsync writes the container's files until its restore is asked for (then
+        take_received() makes them the container's): container_dir(), unless the backend keeps them apart."""
+        return self.container_dir(container)
+
+    def take_received(self, container: str) -> None:  # noqa: B027 (a hook: nothing to do here)
+        """Destination, once the files are sealed: make what receive_dir() holds the container's files.
+        Raises BackendError."""
 
     @abc.abstractmethod
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:

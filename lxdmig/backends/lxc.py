@@ -57,16 +57,33 @@ def check_name(name: str) -> str:
     return name
 
 
-def _own_directory(directory: Path, *, unprivileged: bool) -> None:
-    """``directory`` root's, readable and writable by root alone; searchable by others for an unprivileged
-    container, whose mapped root must reach its root filesystem when it starts (LXC gives that root the
-    directory instead, which would let a local user holding that uid swap the config)."""
+# Under lxcpath, where a peer's files wait for the restore (receive_dir): not a container name (_NAME_RE),
+# and reachable by root alone, so that nothing the peer sends (a device node, a setuid file, a
+# world-writable directory: received_files refuses them at the restore) is within another user's reach.
+INCOMING = ".lxdmig-incoming"
+
+
+def _own_directory(directory: Path, *, group: int | None) -> None:
+    """``directory`` root's, readable and writable by root alone; searchable by ``group`` too, the host
+    gid of an unprivileged container's root, which must reach its root filesystem when it starts (LXC
+    gives that root the directory instead, which would let a local user holding that uid swap the
+    config; and searchable by everyone, a local user could run the container's setuid programs as its
+    mapped ids)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.fchown(fd, 0, 0)
-        os.fchmod(fd, 0o711 if unprivileged else 0o700)
+        os.fchown(fd, 0, 0 if group is None else group)
+        os.fchmod(fd, 0o700 if group is None else 0o710)
     finally:
         os.close(fd)
+
+
+def _root_group(items: list[tuple[str, str]]) -> int | None:
+    """The host gid the container's root group is mapped to (None: privileged, or a map LXC refuses)."""
+    try:
+        mapped = root_id_map(items)
+    except ValueError:
+        return None
+    return mapped[1] if mapped else None
 
 
 class LxcBackend(Backend):
@@ -425,6 +442,7 @@ class LxcBackend(Backend):
         # Not lxc-destroy: it runs the config's lxc.hook.destroy, and removes lxc.rootfs.path wherever
         # that points. A received container is its directory (with its root filesystem) and cgroups.
         shutil.rmtree(self.container_dir(container), ignore_errors=True)
+        shutil.rmtree(self.receive_dir(container), ignore_errors=True)
         # A failed restore leaves CRIU-made cgroups behind, and liblxc then
         # names the next container's cgroups NAME-1: remove the empty ones.
         for removed in cgroups.remove_leftovers(f"lxc.payload.{check_name(container)}"):
@@ -432,6 +450,25 @@ class LxcBackend(Backend):
 
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)
+
+    def receive_dir(self, container: str) -> Path:
+        return self.lxcpath / INCOMING / check_name(container)
+
+    def prepare(self, container: str, definition: dict[str, Any]) -> None:
+        incoming = self.lxcpath / INCOMING
+        incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _own_directory(incoming, group=None)
+        shutil.rmtree(self.receive_dir(container), ignore_errors=True)  # (left by a helper that died)
+
+    def take_received(self, container: str) -> None:
+        received, final = self.receive_dir(container), self.container_dir(container)
+        try:
+            _own_directory(received, group=None)  # (until the config is judged: see adopt_hardened)
+        except OSError as e:
+            raise BackendError(f"nothing usable was received for {container!r} ({received}: {e.strerror})") from None
+        if os.path.lexists(final):
+            raise BackendError(f"{final} appeared while {container!r} was received; not replacing it")
+        os.rename(received, final)
 
     def peer_config(self, container: str) -> tuple[str, str]:
         with self._open_config(container, os.O_RDONLY) as fh:
@@ -460,7 +497,7 @@ class LxcBackend(Backend):
                 # and modes: a world-writable config or directory would let a local user edit what runs).
                 os.fchown(fh.fileno(), 0, 0)
                 os.fchmod(fh.fileno(), 0o600)
-                _own_directory(directory, unprivileged=reader.maps_root)
+                _own_directory(directory, group=_root_group(config_lines(judged.text())))
         return judged.refusals
 
     def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
@@ -486,6 +523,7 @@ class LxcBackend(Backend):
             fh.seek(0)
             fh.truncate()
             fh.write(text)
+        _own_directory(self.container_dir(container), group=_root_group(config_lines(text)))
 
     def _keep_cgroup_plan(self, container: str, definition: dict[str, Any]) -> None:
         """The source's cgroup2 subtree (describe()), checked, for this container's restore."""

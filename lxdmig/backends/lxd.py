@@ -229,6 +229,10 @@ class LxdBackend(LxcBackend):
         # LXD_DIR/containers/NAME is a link to the instance's volume.
         return (self.lxd_dir / "containers" / check_name(container)).resolve()
 
+    # The daemon's volume receives the files itself (the daemon keeps its storage from other users).
+    receive_dir = Backend.receive_dir
+    take_received = Backend.take_received
+
     # -- source: what the destination needs --------------------------------
 
     def describe(self, container: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lxdmig import failpoints, hardened, lsm, page_channel, proc, received_files, tls
+from lxdmig import failpoints, hardened, lsm, nosymfollow, page_channel, proc, received_files, tls
 from lxdmig.backends import DAEMONS, Backend
 from lxdmig.backends.lxd_rules import definition_fields
 from lxdmig.capabilities import HostCapabilities
@@ -403,10 +403,11 @@ class Session:
         # runs beside the control connection, through its own tunnel).
         mid = request.migration
         migration = self.state.registry.get(mid, self.fingerprint or "")
-        target = self.state.backend_named(migration.backend).container_dir(migration.container)
+        target = self.state.backend_named(migration.backend).receive_dir(migration.container)
         argv = server_argv(list(request.argv), str(target))
         argv[-2:-2] = received_files.log_options(migration.root / f"received-{secrets.token_hex(4)}.log")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = nosymfollow.argv([str(target)], argv)  # (a link the peer sent is never written through)
 
         def start() -> subprocess.Popen[bytes]:
             with open(migration.root / "rsync.log", "ab") as errors:
@@ -444,6 +445,7 @@ class Session:
         self.state.status(f"restoring {migration.container} "
                           f"({'post-copy' if request.lazy else 'all pages here'})")
         try:
+            backend.take_received(migration.container)
             if self.state.config.hardened:  # (the helper writes the config, or refuses it)
                 _refuse(migration.container, backend.adopt_hardened(
                     migration.container, migration.source_dir, migration.definition, self.state.allotment(),
@@ -516,7 +518,8 @@ def _refuse(container: str, refusals: list[str]) -> None:
 
 
 def remove_container(backend: Backend, container: str) -> None:
-    if backend.exists(container) or backend.container_dir(container).exists():
+    if backend.exists(container) or any(d.exists() for d in (backend.container_dir(container),
+                                                               backend.receive_dir(container))):
         try:
             backend.stop(container)
         finally:

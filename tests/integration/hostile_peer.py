@@ -64,6 +64,8 @@ def plant_files(source: Path) -> str:
     rootfs = source / "rootfs"
     (rootfs / "usr" / "bin").mkdir(parents=True)
     (rootfs / "dev").mkdir()
+    for opened in (source, rootfs, rootfs / "dev", rootfs / "usr", rootfs / "usr" / "bin"):
+        os.chmod(opened, 0o777)  # (everyone may come in, on the destination too, were it kept)
     evil = rootfs / "usr" / "bin" / "evil"
     evil.write_bytes(b"#!/bin/sh\n")
     os.chown(evil, 0, 0)
@@ -77,7 +79,17 @@ def plant_files(source: Path) -> str:
            "lxc.idmap = g 0 100000 65536\n"
 
 
-def main(remote: str, name: str, work: Path, marker: str, decoy: str, kind: str = "config") -> None:
+def reachable_by_nobody(received: Path) -> list[str]:
+    """What an unprivileged local user of this machine (nobody) can look at among the planted files the
+    destination received into ``received``, before the restore is asked for."""
+    planted = [received / "rootfs" / p for p in ("dev/disk", "usr/bin/evil", "usr/bin/ping")]
+    return [str(p) for p in planted
+            if proc.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "stat", str(p)],
+                        timeout=30, check=False).returncode == 0]
+
+
+def main(remote: str, name: str, work: Path, marker: str, decoy: str, kind: str = "config",
+         received: str = "") -> None:
     conf = config.load()
     source = work / name
     if kind == "files":
@@ -101,6 +113,8 @@ def main(remote: str, name: str, work: Path, marker: str, decoy: str, kind: str 
         synced = proc.run(["rsync", *RSYNC_OPTIONS, "-e", " ".join(tunnel), f"{source}/", f"{remote}:container/"],
                           timeout=120, check=False)
         result["rsync"] = synced.returncode
+        if received:  # (where the destination keeps them until the restore)
+            result["nobody_reaches"] = reachable_by_nobody(Path(received))
         c.send_tree(mid, images)
         try:
             c.restore(mid, "dump", lazy=False)
@@ -117,4 +131,4 @@ def main(remote: str, name: str, work: Path, marker: str, decoy: str, kind: str 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5], *sys.argv[6:7])
+    main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5], *sys.argv[6:8])

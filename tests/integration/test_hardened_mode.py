@@ -60,15 +60,18 @@ def test_a_hostile_peer_gets_its_restore_refused_and_nothing_runs(testbed: None,
 
 def test_files_the_containers_root_could_not_make_are_refused(testbed: None, tmp_path: Path) -> None:
     # The rsync receiver runs as root and keeps what the source sends: on this host's disk a setuid file
-    # of host root, a block device node or a host file capability would serve any local user.
+    # of host root, a block device node or a host file capability would serve any local user. They wait
+    # where only root reaches them (the peer made every directory world-writable), and are refused.
     name = "hostile2"
     work = tmp_path / "work"
     work.mkdir()
     script = Path(__file__).with_name("hostile_peer.py")
+    received = B.lxcpath / ".lxdmig-incoming" / name
     out = host_command(A, [sys.executable, str(script), "b", name, str(work), str(tmp_path / "m"), str(tmp_path),
-                           "files"]).stdout
+                           "files", str(received)]).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["rsync"] == 0, result
+    assert result["nobody_reaches"] == [], result
     refused = str(result["restore"])
     assert refused.startswith("RemoteRefused"), refused
     for named in ("rootfs/usr/bin/evil: setuid, owned by uid 0", "rootfs/dev/disk: a device node (7:0)",

@@ -166,7 +166,9 @@ def test_a_received_rootfs_is_judged_by_what_it_is_not_by_its_name(tmp_path: Pat
     assert adopt("real") == []
     assert (tmp_path / "real" / "config").read_text() == \
         f"lxc.rootfs.path = dir:{tmp_path}/real/rootfs\nlxc.idmap = b 0 100000 65536\n"
-    assert stat.S_IMODE((tmp_path / "real").stat().st_mode) == 0o711 and (tmp_path / "real").stat().st_uid == 0
+    # (Searchable by the container's root group alone: 0710, root's, group 100000.)
+    directory = (tmp_path / "real").stat()
+    assert (stat.S_IMODE(directory.st_mode), directory.st_uid, directory.st_gid) == (0o710, 0, 100000)
     config = (tmp_path / "real" / "config").stat()
     assert (stat.S_IMODE(config.st_mode), config.st_uid, config.st_gid) == (0o600, 0, 0)
     assert adopt("link") == [f"rootfs: {tmp_path}/link/rootfs is not a directory (a symlink, or a file)"]
