@@ -62,7 +62,8 @@ OPTIONS: tuple[Option, ...] = (
            "LXC config keys a peer may set anyway in hardened mode, comma-separated: KEY for any value, "
            "KEY=VALUE for that value only (e.g. lxc.apparmor.profile=unconfined)"),
     Option("helper", "lxd_allow_keys", "",
-           "LXD instance keys (raw.* or security.*) a peer may set anyway in hardened mode, comma-separated"),
+           "LXD instance keys (raw.* or security.*) a peer may set anyway in hardened mode, and profiles of "
+           "this host it may name besides default (profiles=NAME), comma-separated"),
     Option("tls", "cert", "server.crt", "this host's certificate (made on first use)"),
     Option("tls", "key", "server.key", "this host's private key (made on first use, mode 0600)"),
     Option("tls", "trust_dir", "trust", "certificates of the hosts allowed to talk to this helper"),

@@ -154,10 +154,13 @@ def is_under(path: str, dirs: Iterable[str]) -> bool:
 
 
 def lxd_definition_refusals(config: Mapping[str, str], devices: Mapping[str, Mapping[str, str]],
-                            allowed_keys: Iterable[str] = ()) -> list[str]:
-    """What hardened mode refuses in a peer's LXD instance definition."""
+                            allowed_keys: Iterable[str] = (), profiles: Iterable[str] = ()) -> list[str]:
+    """What hardened mode refuses in a peer's LXD instance definition. A profile is this host's: the peer
+    may name ``default``, and those the operator lists as ``profiles=NAME`` in ``allowed_keys``."""
     allowed = LXD_SECURITY_KEYS | set(allowed_keys)
-    out = []
+    out = [f"profile {name}: a profile of this host, which a peer may not pick (hardened mode; "
+           f"lxd_allow_keys = profiles={name} allows it)"
+           for name in profiles if name != "default" and f"profiles={name}" not in allowed]
     for key, value in sorted(config.items()):
         if key in allowed or key == "raw.lxc":  # (LXC config: its lines are checked as LXC's)
             continue

@@ -32,7 +32,7 @@ PRIVILEGED_ENV = "LXDMIG_TESTBED_ALLOW_PRIVILEGED"
 
 
 def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True,
-                allow_privileged: bool | None = None) -> str:
+                allow_privileged: bool | None = None, lxd_allow_keys: str = "") -> str:
     """The test bed's helper config: hardened mode's defaults, but plain pages allowed, and privileged
     containers too where ``allow_privileged`` (None: where $LXDMIG_TESTBED_ALLOW_PRIVILEGED is 1, as in
     the VM's suites, whose containers are privileged)."""
@@ -41,7 +41,7 @@ def config_text(host: Host, *, hardened: bool = True, plain_pages: bool = True,
     return (f"# lxdmig test bed, host {host.name}\n"
             f"[helper]\nlisten = {host.address}\nport = {config.DEFAULT_PORT}\n"
             f"hardened = {str(hardened).lower()}\nplain_pages = {str(plain_pages).lower()}\n"
-            f"allow_privileged = {str(allow_privileged).lower()}\n"
+            f"allow_privileged = {str(allow_privileged).lower()}\nlxd_allow_keys = {lxd_allow_keys}\n"
             # A developer chasing a failed restore sets this to keep its images and CRIU logs.
             f"keep_failed = {os.environ.get('LXDMIG_TESTBED_KEEP_FAILED', 'false')}\n"
             f"work_dir = {host.storage / 'migrations'}\n"
@@ -82,14 +82,15 @@ def run_lxdmig(host: Host, *args: str, timeout: float = 600) -> proc.Completed:
 
 
 def start(host: Host, extra_env: dict[str, str] | None = None, *, hardened: bool = True,
-          plain_pages: bool = True, allow_privileged: bool | None = None) -> int:
+          plain_pages: bool = True, allow_privileged: bool | None = None, lxd_allow_keys: str = "") -> int:
     """Start host's helper unless it runs; wait for its READY=1. Returns its pid."""
     pid = running_pid(host)
     if pid is not None:
         return pid
     host.config_dir.mkdir(parents=True, exist_ok=True)
     (host.config_dir / config.FILE_NAME).write_text(config_text(host, hardened=hardened, plain_pages=plain_pages,
-                                                                allow_privileged=allow_privileged))
+                                                                allow_privileged=allow_privileged,
+                                                                lxd_allow_keys=lxd_allow_keys))
     notify_path = run_dir() / f"notify-{host.name}.sock"
     notify_path.unlink(missing_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -130,16 +131,18 @@ def fail_points(host: Host) -> str:
 
 
 def restart(host: Host, *, hardened: bool = True, plain_pages: bool = True, allow_privileged: bool | None = None,
-            extra_env: dict[str, str] | None = None) -> int:
+            extra_env: dict[str, str] | None = None, lxd_allow_keys: str = "") -> int:
     stop(host)
-    return start(host, extra_env, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
+    return start(host, extra_env, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged,
+                 lxd_allow_keys=lxd_allow_keys)
 
 
 @contextlib.contextmanager
 def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True,
-               allow_privileged: bool | None = None) -> Iterator[None]:
+               allow_privileged: bool | None = None, lxd_allow_keys: str = "") -> Iterator[None]:
     """host's helper restarted with these settings for the block, and with the test bed's after it."""
-    restart(host, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged)
+    restart(host, hardened=hardened, plain_pages=plain_pages, allow_privileged=allow_privileged,
+            lxd_allow_keys=lxd_allow_keys)
     try:
         yield
     finally:
@@ -147,12 +150,12 @@ def _restarted(host: Host, *, hardened: bool = True, plain_pages: bool = True,
 
 
 @contextlib.contextmanager
-def allowing_privileged(*hosts: Host) -> Iterator[None]:
+def allowing_privileged(*hosts: Host, lxd_allow_keys: str = "") -> Iterator[None]:
     """The hosts' helpers in hardened mode, receiving privileged containers (allow_privileged = true) as an
-    operator may let them. The test bed's default settings after."""
+    operator may let them (and ``lxd_allow_keys``). The test bed's default settings after."""
     with contextlib.ExitStack() as stack:
         for host in hosts:
-            stack.enter_context(_restarted(host, allow_privileged=True))
+            stack.enter_context(_restarted(host, allow_privileged=True, lxd_allow_keys=lxd_allow_keys))
         yield
 
 

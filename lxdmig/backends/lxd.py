@@ -311,7 +311,7 @@ class LxdBackend(LxcBackend):
                 return [str(e)]
         else:
             definition, text = received, self._config_path(container).read_text()
-        config, devices, _ = definition_fields(definition)
+        config, devices, profiles = definition_fields(definition)
         own = [str(self.container_dir(container)), str(self.lxd_dir / self.daemon.guest_api),
                str(self.log_dir / container), str(self.run_dir / container),
                *(str(self.lxd_dir / d / container) for d in ("shmounts", "security/seccomp"))]
@@ -319,7 +319,7 @@ class LxdBackend(LxcBackend):
             return hardened.lxc_config_refusals(items, rootfs=rootfs, own_dirs=own, hook_prefixes=hooks,
                                                 resolve=os.path.realpath)
 
-        return [*hardened.lxd_definition_refusals(config, devices, allowed_keys),
+        return [*hardened.lxd_definition_refusals(config, devices, allowed_keys, profiles),
                 *(f"config raw.lxc: {r}" for r in lxc_rules(config_lines(config.get("raw.lxc", "")), ())),
                 *lxc_rules(config_lines(text), tuple(f"{exe} callhook {self.lxd_dir} " for exe in (
                     f"/proc/{pid}/exe", os.path.realpath(f"/proc/{pid}/exe"))))]

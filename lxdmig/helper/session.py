@@ -278,10 +278,10 @@ class Session:
         backend = self.state.backend_named(request.backend)
         if request.backend in DAEMONS and self.state.config.hardened:  # (before the daemon makes it)
             try:
-                config, devices, _ = definition_fields(definition)
+                config, devices, profiles = definition_fields(definition)
             except BackendError as e:
                 raise RemoteBadRequest(str(e)) from None
-            _refuse(container, hardened.lxd_definition_refusals(config, devices, self.state.lxd_allowed()))
+            _refuse(container, hardened.lxd_definition_refusals(config, devices, self.state.lxd_allowed(), profiles))
         if self.state.container_exists(container):
             raise RemoteExists(f"a container named {container!r} already exists on this host")
         if taken := self.state.path_taken(container, backend):

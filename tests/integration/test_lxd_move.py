@@ -186,6 +186,28 @@ def test_a_profile_missing_on_the_destination_stops_the_move_before_any_freeze(l
     assert rc != 0 and "no container 'nosuch'" in err
 
 
+def test_a_profile_of_the_destination_is_taken_only_where_its_operator_allows_it(lxd_pair: None) -> None:
+    # The profile exists on both hosts; the destination's operator decides whether a peer may name it.
+    name = "lxprofok"
+    lxd.delete(A, name)
+    for host in (A, B):
+        lxc(host, "profile", "create", "on-both")
+    try:
+        lxd.create(A, name, start=True, profiles=("on-both",))
+        containers.wait_for_workload(A, name)
+        with helpers.allowing_privileged(B):  # (a privileged instance: see lxd.INSTANCE_CONFIG)
+            rc, out, err = lxdmig(A, "check", "b", name)
+            assert rc == ExitCode.PREFLIGHT and "profile on-both: a profile of this host" in out + err, out + err
+        with helpers.allowing_privileged(B, lxd_allow_keys="profiles=on-both"):
+            rc, out, err = lxdmig(A, "move", name, f"b:{name}")
+            assert rc == 0, out + err
+        assert lxd.state(B, name) == "RUNNING" and lxd.state(A, name) == "ABSENT"
+    finally:
+        for host in (A, B):
+            lxd.delete(host, name)
+            lxc(host, "profile", "delete", "on-both")
+
+
 def test_lxd_remote_needs_the_pinned_certificate_and_trust(lxd_pair: None) -> None:
     # A host b's LXD has never seen: its own identity and remotes.
     other = A.config_dir / "other"

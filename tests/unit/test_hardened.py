@@ -124,3 +124,11 @@ def test_a_planted_symlink_is_judged_by_what_it_names(tmp_path: object) -> None:
                               resolve=os.path.realpath)
     assert ["mounts /etc, a path of this host" in out[0], "outside the container's directory" in out[1]] == \
         [True, True], out
+
+
+def test_a_peer_names_only_the_default_profile_unless_the_operator_lists_more() -> None:
+    assert lxd_definition_refusals({}, {}, profiles=["default"]) == []
+    [refused] = lxd_definition_refusals({}, {}, profiles=["default", "privileged-stuff"])
+    assert refused.startswith("profile privileged-stuff: a profile of this host") and \
+        "lxd_allow_keys = profiles=privileged-stuff" in refused
+    assert lxd_definition_refusals({}, {}, ["profiles=web"], profiles=["web", "default"]) == []
