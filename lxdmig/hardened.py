@@ -24,7 +24,9 @@ those listed in :data:`LXD_SECURITY_KEYS` (or the helper's
 ``allow_privileged``), no ``linux.kernel_modules``, and no ``disk`` device with
 a host source or ``unix-*``/``usb``/``gpu``/``pci`` device.
 
-Each refusal names the key and why. Pure functions of the config text:
+Lines are read as liblxc reads them (liblxc_syntax: quotes stripped, mount
+entries split as getmntent splits them, a relative bind source taken from
+``/``). Each refusal names the key and why. Pure functions of the config text:
 the source's preflight runs the same rules, so a move that the destination
 would refuse is refused before anything is frozen.
 """
@@ -35,6 +37,8 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
+
+from lxdmig.liblxc_syntax import MOUNT_OPTION, MOUNT_TYPES, mount_fields
 
 LXC_SHARED_CONFIG = PurePosixPath("/usr/share/lxc/config")
 
@@ -133,15 +137,25 @@ def _lxc_refusal(key: str, value: str, *, rootfs: str, own_dirs: list[str], hook
 
 
 def _mount_entry_refusal(value: str, own_dirs: list[str], resolve: Callable[[str], str]) -> str:
-    fields = value.split()
-    if len(fields) < 2:
+    # (``value`` as liblxc reads it: quotes gone. Its fields as getmntent splits them.)
+    fields = mount_fields(value)
+    if len(fields) < 3:
         return "not a mount entry (source target type options)"
-    source, target = fields[0], fields[1]
+    source, target, kind = fields[:3]
+    options = fields[3].split(",") if len(fields) > 3 else []
     if ".." in PurePosixPath(target).parts:
         return "its target leaves the container's root filesystem"
-    if source.startswith("/") and os.path.normpath(source) not in KERNEL_INTERFACES and \
-            not is_under(resolve(source), own_dirs):
-        return f"mounts {resolve(source)}, a path of this host"
+    for option in options:
+        if not MOUNT_OPTION.fullmatch(option) or option in ("relative", "move") or \
+                (option.startswith("idmap") and option != "idmap=container"):
+            return f"mount option {option!r} is not one a peer may set"
+    if "bind" in options or "rbind" in options:
+        path = "/" + os.path.normpath("/" + source).lstrip("/")  # (liblxc takes a relative source from /)
+        if path in KERNEL_INTERFACES or is_under(resolve(path), own_dirs):
+            return ""
+        return f"mounts {resolve(path)}, a path of this host"
+    if kind not in MOUNT_TYPES or "/" in source:
+        return f"mounts {source} ({kind}): only kernel file systems, or binds of the container's own files"
     return ""
 
 

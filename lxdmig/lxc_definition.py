@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from lxdmig.hardened import KERNEL_INTERFACES, LXC_SHARED_CONFIG, is_under
+from lxdmig.liblxc_syntax import MOUNT_OPTION, MOUNT_TYPES, liblxc_line, mount_fields
 
 
 @dataclass(frozen=True)
@@ -85,38 +86,6 @@ PREPARE_WAS = "# lxdmig prepare (was: "
 
 class Refused(ValueError):
     """A value this host does not let a peer set; the message says why."""
-
-
-# --- liblxc's reading of a line ----------------------------------------------------------------------
-
-def liblxc_line(raw: str) -> tuple[str, str] | None:
-    """``(key, value)`` of one config line as liblxc's parse_line reads it (None: a line it ignores): the
-    key and value trimmed of blanks and tabs, one pair of matching quotes around the value removed."""
-    line = raw.lstrip(" \t")
-    if not line.startswith("lxc."):
-        return None
-    key, eq, value = line.partition("=")
-    if not eq:
-        return key.rstrip(" \t\n\0"), ""  # (liblxc: an invalid line; refused as an unknown key)
-    value = value.lstrip(" \t").rstrip(" \t\n\0")
-    if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]:
-        value = value[1:-1]
-    return key.rstrip(" \t\n\0"), value
-
-
-def liblxc_lines(text: str) -> list[tuple[str, str]]:
-    """liblxc_line() of each line liblxc reads."""
-    return [item for raw in text.split("\n") if (item := liblxc_line(raw)) is not None]
-
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def mount_fields(value: str) -> list[str]:
-    """An ``lxc.mount.entry`` value's fields as glibc's getmntent splits them (blanks and tabs; the
-    escapes ``\\040`` and the like decoded)."""
-    return [_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), f) for f in re.split(r"[ \t]+", value.strip(" \t"))
-            if f]
 
 
 def _mount_field(text: str) -> str:
@@ -224,8 +193,6 @@ _MOUNT_AUTO = {"proc", "proc:mixed", "proc:rw", "sys", "sys:ro", "sys:mixed", "s
                "cgroup-full", "cgroup-full:mixed", "cgroup-full:ro", "cgroup-full:rw", "cgroup-full:force",
                "cgroup-full:mixed:force", "cgroup-full:ro:force", "cgroup-full:rw:force"}
 _WRITABLE_KERNEL = {"proc:rw", "sys:rw"}
-_MOUNT_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "binfmt_misc", "fusectl", "none"}
-_MOUNT_OPTION = re.compile(r"[a-z0-9_]+(=[A-Za-z0-9_.:%+-]*)?")
 _SYSCTLS = ("net.", "kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
 _REFUSED = {
     "lxc.apparmor.raw": "adds the peer's own rules to the container's AppArmor profile",
@@ -377,7 +344,7 @@ class Reader:
     @staticmethod
     def _rootfs_options(value: str) -> str:
         for option in value.split(","):
-            if option and (not _MOUNT_OPTION.fullmatch(option) or
+            if option and (not MOUNT_OPTION.fullmatch(option) or
                            option.startswith("idmap") and option != "idmap=container"):
                 raise Refused(f"mount option {option!r} is not one a peer may set")
         return value
@@ -441,7 +408,7 @@ class Reader:
             raise Refused("its dump and pass fields are not numbers")
         opts = options.split(",")
         for option in opts:
-            if not _MOUNT_OPTION.fullmatch(option) or option in ("relative", "move") or option.startswith("idmap"):
+            if not MOUNT_OPTION.fullmatch(option) or option in ("relative", "move") or option.startswith("idmap"):
                 raise Refused(f"mount option {option!r} is not one a peer may set")
         target = self._here(target)  # (an absolute target in the source's root filesystem, as it is here)
         if target.startswith(self.rootfs + "/"):
@@ -451,7 +418,7 @@ class Reader:
         if "bind" in opts or "rbind" in opts:
             if os.path.normpath(source) not in KERNEL_INTERFACES:
                 source = self._under_own(source)
-        elif kind not in _MOUNT_TYPES or "/" in source:
+        elif kind not in MOUNT_TYPES or "/" in source:
             raise Refused(f"a {kind} mount of {source}: only kernel file systems, or binds of the container's "
                           "own files, may be mounted")
         return " ".join(_mount_field(f) for f in (source, target, kind, options, *numbers))

@@ -44,6 +44,7 @@ from lxdmig.backends.lxd_rules import (
     rewrite_lxc_conf,
 )
 from lxdmig.errors import BackendError, CriuError
+from lxdmig.liblxc_syntax import liblxc_lines
 from lxdmig.lxc_definition import Allotment
 
 log = logging.getLogger(__name__)
@@ -320,8 +321,8 @@ class LxdBackend(LxcBackend):
                                                 resolve=os.path.realpath)
 
         return [*hardened.lxd_definition_refusals(config, devices, allowed_keys, profiles),
-                *(f"config raw.lxc: {r}" for r in lxc_rules(config_lines(config.get("raw.lxc", "")), ())),
-                *lxc_rules(config_lines(text), tuple(f"{exe} callhook {self.lxd_dir} " for exe in (
+                *(f"config raw.lxc: {r}" for r in lxc_rules(liblxc_lines(config.get("raw.lxc", "")), ())),
+                *lxc_rules(liblxc_lines(text), tuple(f"{exe} callhook {self.lxd_dir} " for exe in (
                     f"/proc/{pid}/exe", os.path.realpath(f"/proc/{pid}/exe"))))]
 
     def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lxdmig.backends.lxc_rules import config_lines
 from lxdmig.hardened import lxc_config_refusals, lxd_definition_refusals
+from lxdmig.liblxc_syntax import liblxc_lines
 
 CDIR = "/var/lib/lxc/c1"
 ROOTFS = f"{CDIR}/rootfs"
@@ -40,7 +40,8 @@ lxc.hook.version = 1
 
 
 def refusals(text: str, **kw: object) -> list[str]:
-    return lxc_config_refusals(config_lines(text), rootfs=ROOTFS, own_dirs=[CDIR], **kw)  # type: ignore[arg-type]
+    # (As lxd.py reads LXD's generated config and raw.lxc: each line as liblxc reads it.)
+    return lxc_config_refusals(liblxc_lines(text), rootfs=ROOTFS, own_dirs=[CDIR], **kw)  # type: ignore[arg-type]
 
 
 def test_the_configs_people_run_pass() -> None:
@@ -61,6 +62,16 @@ def test_the_configs_people_run_pass() -> None:
     ("lxc.mount.entry = tmpfs ../../etc tmpfs rw 0 0", "leaves the container's root filesystem"),
     ("lxc.mount.fstab = /etc/fstab", "reads mounts from a file"),
     ("lxc.mount.auto = shmounts:/etc:/mnt", "shares /etc"),
+    # What liblxc reads differently from the text: quotes it strips, a relative source it takes from /,
+    # an option that names a path.
+    ("lxc.mount.entry = '/ mnt none bind 0 0'", "mounts /, a path of this host"),
+    ('lxc.mount.entry = "/etc host-etc none bind,create=dir 0 0"', "mounts /etc, a path of this host"),
+    ("lxc.mount.entry = etc mnt none bind,create=dir 0 0", "mounts /etc, a path of this host"),
+    ("lxc.mount.entry = . mnt none rbind,create=dir 0 0", "mounts /, a path of this host"),
+    ("lxc.mount.entry = /\\040etc mnt none bind 0 0", "mounts / etc, a path of this host"),
+    ("lxc.mount.entry = overlay mnt overlay lowerdir=/etc,upperdir=x 0 0", "mount option 'lowerdir=/etc'"),
+    ("lxc.mount.entry = /etc mnt none bind,relative 0 0", "mount option 'relative'"),
+    ('lxc.mount.auto = "shmounts:/etc:/mnt"', "shares /etc"),
     ("lxc.net.0.type = phys", "takes a network interface of this host"),
     ("lxc.net.0.type = none", "network type 'none'"),
     ("lxc.namespace.share.net = 1", "joins a namespace of this host"),
@@ -120,7 +131,7 @@ def test_a_planted_symlink_is_judged_by_what_it_names(tmp_path: object) -> None:
     (cdir / "c1.log").symlink_to("/etc/ld.so.preload")
     text = (f"lxc.mount.entry = {cdir}/rootfs/etc-link mnt none bind 0 0\n"
             f"lxc.log.file = {cdir}/c1.log\n")
-    out = lxc_config_refusals(config_lines(text), rootfs=str(cdir / "rootfs"), own_dirs=[str(cdir)],
+    out = lxc_config_refusals(liblxc_lines(text), rootfs=str(cdir / "rootfs"), own_dirs=[str(cdir)],
                               resolve=os.path.realpath)
     assert ["mounts /etc, a path of this host" in out[0], "outside the container's directory" in out[1]] == \
         [True, True], out

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lxdmig import prepare
-from lxdmig.lxc_definition import PREPARE_WAS, Allotment, Reader, liblxc_lines, mount_fields, subordinate_ranges
+from lxdmig.liblxc_syntax import liblxc_lines, mount_fields
+from lxdmig.lxc_definition import PREPARE_WAS, Allotment, Reader, subordinate_ranges
 
 OWN, SOURCE = "/var/lib/lxc/c1", "/srv/lxc/c1"
 HERE = Allotment(uids=((100000, 65536),), gids=((100000, 65536),), bridges=frozenset({"br0"}))
