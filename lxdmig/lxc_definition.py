@@ -215,6 +215,7 @@ class Reader:
         self.resolve = resolve  # a path under own_dir to what it names (os.path.realpath once received)
         self.rootfs = f"{self.own_dir}/rootfs"
         self.idmaps: list[tuple[str, int, int, int]] = []
+        self.policies: list[str] = []  # seccomp policies in the container's directory (seccomp_policy)
         self._values: dict[str, Callable[[str], str]] = {
             "lxc.uts.name": _match(re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}"), "a host name"),
             "lxc.arch": _NAMED, "lxc.rootfs.path": self._rootfs, "lxc.rootfs.options": self._rootfs_options,
@@ -360,12 +361,14 @@ class Reader:
         return named
 
     def _policy_file(self, value: str) -> str:
-        """A seccomp policy: LXC's own, or one in the container's directory (lxdmig prepare writes one;
-        a policy only narrows what the container's tasks may call)."""
+        """A seccomp policy: LXC's own, or one in the container's directory (lxdmig prepare writes one),
+        which the helper writes again from what it means before liblxc reads it (seccomp_policy)."""
         try:
             return self._shared_file(value)
         except Refused:
-            return self._under_own(value)
+            path = self._under_own(value)
+            self.policies.append(path)
+            return path
 
     def _idmap(self, value: str) -> str:
         words = value.split()

@@ -13,10 +13,23 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from lxdmig import acl, beneath, cgroups, criu, kernel, lsm, proc, psi, ramfs, received_files, uffd_sysctl
+from lxdmig import (
+    acl,
+    beneath,
+    cgroups,
+    criu,
+    kernel,
+    lsm,
+    proc,
+    psi,
+    ramfs,
+    received_files,
+    seccomp_policy,
+    uffd_sysctl,
+)
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
 from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
 from lxdmig.backends.lxc_rules import (
@@ -75,6 +88,20 @@ def _own_directory(directory: Path, *, group: int | None) -> None:
         os.fchmod(fd, 0o700 if group is None else 0o710)
     finally:
         os.close(fd)
+
+
+def _rewrite_policies(directory: Path, policies: Iterable[str]) -> list[str]:
+    """Each seccomp policy a received config names in its directory, written again from what it means
+    (seccomp_policy), root's; what is refused, one line each."""
+    refusals = []
+    with beneath.Root(directory) as root:
+        for path in policies:
+            relative = PurePosixPath(os.path.relpath(path, directory))
+            try:
+                root.write(relative, seccomp_policy.normalized(root.read(relative)), owner=(0, 0), mode=0o600)
+            except (OSError, ValueError) as e:
+                refusals.append(f"lxc.seccomp.profile = {path}: {e}")
+    return refusals
 
 
 def _root_group(items: list[tuple[str, str]]) -> int | None:
@@ -489,6 +516,8 @@ class LxcBackend(Backend):
         with self._open_config(container, os.O_RDWR) as fh:
             reader = Reader(allotment, own_dir=str(directory), source_dir=source_dir, resolve=os.path.realpath)
             judged = reader.judge(fh.read())
+            if not judged.refusals:
+                judged.refusals += _rewrite_policies(directory, reader.policies)
             if not judged.refusals:
                 fh.seek(0)
                 fh.truncate()

@@ -143,6 +143,29 @@ def test_the_received_config_is_adopted_but_never_through_a_symlink(tmp_path: Pa
     assert victim.read_text() == "/src/c1 must stay\n"
 
 
+def test_a_received_seccomp_policy_is_written_again_or_refused(tmp_path: Path) -> None:
+    # liblxc's seccomp parser reads the policy the helper wrote from what the peer's means, never the
+    # peer's text (and a policy that hands calls to a proxy of this host is refused).
+    from lxdmig.backends.lxc import LxcBackend
+    from lxdmig.lxc_definition import Allotment
+
+    backend = LxcBackend(tmp_path)
+    here = Allotment(((100000, 65536),), ((100000, 65536),), frozenset())
+    for name, policy in (("fine", "2\ndenylist  # theirs\n[X86_64]\nbpf errno 1\n"),
+                         ("proxied", "2\ndenylist\nioctl notify\n")):
+        (tmp_path / name / "rootfs").mkdir(parents=True)
+        (tmp_path / name / "lxdmig.seccomp").write_text(policy)
+        (tmp_path / name / "config").write_text(f"lxc.rootfs.path = dir:/src/{name}/rootfs\n"
+                                                "lxc.idmap = b 0 100000 65536\n"
+                                                f"lxc.seccomp.profile = /src/{name}/lxdmig.seccomp\n")
+    assert backend.adopt_hardened("fine", "/src/fine", {}, here, ()) == []
+    written = tmp_path / "fine" / "lxdmig.seccomp"
+    assert written.read_text() == "2\ndenylist\n[x86_64]\nbpf errno 1\n"
+    assert (stat.S_IMODE(written.stat().st_mode), written.stat().st_uid) == (0o600, 0)
+    [refused] = backend.adopt_hardened("proxied", "/src/proxied", {}, here, ())
+    assert refused.startswith(f"lxc.seccomp.profile = {tmp_path}/proxied/lxdmig.seccomp: line 3: ioctl notify")
+
+
 def test_a_received_rootfs_is_judged_by_what_it_is_not_by_its_name(tmp_path: Path) -> None:
     from lxdmig.backends.lxc import LxcBackend
     from lxdmig.lxc_definition import Allotment
