@@ -148,10 +148,10 @@ class HelperServer:
         """Close the connections of hosts no longer trusted (their migrations roll back)."""
         trusted = self.state.trusted_fingerprints()
         with self._lock:
-            revoked = [s for s in self._sessions.values() if s.trusted and s.fingerprint not in trusted]
+            revoked = [s for s in self._sessions.values() if s.conn.trusted and s.conn.fingerprint not in trusted]
         for session in revoked:
-            log.warning("%s: certificate %s is no longer trusted; closing its connection", session.peer,
-                        session.fingerprint)
+            log.warning("%s: certificate %s is no longer trusted; closing its connection", session.conn.peer,
+                        session.conn.fingerprint)
             session.shutdown()
 
     def _shut_down(self) -> int:

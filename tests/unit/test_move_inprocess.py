@@ -19,7 +19,7 @@ from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.dispatch import dispatch
 from lxdmig.errors import ExitCode
-from lxdmig.helper import session
+from lxdmig.helper import receiving
 from lxdmig.migrate import policy
 from lxdmig.migrate.engine import EngineOptions, make_engine
 from lxdmig.migrate.guard import Guard
@@ -56,7 +56,7 @@ class Move:
         # (A socketpair has no address: the helper is told it was reached at 127.0.0.1.)
         monkeypatch.setattr(ssl.SSLSocket, "getsockname", lambda self: ("127.0.0.1", 8445))
         self.page_servers: list[tuple[str, str | None]] = []
-        monkeypatch.setattr(session, "start_page_server", self._start_page_server)
+        monkeypatch.setattr(receiving, "start_page_server", self._start_page_server)
         (tmp / "a").mkdir()
         conf_path = tmp / "a" / "lxdmig.conf"
         conf_path.write_text(f"[client]\nwork_dir = {tmp / 'a' / 'outgoing'}\n[lxc]\nlxcpath = {tmp / 'a' / 'lxc'}\n"
