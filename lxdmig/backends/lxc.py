@@ -10,11 +10,10 @@ import re
 import secrets
 import select
 import shutil
-import stat
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from lxdmig import (
     acl,
@@ -26,27 +25,22 @@ from lxdmig import (
     proc,
     psi,
     ramfs,
-    received_files,
-    seccomp_policy,
     uffd_sysctl,
 )
 from lxdmig.backends import cgroup_hook, lxc_dump, task_rules
-from lxdmig.backends.base import Backend, ContainerFacts, Problem, Severity
+from lxdmig.backends.base import ContainerFacts, Problem, Severity
+from lxdmig.backends.lxc_network import LxcNetwork
+from lxdmig.backends.lxc_receive import LxcReceiving
 from lxdmig.backends.lxc_rules import (
     cgroup_base,
-    cgroup_plan,
-    config_lines,
+    check_name,
     config_problems,
-    controller_plan,
     criu_tool_problems,
     device_problems,
     freezer_files,
     generated_profile,
-    id_map_entries,
     lent_terminal_problems,
     lsm_label_shim,
-    network_unlock_commands,
-    nft_unlock_commands,
     payload_candidates,
     process_stat,
     read_config,
@@ -55,65 +49,14 @@ from lxdmig.backends.lxc_rules import (
     veth_nics,
 )
 from lxdmig.errors import BackendError, CommandError, CriuError
-from lxdmig.lxc_definition import Allotment, Reader
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT = 60.0
 _DUMP_TIMEOUT = 600.0
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
-        raise BackendError(f"invalid container name {name!r}")
-    return name
-
-
-# Under lxcpath, where a peer's files wait for the restore (receive_dir): not a container name (_NAME_RE),
-# and reachable by root alone, so that nothing the peer sends (a device node, a setuid file, a
-# world-writable directory: received_files refuses them at the restore) is within another user's reach.
-INCOMING = ".lxdmig-incoming"
-
-
-def _own_directory(directory: Path, *, group: int | None) -> None:
-    """``directory`` root's, readable and writable by root alone; searchable by ``group`` too, the host
-    gid of an unprivileged container's root, which must reach its root filesystem when it starts (LXC
-    gives that root the directory instead, which would let a local user holding that uid swap the
-    config; and searchable by everyone, a local user could run the container's setuid programs as its
-    mapped ids)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchown(fd, 0, 0 if group is None else group)
-        os.fchmod(fd, 0o700 if group is None else 0o710)
-    finally:
-        os.close(fd)
-
-
-def _rewrite_policies(directory: Path, policies: Iterable[str]) -> list[str]:
-    """Each seccomp policy a received config names in its directory, written again from what it means
-    (seccomp_policy), root's; what is refused, one line each."""
-    refusals = []
-    with beneath.Root(directory) as root:
-        for path in policies:
-            relative = PurePosixPath(os.path.relpath(path, directory))
-            try:
-                root.write(relative, seccomp_policy.normalized(root.read(relative)), owner=(0, 0), mode=0o600)
-            except (OSError, ValueError) as e:
-                refusals.append(f"lxc.seccomp.profile = {path}: {e}")
-    return refusals
-
-
-def _root_group(items: list[tuple[str, str]]) -> int | None:
-    """The host gid the container's root group is mapped to (None: privileged, or a map LXC refuses)."""
-    try:
-        mapped = root_id_map(items)
-    except ValueError:
-        return None
-    return mapped[1] if mapped else None
-
-
-class LxcBackend(Backend):
+class LxcBackend(LxcReceiving, LxcNetwork):
     name = "lxc"
 
     def __init__(self, lxcpath: Path) -> None:
@@ -284,62 +227,6 @@ class LxcBackend(Backend):
             except OSError as e:
                 raise BackendError(f"cannot thaw {container!r} through {state_file}: {e.strerror}") from None
 
-    def links(self, container: str) -> list[str]:
-        try:
-            out = proc.run(["lxc-info", *self._args(container), "-H"], timeout=_TIMEOUT).stdout
-        except CommandError as e:
-            raise BackendError(f"lxc-info failed for {container!r}: {e}") from None
-        return [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Link:")]
-
-    def isolate(self, container: str) -> dict[str, str]:
-        # Detach the host side of each NIC from its bridge rather than taking
-        # it down: a link that goes down marks the container's routes
-        # LINKDOWN, and CRIU then cannot restore them on the destination.
-        detached = {}
-        for link in self.links(container):
-            master = Path(f"/sys/class/net/{link}/master")
-            if not master.exists():
-                continue
-            bridge = master.resolve().name
-            self._ip("link", "set", "dev", link, "nomaster")
-            detached[link] = bridge
-        return detached
-
-    def reconnect(self, container: str, detached: dict[str, str]) -> None:
-        for link, bridge in detached.items():
-            self._ip("link", "set", "dev", link, "master", bridge)
-        self._remove_network_lock(container)
-
-    def _remove_network_lock(self, container: str) -> None:
-        """Remove the network lock a killed CRIU left in the container (it would drop every packet)."""
-        try:
-            netns = ["nsenter", "-t", str(self.init_pid(container)), "-n"]
-        except BackendError:
-            return  # not running: no network namespace, no lock
-        # (how to list, the tool that removes, which removals): iptables and ip6tables chains, nftables tables
-        checks: list[tuple[list[str], str, Callable[[str], list[list[str]]]]] = [
-            ([f"{tool}-save"], tool, network_unlock_commands) for tool in ("iptables", "ip6tables")]
-        checks.append((["nft", "list", "tables"], "nft", nft_unlock_commands))
-        for listing, tool, removals in checks:
-            try:
-                commands = removals(proc.run([*netns, *listing], timeout=_TIMEOUT, check=False).stdout)
-                for args in commands:
-                    proc.run([*netns, tool, *args], timeout=_TIMEOUT, check=False)
-            except CommandError as e:  # not installed here: CRIU could not have locked with it either
-                log.info("no check for a network lock left in %s: %s", container, e)
-                continue
-            if commands:
-                log.warning("removed the network lock a killed CRIU left in %s (%s)", container, tool)
-
-    def _ip(self, *args: str) -> None:
-        """iproute2's ``ip``, not pyroute2 (measured 2026-12-04 on the test machine: ``ip`` takes 1.85 ms
-        per call, pyroute2 0.42 ms, but importing pyroute2 takes 113 ms in every ``lxdmig move``, which
-        runs 2-4 of these: a dependency that costs more than it saves)."""
-        try:
-            proc.run(["ip", *args], timeout=_TIMEOUT)
-        except CommandError as e:
-            raise BackendError(str(e)) from None
-
     def _dump_argv(self, action: str, container: str, directory: Path, *, parent: str | None = None,
                    address: str = "", port: int = 0) -> list[str]:
         """argv that pre-dumps or dumps the container, leaving its tasks in place: liblxc's (lxdmig's
@@ -445,14 +332,6 @@ class LxcBackend(Backend):
         result = proc.run(["lxc-info", *self._args(container), "-s", "-H"], timeout=_TIMEOUT, check=False)
         return result.stdout.strip() or "UNKNOWN"
 
-    def silence(self, container: str) -> None:
-        """Take the container's links down before it is thawed to be killed: its dying tasks close their
-        sockets, and the FINs of a source copy whose twin now runs elsewhere would reach the twin's peers
-        (a link detached from its bridge still delivers to this host's own addresses, and a forwarding
-        host routes them on) and end their connections."""
-        for link in self.links(container):
-            proc.run(["ip", "link", "set", "dev", link, "down"], timeout=_TIMEOUT, check=False)
-
     def stop(self, container: str) -> None:
         if self.state(container) in ("FROZEN", "RUNNING"):
             self.silence(container)
@@ -477,94 +356,6 @@ class LxcBackend(Backend):
 
     def container_dir(self, container: str) -> Path:
         return self.lxcpath / check_name(container)
-
-    def receive_dir(self, container: str) -> Path:
-        return self.lxcpath / INCOMING / check_name(container)
-
-    def prepare(self, container: str, definition: dict[str, Any]) -> None:
-        incoming = self.lxcpath / INCOMING
-        incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _own_directory(incoming, group=None)
-        shutil.rmtree(self.receive_dir(container), ignore_errors=True)  # (left by a helper that died)
-
-    def take_received(self, container: str) -> None:
-        received, final = self.receive_dir(container), self.container_dir(container)
-        try:
-            _own_directory(received, group=None)  # (until the config is judged: see adopt_hardened)
-        except OSError as e:
-            raise BackendError(f"nothing usable was received for {container!r} ({received}: {e.strerror})") from None
-        if os.path.lexists(final):
-            raise BackendError(f"{final} appeared while {container!r} was received; not replacing it")
-        os.rename(received, final)
-
-    def peer_config(self, container: str) -> tuple[str, str]:
-        with self._open_config(container, os.O_RDONLY) as fh:
-            return fh.read(), str(self.container_dir(container))
-
-    def adopt_hardened(self, container: str, source_dir: str, definition: dict[str, Any], allotment: Allotment,
-                       lxd_allowed: Iterable[str]) -> list[str]:
-        # The config as this host writes it from what the received one means (lxc_definition), never the
-        # peer's text; the root filesystem judged by what it is, not by its name (a symlink to / has the
-        # right path).
-        self._keep_cgroup_plan(container, definition)
-        directory = self.container_dir(container)
-        try:
-            if not stat.S_ISDIR(os.lstat(directory / "rootfs").st_mode):
-                return [f"rootfs: {directory / 'rootfs'} is not a directory (a symlink, or a file)"]
-        except FileNotFoundError:
-            return [f"rootfs: no root filesystem was received at {directory / 'rootfs'}"]
-        with self._open_config(container, os.O_RDWR) as fh:
-            reader = Reader(allotment, own_dir=str(directory), source_dir=source_dir, resolve=os.path.realpath)
-            judged = reader.judge(fh.read())
-            if not judged.refusals:
-                judged.refusals += _rewrite_policies(directory, reader.policies)
-            if not judged.refusals:
-                fh.seek(0)
-                fh.truncate()
-                fh.write(judged.text())
-                # This host's file, as the directory holding it (the peer's rsync gave them its own owners
-                # and modes: a world-writable config or directory would let a local user edit what runs).
-                os.fchown(fh.fileno(), 0, 0)
-                os.fchmod(fh.fileno(), 0o600)
-                _own_directory(directory, group=_root_group(config_lines(judged.text())))
-        return judged.refusals
-
-    def received_file_problems(self, container: str, names: Iterable[str]) -> list[str]:
-        with self._open_config(container, os.O_RDONLY) as fh:  # (the one adopt_hardened wrote)
-            entries = id_map_entries(config_lines(fh.read()))
-        if not any(inside == 0 for _, inside, _, _ in entries):
-            return []  # (a privileged container, which this host's operator lets in: its root is root here)
-        uids, gids = ([(host, count) for k, _, host, count in entries if k == kind] for kind in ("u", "g"))
-        return received_files.problems(self.container_dir(container), names, uids, gids)
-
-    def _open_config(self, container: str, flags: int) -> TextIO:
-        path = self.container_dir(container) / "config"
-        try:  # (received from the peer: never through a symlink it planted)
-            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            raise BackendError(f"{container}: cannot open its config {path}: {e.strerror}") from None
-        return os.fdopen(fd, "r+" if flags & os.O_RDWR else "r")
-
-    def adopt_config(self, container: str, source_dir: str, definition: dict[str, Any]) -> None:
-        self._keep_cgroup_plan(container, definition)
-        with self._open_config(container, os.O_RDWR) as fh:
-            text = fh.read().replace(source_dir.rstrip("/"), str(self.container_dir(container)))
-            fh.seek(0)
-            fh.truncate()
-            fh.write(text)
-        _own_directory(self.container_dir(container), group=_root_group(config_lines(text)))
-
-    def _keep_cgroup_plan(self, container: str, definition: dict[str, Any]) -> None:
-        """The source's cgroup2 subtree (describe()), checked, for this container's restore."""
-        try:
-            mode = definition.get("cgroup2_root_mode", 0o755)
-            if not isinstance(mode, int) or not 0 <= mode <= 0o777:
-                raise ValueError(f"cgroup2_root_mode {mode!r} is not a permission mode")
-            dirs = cgroup_plan(definition.get("cgroup2_dirs", []))
-            controllers = controller_plan(definition.get("cgroup2_controllers", {}), [rel for rel, _, _ in dirs])
-            self._cgroup2_dirs[container] = (dirs, mode, controllers)
-        except ValueError as e:
-            raise BackendError(f"the source's description of {container!r}: {e}") from None
 
     def restore(self, container: str, directory: Path, *, config_file: Path, timeout: float,
                 expect_tasks: int = 0) -> None:
@@ -710,22 +501,6 @@ class LxcBackend(Backend):
         finally:
             config.write_text(original)
 
-    def announce(self, container: str, log_dir: Path) -> tuple[list[proc.Child], list[str]]:
-        pid = self.init_pid(container)
-        enter = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
-        try:
-            out = proc.run([*enter, "ip", "-json", "-4", "address", "show", "scope", "global"], timeout=_TIMEOUT)
-        except CommandError as e:
-            raise BackendError(f"cannot list {container!r}'s addresses: {e}") from None
-        children, announced = [], []
-        for link in json.loads(out.stdout or "[]"):
-            for addr in link.get("addr_info", []):
-                # Gratuitous ARP, 3 times 1 s apart, in the background: the
-                # container already runs, nobody should wait for this.
-                children.append(proc.Child([*enter, "arping", "-U", "-c", "3", "-I", link["ifname"], addr["local"]],
-                                           log_file=log_dir / "arping.log"))
-                announced.append(f"{addr['local']} on {link['ifname']}")
-        return children, announced
 
 
 def _open_images_to(root_ids: tuple[int, int], directory: Path) -> None:

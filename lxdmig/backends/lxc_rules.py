@@ -15,9 +15,20 @@ from pathlib import Path
 
 from lxdmig import cgroups
 from lxdmig.backends.base import Problem, Severity
+from lxdmig.errors import BackendError
 
 # Device files CRIU dumps and restores without help.
 _PLAIN_DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a container name LXC and lxdmig take (no path, no dot first); BackendError."""
+    if not _NAME_RE.match(name):
+        raise BackendError(f"invalid container name {name!r}")
+    return name
 
 
 def config_lines(text: str) -> list[tuple[str, str]]:

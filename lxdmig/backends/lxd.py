@@ -31,8 +31,8 @@ from typing import Any
 from lxdmig import cgroups, hardened, lxd_api
 from lxdmig.backends.base import Backend, ContainerFacts, Problem
 from lxdmig.backends.idmapped_root import id_maps, idmapped
-from lxdmig.backends.lxc import LxcBackend, _disk_usage, check_name
-from lxdmig.backends.lxc_rules import config_lines
+from lxdmig.backends.lxc import LxcBackend, _disk_usage
+from lxdmig.backends.lxc_rules import check_name, config_lines
 from lxdmig.backends.lxd_rules import (
     INCUS,
     LXD,
