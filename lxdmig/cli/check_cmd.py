@@ -8,7 +8,9 @@ import tempfile
 import time
 
 from lxdmig import backends, capabilities, client, config, preflight
+from lxdmig.cli.move_cmd import add_plan_options, plan
 from lxdmig.errors import ConfigError, CriuError, ExitCode, LxdmigError
+from lxdmig.migrate.checks import container_preflight
 from lxdmig.preflight import Check, Status
 from lxdmig.protocol.messages import RemoteUntrusted
 
@@ -17,9 +19,12 @@ HELP = "check whether a container (or any container) can be moved to a remote, w
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("check", help=HELP, description=HELP[0].upper() + HELP[1:] + ". Prints one line per "
-                       "check (ok/warn/fail and why) and exits with status 9 if a move would fail.")
+                       "check (ok/warn/fail and why) and exits with status 9 if a move would fail (given "
+                       "--mode, --allow-drop and --page-transport, as 'lxdmig move' with lxdmig's engine "
+                       "would: the same checks, from the same code).")
     p.add_argument("remote", help="a remote added with 'lxdmig remote add'")
     p.add_argument("container", nargs="?", help="an LXC container on this host")
+    add_plan_options(p)
     p.add_argument("--trial-dump", action="store_true",
                    help="also let CRIU really dump the container to a scratch directory (it keeps running, "
                         "but is frozen for as long as the dump takes)")
@@ -27,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-def gather(conf: config.Config, remote: str, container: str | None, trial_dump: bool) -> list[Check]:
-    checks: list[Check] = []
+def gather(conf: config.Config, args: argparse.Namespace) -> list[Check]:
+    remote, container = args.remote, args.container
     try:
         local = capabilities.probe()
     except CriuError as e:
@@ -44,29 +49,21 @@ def gather(conf: config.Config, remote: str, container: str | None, trial_dump: 
     except LxdmigError as e:
         return [Check("protocol", Status.FAIL, str(e))]
     with peer:
-        checks.append(Check("reachable", Status.OK, f"{remote} at {peer.remote.address} "
-                                                    f"({peer.peer.host.hostname})"))
-        checks.append(Check("trust", Status.OK, f"certificate {peer.remote.fingerprint[:16]}... pinned, "
-                                                f"and {remote} trusts this host"))
-        checks += preflight.host_checks(local, peer.peer.host, remote)
-        facts, backend = None, None
-        if container is not None:
-            backend = backends.find(container, conf)
-            if backend is None:
-                checks.append(Check("container", Status.FAIL, f"no container {container!r} here (not in "
-                                                              f"{conf.lxcpath}, not in LXD or Incus)"))
-                return checks
-            facts = backend.facts(container)
-            problems = backend.dump_problems(container) if facts.running else []
-            checks += preflight.container_checks(facts, problems)
-            if trial_dump and facts.running and not preflight.failed(checks):
-                checks.append(_trial_dump(backend, container))
-        probe = peer.probe(container, facts, backend.peer_config(container) if backend and container else ("", ""))
-        checks += preflight.destination_checks(probe, facts, remote)
-        if backend is not None and container is not None:
-            refusals = [*probe.config_refusals, *backend.hardened_refusals(container, probe.lxd_allow_keys)] \
-                if probe.hardened else []
-            checks += preflight.hardened_checks(probe, refusals, remote)
+        checks = [Check("reachable", Status.OK, f"{remote} at {peer.remote.address} ({peer.peer.host.hostname})"),
+                  Check("trust", Status.OK, f"certificate {peer.remote.fingerprint[:16]}... pinned, "
+                                            f"and {remote} trusts this host")]
+        if container is None:  # (any container: this host and the destination)
+            probe = peer.probe(None, None, ("", ""))
+            return checks + preflight.host_checks(local, peer.peer.host, remote) + \
+                preflight.destination_checks(probe, None, remote)
+        backend = backends.find(container, conf)
+        if backend is None:
+            return checks + [Check("container", Status.FAIL, f"no container {container!r} here (not in "
+                                                             f"{conf.lxcpath}, not in LXD or Incus)")]
+        gathered = container_preflight(backend, container, local, peer, remote, plan(args, conf, container, backend))
+        checks += gathered.checks
+        if args.trial_dump and gathered.facts.running and not preflight.failed(checks):
+            checks.append(_trial_dump(backend, container))
     return checks
 
 
@@ -83,7 +80,7 @@ def _trial_dump(backend: backends.Backend, container: str) -> Check:
 
 def run(args: argparse.Namespace) -> ExitCode:
     conf = config.load(args.config)
-    checks = gather(conf, args.remote, args.container, args.trial_dump)
+    checks = gather(conf, args)
     bad = preflight.failed(checks)
     if args.json:
         print(json.dumps({"ok": not bad, "checks": [

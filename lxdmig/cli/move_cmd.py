@@ -12,6 +12,7 @@ from lxdmig.backends import Backend
 from lxdmig.backends.lxd import LxdBackend
 from lxdmig.errors import ConfigError, ExitCode
 from lxdmig.migrate import policy
+from lxdmig.migrate.checks import Plan
 from lxdmig.migrate.engine import EngineOptions, make_engine
 from lxdmig.migrate.report import MoveFailed, MoveReport, MoveRequest, PreflightFailed
 from lxdmig.remotes import RemoteStore
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("source", metavar="NAME", help="a container on this host")
     p.add_argument("target", metavar="REMOTE:NAME", help="where to: a remote from 'lxdmig remote list' (and the "
                    "same name; 'REMOTE' alone means the same name)")
-    p.add_argument("--mode", choices=policy.MODES, default="auto", help=MODES_HELP)
+    add_plan_options(p)
     p.add_argument("--iterations", type=int, metavar="N",
                    help=f"pre-copy: at most N rounds (default {policy.DEFAULT_ITERATIONS}, or the container's "
                         "migration.incremental.memory.iterations)")
@@ -49,6 +50,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="--engine lxd or incus: roll back if the daemon has not finished within this (default "
                         "600)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(run=run)
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    """The options that change what a move checks (``lxdmig move`` and ``lxdmig check`` take them alike)."""
+    p.add_argument("--mode", choices=policy.MODES, default="auto", help=MODES_HELP)
     p.add_argument("--allow-drop", action="store_true",
                    help="move even if processes run in the container outside its init's tree (started with "
                         "lxc-attach or lxc exec): CRIU cannot move them, so they are left behind and end with the "
@@ -58,9 +67,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "lxdmig authenticates over its TLS control connection, then unencrypted; 2-3x faster; "
                         "only on a network you trust; the destination must set [helper] plain_pages). Default: "
                         "[client] page_transport, tls")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(run=run)
+
+
+def plan(args: argparse.Namespace, conf: config.Config, name: str, backend: Backend) -> Plan:
+    """What add_plan_options() asked, with the container's migration.incremental.memory (auto's choice)."""
+    return Plan(args.mode, args.page_transport or conf.page_transport, args.allow_drop,
+                incremental=keys(conf, name, backend)[0])
 
 
 def parse_target(source: str, target: str) -> tuple[str, str]:
@@ -76,7 +88,7 @@ def parse_target(source: str, target: str) -> tuple[str, str]:
     return remote, source
 
 
-def _keys(conf: config.Config, name: str, backend: Backend) -> tuple[bool | None, int | None, int | None]:
+def keys(conf: config.Config, name: str, backend: Backend) -> tuple[bool | None, int | None, int | None]:
     """migration.incremental.memory, .iterations and .goal for the container, None where unset.
 
     An LXD instance carries them in its own config; an LXC container in a
@@ -91,9 +103,9 @@ def _keys(conf: config.Config, name: str, backend: Backend) -> tuple[bool | None
             conf.container_int(name, config.GOAL))
 
 
-def _limits(args: argparse.Namespace, keys: tuple[bool | None, int | None, int | None]) -> policy.PrecopyLimits:
-    iterations = args.iterations if args.iterations is not None else keys[1]
-    goal = args.goal if args.goal is not None else keys[2]
+def _limits(args: argparse.Namespace, found: tuple[bool | None, int | None, int | None]) -> policy.PrecopyLimits:
+    iterations = args.iterations if args.iterations is not None else found[1]
+    goal = args.goal if args.goal is not None else found[2]
     try:
         return policy.PrecopyLimits(
             iterations=policy.DEFAULT_ITERATIONS if iterations is None else iterations,
@@ -117,8 +129,8 @@ def run(args: argparse.Namespace) -> ExitCode:
     if backend is None:
         raise MoveFailed(f"no container {name!r} on this host (not in {conf.lxcpath}, not in LXD at "
                          f"{conf.lxd_socket}, not in Incus at {conf.incus_socket})")
-    keys = _keys(conf, name, backend)
-    request = MoveRequest(name, remote, args.mode, _limits(args, keys), incremental=keys[0],
+    limits_keys = keys(conf, name, backend)
+    request = MoveRequest(name, remote, args.mode, _limits(args, limits_keys), incremental=limits_keys[0],
                           allow_drop=args.allow_drop, page_transport=args.page_transport or conf.page_transport)
     engine, why = policy.choose_engine(
         args.engine, manager=backend.name, remote_helper=remote in [r.name for r in store.all()],

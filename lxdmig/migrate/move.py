@@ -43,13 +43,13 @@ from pathlib import Path
 
 from lxdmig import backends, capabilities, criu, failpoints, nosymfollow, preflight, proc
 from lxdmig.backends import Backend
-from lxdmig.backends.base import Problem, Severity
 from lxdmig.capabilities import HostCapabilities
 from lxdmig.client import HelperClient, open_remote, settled_status
 from lxdmig.config import Config
 from lxdmig.criu_stats import lazy_pages, read_dump_stats
 from lxdmig.errors import BackendError, LxdmigError, RollbackIncomplete
 from lxdmig.migrate import policy
+from lxdmig.migrate.checks import Plan, container_preflight
 from lxdmig.migrate.filesystem_sync import FilesystemSync, rsync_argv
 from lxdmig.migrate.guard import Guard
 from lxdmig.migrate.page_transport import PageTarget, lazy_endpoint, page_connection, page_target
@@ -156,34 +156,20 @@ class Mover:
         name = self.request.container
         if not self.backend.exists(name):
             raise MoveFailed(f"no {self.backend.name.upper()} container {name!r} on this host")
-        facts = self.backend.facts(name)
-        self.dump_timeout = DUMP_BASE_S + facts.memory_bytes / DUMP_MIN_RATE
-        checks = preflight.host_checks(local, client.peer.host, self.request.remote)
-        problems = self.backend.dump_problems(name) if facts.running else []
-        if self.request.allow_drop:
-            problems = [Problem(Severity.WARN, f"will be left behind (--allow-drop): {p.left_behind}")
-                        if p.left_behind else p for p in problems]
-        checks += preflight.container_checks(facts, problems)
-        probe = client.probe(name, facts, self.backend.peer_config(name))
-        checks += preflight.destination_checks(probe, facts, self.request.remote)
-        refusals = [*probe.config_refusals, *self.backend.hardened_refusals(name, probe.lxd_allow_keys)] \
-            if probe.hardened else []
-        checks += preflight.hardened_checks(probe, refusals, self.request.remote)
-        checks += preflight.page_transport_checks(probe, self.request.page_transport, self.request.remote)
-        if preflight.failed(checks):
+        plan = Plan(self.request.mode, self.request.page_transport, self.request.allow_drop, self.request.incremental)
+        gathered = container_preflight(self.backend, name, local, client, self.request.remote, plan)
+        checks, facts = gathered.checks, gathered.facts
+        if preflight.failed(checks) or gathered.choice is None:
             raise PreflightFailed(checks)
+        choice = gathered.choice
+        self.dump_timeout = DUMP_BASE_S + facts.memory_bytes / DUMP_MIN_RATE
         self.dump_options = self.backend.criu_dump_options(name) if facts.running else []
-        # (A plain page connection has no TLS session for CRIU's shared-memory child to break.)
-        local_pages = ""
-        if facts.running and self.request.page_transport == "tls" and \
-                (local_pages := self.backend.local_pages_reason(name)):
+        if gathered.local_pages:
             self.local_pages = True
-            self.say(f"{local_pages}: CRIU's page server cannot stream their pages over TLS (a stop-copy "
+            self.say(f"{gathered.local_pages}: CRIU's page server cannot stream their pages over TLS (a stop-copy "
                      "dump writes them here and sends them with the other images; no pre-copy)")
         self.report.warnings = [f"{c.name}: {c.message}" for c in checks if c.status is preflight.Status.WARN
                                 and c.name not in ("modes", "dirty-tracking", "userfaultfd")]
-        choice = policy.choose_mode(self.request.mode, local, client.peer.host,
-                                    incremental=self.request.incremental, local_pages=local_pages)
         self.report.mode, self.report.mode_reason = choice.mode, choice.reason
         self.say(f"preflight passed; mode {choice.mode}: {choice.reason}")
         return choice
