@@ -22,7 +22,7 @@ from lxdmig.errors import LxdmigError
 from lxdmig.protocol import messages
 from lxdmig.protocol.channel import Channel, TlsAlert
 from lxdmig.protocol.framing import ConnectionClosed
-from lxdmig.protocol.messages import LXC_CONFIG_MAX, Hello, ProbeResult, RemoteError, RemoteUntrusted
+from lxdmig.protocol.messages import LXC_CONFIG_MAX, Hello, Outcome, ProbeResult, RemoteError, RemoteUntrusted
 from lxdmig.protocol.schema import Request
 from lxdmig.remotes import Remote, RemoteStore, format_address, parse_address
 from lxdmig.tokens import Token
@@ -318,9 +318,9 @@ def settled_status(conf: Config, remote: str, migration: str, wait: float) -> st
         try:
             with open_remote(conf, remote) as client:
                 state = client.status(migration)
-            if state != "in-progress":
+            if state != Outcome.IN_PROGRESS:
                 return state
         except (LxdmigError, OSError) as e:
             log.info("asking %s about migration %s: %s", remote, migration, e)
         time.sleep(1)
-    return "no answer"
+    return Outcome.NO_ANSWER

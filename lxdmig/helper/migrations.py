@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lxdmig import proc, received_files
-from lxdmig.protocol.messages import RemoteBusy, RemoteNotFound, RemoteShuttingDown
+from lxdmig.protocol.messages import Outcome, RemoteBusy, RemoteNotFound, RemoteShuttingDown
 from lxdmig.undo import UndoStack
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class Registry:
         self.keep_failed = keep_failed
         self._lock = threading.Condition()
         self._active: dict[str, Migration] = {}
-        self._outcomes: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (owner, outcome)
+        self._outcomes: OrderedDict[str, tuple[str, Outcome]] = OrderedDict()  # id -> (owner, outcome)
         self._closed = False
 
     def clean_leftovers(self, remove_container: Callable[[str, str], None]) -> list[str]:
@@ -163,7 +163,7 @@ class Registry:
             if owner:
                 # A source that lost its connection asks what became of its migration: it must get
                 # the answer even from a restarted helper.
-                self._outcomes[entry.name] = (owner, "committed" if committed else "rolled-back")
+                self._outcomes[entry.name] = (owner, Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
             if container and not committed:
                 try:
                     for what in proc.kill_processes_mentioning(str(entry)):  # post-copy's lazy-pages
@@ -215,20 +215,21 @@ class Registry:
         migration.committed = True
         migration.save_state()
         migration.undo.clear()
-        self._record(migration, "committed")
+        self._record(migration, Outcome.COMMITTED)
         log.info("migration %s of %s committed: the container now lives here", mid, migration.container)
         return migration
 
-    def outcome(self, mid: str, owner: str) -> str:
-        """'in-progress', 'committed', 'rolled-back' or 'unknown' (for a source that lost the answer)."""
+    def outcome(self, mid: str, owner: str) -> Outcome:
+        """Where migration ``mid`` of ``owner`` stands (unknown for another host's: for a source that lost
+        the answer)."""
         with self._lock:
             migration = self._active.get(mid)
             if migration is not None and migration.owner == owner:
-                return "committed" if migration.committed else "in-progress"
-            who, outcome = self._outcomes.get(mid, ("", "unknown"))
-            return outcome if who == owner else "unknown"
+                return Outcome.COMMITTED if migration.committed else Outcome.IN_PROGRESS
+            who, outcome = self._outcomes.get(mid, ("", Outcome.UNKNOWN))
+            return outcome if who == owner else Outcome.UNKNOWN
 
-    def _record(self, migration: Migration, outcome: str) -> None:
+    def _record(self, migration: Migration, outcome: Outcome) -> None:
         with self._lock:
             self._outcomes[migration.id] = (migration.owner, outcome)
             while len(self._outcomes) > _OUTCOMES_KEPT:
@@ -248,7 +249,7 @@ class Registry:
                 self._memory_lost(migration, lazy)
         else:
             migration.roll_back()
-            self._record(migration, "rolled-back")
+            self._record(migration, Outcome.ROLLED_BACK)
             if self.keep_failed:
                 kept = self.work_dir / "failed" / migration.id
                 kept.parent.mkdir(exist_ok=True)

@@ -43,6 +43,7 @@ from lxdmig import backends, config, proc
 from lxdmig.client import settled_status
 from lxdmig.criu_stats import read_dump_stats
 from lxdmig.errors import LxdmigError
+from lxdmig.protocol.messages import Outcome
 
 log = logging.getLogger("lxdmig.guard")
 STATUS_WAIT = 60.0
@@ -125,11 +126,11 @@ def watch(args: argparse.Namespace) -> int:
         return _finish_streaming(backend, name, args.work_dir, float(detail or 0))
     if state == "restoring":
         outcome = settled_status(conf, args.remote, args.migration, STATUS_WAIT)
-        if outcome == "committed":
+        if outcome == Outcome.COMMITTED:
             log.error("%s runs on %s (the move was committed): it stays frozen and offline here; remove it "
                       "here", name, args.remote)
             return 1
-        if outcome != "rolled-back":
+        if outcome != Outcome.ROLLED_BACK:
             log.error("%s does not say the migration was rolled back (%s): %s stays frozen and offline here so "
                       "that it never runs twice. If it runs on %s, remove it here; if not, thaw it here",
                       args.remote, outcome, name, args.remote)

@@ -67,7 +67,7 @@ from lxdmig.migrate.report import (
     RoundReport,
 )
 from lxdmig.protocol import messages
-from lxdmig.protocol.messages import Hello
+from lxdmig.protocol.messages import Hello, Outcome
 from lxdmig.undo import UndoStack
 
 log = logging.getLogger(__name__)
@@ -454,12 +454,12 @@ class Mover:
         """
         self._client().close()
         state = settled_status(self.conf, self.request.remote, self.mid, OUTCOME_WAIT_S)
-        if state == "committed":
+        if state == Outcome.COMMITTED:
             self.report.downtime_ms = round((time.monotonic() - self.freeze_time) * 1000, 1)
             self.report.warnings.append(f"lost the connection after the restore ({error}); "
                                         "the destination confirmed the commit")
             return
-        if state == "rolled-back":
+        if state == Outcome.ROLLED_BACK:
             raise error  # the destination has nothing: roll back here
         # Anything else: nothing proves the destination does not run it.
         raise OutcomeUnknown(

@@ -9,6 +9,7 @@ yet may only use ``UNAUTHENTICATED_REQUESTS``.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import Any
 
@@ -251,10 +252,20 @@ class Committed(Message):
     TYPE = "committed"
 
 
+class Outcome(enum.StrEnum):
+    """A migration's state as the destination's helper answers ``status`` (its wire words)."""
+
+    IN_PROGRESS = "in-progress"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled-back"
+    UNKNOWN = "unknown"  # not a migration of the asking host, or forgotten
+    NO_ANSWER = "no answer"  # (the source's own word, when no helper answered)
+
+
 @message
 class Status(Message):
     TYPE = "status"
-    state: str = text(max_len=32)
+    state: str = text(max_len=32)  # an Outcome's value (a newer helper's unknown word reads as not settled)
 
 
 @message
