@@ -31,12 +31,12 @@ from testbed.layout import Host
 from .conftest import MakeContainer
 
 A, B = Host("a"), Host("b")
-# The container's root, as a process in its user and mount namespaces (the test bed's containers have
-# no Python of their own: this one is the host's, entered into the container's namespaces). It makes
-# /sbin/init systemd's (so prepare writes its drop-in), then exchanges etc/systemd/system with a symlink
-# to the host's directory (renameat2 RENAME_EXCHANGE: the fastest swap there is), until killed.
-RACER = """
-import ctypes, os, sys
+# The container's root: a process in its user and mount namespaces (the test bed's containers have no
+# Python of their own: this one is the host's, entered into the container's namespaces, as root there).
+# Each racer below begins so; argv[1] is the container's init. (It imports first: once in the
+# container's mount namespace, the host's Python library is out of reach.)
+ENTER = """
+import ctypes, os, signal, sys
 libc = ctypes.CDLL(None, use_errno=True)
 for ns in ("user", "mnt"):
     fd = os.open(f"/proc/{sys.argv[1]}/ns/{ns}", os.O_RDONLY)
@@ -44,6 +44,10 @@ for ns in ("user", "mnt"):
 os.setresgid(0, 0, 0)
 os.setresuid(0, 0, 0)
 os.chdir("/")
+"""
+# It makes /sbin/init systemd's (so prepare writes its drop-in), then exchanges etc/systemd/system with a
+# symlink to the host's directory (renameat2 RENAME_EXCHANGE: the fastest swap there is), until killed.
+RACER = ENTER + """
 for link in ("/etc/systemd/system", "/etc/systemd/swap", "/sbin/init.x"):
     if os.path.islink(link):
         os.unlink(link)
@@ -63,16 +67,13 @@ while True:
 @pytest.mark.timeout(300)
 def test_prepare_never_writes_through_a_link_the_container_swaps_in(make_container: MakeContainer) -> None:
     name = make_container("a", memory_mib=8)
-    init = int(attach_pid(name))
     with tempfile.TemporaryDirectory(prefix="lxdmig-race-") as host_dir:
         host = Path(host_dir)
         (host / "service.d").mkdir()
         (host / "service.d" / "keep.conf").write_text("the host's\n")
-        racer = subprocess.Popen([sys.executable, "-c", RACER, str(init), str(host)], stdout=subprocess.PIPE,
-                                 text=True, start_new_session=True)
+        racer = start_racer(RACER, name, host_dir)
         written, seen = 0, set()
         try:
-            assert racer.stdout is not None and racer.stdout.readline() == "racing\n"
             for _ in range(60):  # (against the old path-based code, one in ten landed on the host)
                 done = run_lxdmig(A, "prepare", name, timeout=60)
                 written += f"write /{prepare.DROPIN}" in done.stdout
@@ -87,22 +88,24 @@ def test_prepare_never_writes_through_a_link_the_container_swaps_in(make_contain
         assert written > 0  # (prepare did write, in the container, between the swaps)
 
 
-def attach_pid(name: str) -> str:
-    return host_command(A, ["lxc-info", "-P", str(A.lxcpath), "-n", name, "-p", "-H"]).stdout.strip()
+def start_racer(code: str, name: str, *args: str) -> subprocess.Popen[str]:
+    """``code`` (a racer above) run as container ``name``'s root, once it said it races."""
+    init = host_command(A, ["lxc-info", "-P", str(A.lxcpath), "-n", name, "-p", "-H"]).stdout.strip()
+    racer = subprocess.Popen([sys.executable, "-c", code, init, *args], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert racer.stdout is not None and racer.stdout.readline() == "racing\n"
+    except BaseException:
+        os.killpg(racer.pid, 9)
+        racer.wait(timeout=30)
+        raise
+    return racer
 
 
 # The container's root again: /leak/x0../leak/x49 each hold "key", a decoy of the host's secret with
 # its size and mtime; each is exchanged with a symlink to the host's directory, round and round. On
 # SIGTERM every /leak/xN is put back as the directory, and the racer exits.
-SYNC_RACER = """
-import ctypes, os, signal, sys
-libc = ctypes.CDLL(None, use_errno=True)
-for ns in ("user", "mnt"):
-    fd = os.open(f"/proc/{sys.argv[1]}/ns/{ns}", os.O_RDONLY)
-    assert libc.setns(fd, 0) == 0, ns
-os.setresgid(0, 0, 0)
-os.setresuid(0, 0, 0)
-os.chdir("/")
+SYNC_RACER = ENTER + """
 host, size, mtime, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 50
 for i in range(n):
     os.makedirs(f"/leak/x{i}")
@@ -138,13 +141,13 @@ def test_the_initial_sync_never_reads_a_host_file_the_container_links_in(make_co
         key = Path(host_dir) / "key"
         key.write_text(secret)
         os.utime(key, (mtime, mtime))
-        racer = subprocess.Popen([sys.executable, "-c", SYNC_RACER, attach_pid(name), host_dir, str(len(secret)),
-                                  str(mtime)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        racer = start_racer(SYNC_RACER, name, host_dir, str(len(secret)), str(mtime))
+        assert racer.stdout is not None
         move = None
         try:
-            assert racer.stdout is not None and racer.stdout.readline() == "racing\n"
-            # A program that opens the container's files by path as host root (rsync up to 3.3 sends
-            # that way) reads the host's key through the links; in nosymfollow's namespace it cannot.
+            # A program that opens the container's files by path as host root (rsync 3.2.7, Debian 12's
+            # before its security update, sends that way) reads the host's key through the links; in
+            # nosymfollow's namespace it cannot.
             source = A.lxcpath / name
             paths = [str(source / "rootfs" / "leak" / f"x{i}" / "key") for i in range(50)]
             walked = [read_by_path(paths, confined=False) for _ in range(10)]
