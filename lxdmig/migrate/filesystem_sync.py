@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from lxdmig import nosymfollow, proc
+from lxdmig import proc
 from lxdmig.migrate.report import MoveReport, Progress
 
 RSYNC_TIMEOUT = 3600.0
@@ -19,10 +19,9 @@ RSYNC_PARTIAL, RSYNC_VANISHED = 23, 24  # rsync's exit statuses: "some files cou
 
 
 def rsync_argv(program: str, *, config: Path, hello: Path, remote: str, migration: str, source: Path,
-               excludes: Sequence[str],
-               confine: Callable[[list[str], list[str]], list[str]] = nosymfollow.argv) -> list[str]:
+               excludes: Sequence[str], confine: Callable[[list[str], list[str]], list[str]]) -> list[str]:
     """rsync (``program``) of the directory ``source`` to the destination (what changed since the last sync),
-    without the ``excludes`` patterns, run as ``confine`` runs it."""
+    without the ``excludes`` patterns, run as ``confine`` runs it (nosymfollow.argv: see move.Seams)."""
     tunnel = [*proc.python_module("lxdmig.rsync_tunnel"), "--config", str(config), "--hello", str(hello), remote,
               migration]
     # (In a mount namespace where no symlink under ``source`` is followed: the running container's root
